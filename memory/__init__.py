@@ -1,0 +1,1 @@
+"""Replay store, prototype index, persistence. Imports no other lifelong package."""

@@ -1,0 +1,1 @@
+"""Metrics, continual evaluation and dashboards. Reads learner step statistics; never drives learning."""

@@ -1,0 +1,71 @@
+"""Every Prometheus metric the service exports, defined in this one module.
+
+Names follow Prometheus conventions: the ``lifelong_`` prefix, base units,
+``_total`` on counters. Label values come from closed sets (reasons,
+outcomes, routes), never from event ids, class names or segments.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.exposition import generate_latest
+
+from .. import __version__
+
+# Buckets bracket the targets: learning steps of tens to hundreds of events,
+# single predictions in a few milliseconds (vector) to tens (text on CPU).
+LEARN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PREDICT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+LABEL_OUTCOMES = ("joined", "unknown_id", "duplicate", "expired", "invalid")
+HTTP_ROUTES = ("/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics", "other")
+
+
+class Metrics:
+    """The service's metrics on their own registry (one per service instance)."""
+
+    def __init__(self, reasons: Iterable[str], registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        ProcessCollector(namespace="lifelong", registry=r)
+        self.build_info = Info("lifelong_build", "Package version.", registry=r)
+        self.build_info.info({"version": __version__})
+        self.model_info = Info("lifelong_model", "The learner and encoder being served.", registry=r)
+
+        self.events_consumed = Counter("lifelong_events_consumed_total", "Records read from the source.", registry=r)
+        self.events_learned = Counter("lifelong_events_learned_total", "Labelled events learned.", registry=r)
+        self.events_predicted = Counter("lifelong_events_predicted_total",
+                                        "Unlabelled stream events predicted.", registry=r)
+        self.events_rejected = Counter("lifelong_events_rejected_total", "Records rejected, by reason.",
+                                       ["reason"], registry=r)
+        for reason in reasons:
+            self.events_rejected.labels(reason=reason)
+        self.labels = Counter("lifelong_labels_total", "Delayed labels received, by outcome.",
+                              ["outcome"], registry=r)
+        for outcome in LABEL_OUTCOMES:
+            self.labels.labels(outcome=outcome)
+        self.pending_expired = Counter("lifelong_pending_expired_total",
+                                       "Unlabelled events dropped unlabelled (wait limit or store full).", registry=r)
+        self.pending_labels = Gauge("lifelong_pending_labels", "Unlabelled events waiting for a label.", registry=r)
+
+        self.prequential_accuracy = Gauge("lifelong_prequential_accuracy",
+                                          "Test-then-train accuracy over the last window of labelled events.",
+                                          registry=r)
+        self.loss = Gauge("lifelong_learn_loss", "Mean cross-entropy of the last learning step.", registry=r)
+        self.learn_latency = Histogram("lifelong_learn_latency_seconds", "Time of one learning step (a batch).",
+                                       buckets=LEARN_BUCKETS, registry=r)
+        self.learn_batch_size = Histogram("lifelong_learn_batch_events", "Events in one learning step.",
+                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
+
+        self.predict_latency = Histogram("lifelong_predict_latency_seconds", "Time to answer one /v1/predict.",
+                                         buckets=PREDICT_BUCKETS, registry=r)
+        self.http_requests = Counter("lifelong_http_requests_total", "HTTP requests, by route and status code.",
+                                     ["route", "code"], registry=r)
+
+        self.model_version = Gauge("lifelong_model_version", "Version of the model being served.", registry=r)
+        self.model_classes = Gauge("lifelong_model_classes", "Classes the served model knows.", registry=r)
+        self.model_bytes = Gauge("lifelong_model_memory_bytes", "Bytes held by the served model's state.",
+                                 registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,65 @@
+"""The ``lifelong`` command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import yaml
+from pydantic import ValidationError
+
+from .config import Settings, load_settings, settings_reference
+
+
+def _load(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise SystemExit("invalid configuration:\n" + "\n".join(lines)) from None
+    except (FileNotFoundError, yaml.YAMLError) as exc:
+        raise SystemExit(f"cannot read configuration: {exc}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .runtime import Service  # heavy imports (torch) only when running
+
+    return Service(settings).serve()
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    print(settings_reference())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lifelong", description="A service that learns continually from an event stream.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon (embedded demo stream unless the config names a source)")
+    run.add_argument("--config", help="YAML settings file (LIFELONG_* environment variables override it)")
+    run.set_defaults(func=cmd_run)
+    config = sub.add_parser("config", help="inspect configuration")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="print the effective configuration as YAML")
+    show.add_argument("--config", help="YAML settings file")
+    show.set_defaults(func=cmd_config_show)
+    docs = csub.add_parser("docs", help="print the settings reference as a markdown table")
+    docs.set_defaults(func=cmd_config_docs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

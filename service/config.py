@@ -1,0 +1,144 @@
+"""One settings model: YAML file, then ``LIFELONG_*`` environment overrides.
+
+Precedence (highest first): environment variables, the YAML file, defaults.
+Nested fields use ``__`` in environment names, e.g.
+``LIFELONG_SOURCE__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9092``.
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+ENV_PREFIX = "LIFELONG_"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated broker addresses.")
+    events_topic: str = Field("lifelong-events", description="Topic the events are consumed from.")
+    group_id: str = Field("lifelong", description="Consumer group; replicas in one group split the partitions.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new group starts reading.")
+    startup_timeout_s: float = Field(120.0, gt=0, description="How long to retry while no broker answers at start.")
+    client_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to the kafka-python consumer as is (security_protocol, ssl_*, sasl_* ...).")
+
+
+class SourceSettings(Section):
+    kind: Literal["demo", "file", "kafka"] = Field(
+        "demo", description="demo: the packaged CLINC150 stream; file: a JSONL file; kafka: a topic.")
+    path: Path | None = Field(None, description="JSONL (optionally .gz) file for kind=file.")
+    batch_size: int = Field(64, ge=1, le=10_000, description="Most records taken in one poll and learning step.")
+    poll_timeout_s: float = Field(0.5, gt=0, description="Longest wait for records in one poll.")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka consumer settings.")
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> "SourceSettings":
+        if self.kind == "file" and self.path is None:
+            raise ValueError("source.path is required when source.kind is 'file'")
+        return self
+
+
+class LearnerSettings(Section):
+    name: Literal["nmc"] = Field("nmc", description="Learning algorithm.")
+    input_kind: Literal["text", "features"] = Field("text", description="What events carry.")
+    feature_dim: int | None = Field(None, ge=1, description="Feature vector width; required when "
+                                    "input_kind is 'features'.")
+    feature_warmup_events: int = Field(1000, ge=0, description="Events whose statistics standardise features.")
+    max_tokens: int = Field(128, ge=8, le=512, description="Text is truncated to this many tokens.")
+    lr: float = Field(0.5, gt=0, description="Head learning rate.")
+    head_weight: float = Field(0.5, ge=0, le=1, description="Weight of the head vs. the prototypes in predictions.")
+    proto_scale: float = Field(16.0, gt=0, description="Softmax temperature (inverse) over prototype similarities.")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; None keeps torch's default.")
+
+    @model_validator(mode="after")
+    def _dim_for_features(self) -> "LearnerSettings":
+        if self.input_kind == "features" and self.feature_dim is None:
+            raise ValueError("learner.feature_dim is required when learner.input_kind is 'features'")
+        return self
+
+
+class HttpSettings(Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    max_instances: int = Field(256, ge=1, description="Most instances in one /v1/predict request.")
+
+
+class LimitSettings(Section):
+    max_record_bytes: int = Field(1_000_000, ge=64, description="Largest record or request body accepted.")
+    max_text_chars: int = Field(10_000, ge=1, description="Longest text accepted.")
+    max_features: int = Field(65_536, ge=1, description="Widest feature vector accepted.")
+    dedup_window: int = Field(100_000, ge=0, description="Recent event ids remembered to reject duplicates.")
+
+
+class LabelSettings(Section):
+    max_pending: int = Field(100_000, ge=1, description="Unlabelled events kept waiting for a label.")
+    max_wait_s: float = Field(3600.0, gt=0, description="A label later than this after its event is dropped.")
+
+
+class Settings(BaseSettings):
+    """Everything the daemon reads; see ``lifelong config docs`` for the reference."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    source: SourceSettings = Field(default_factory=SourceSettings, description="Where events come from.")
+    learner: LearnerSettings = Field(default_factory=LearnerSettings, description="The online learner.")
+    http: HttpSettings = Field(default_factory=HttpSettings, description="The HTTP server.")
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="Bounds on input.")
+    labels: LabelSettings = Field(default_factory=LabelSettings, description="Delayed labels.")
+    prequential_window: int = Field(1000, ge=1, description="Labelled events in the prequential accuracy window.")
+    publish_every_events: int = Field(256, ge=1, description="Learned events between serving snapshots.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Effective settings from ``path`` (YAML) and the environment."""
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})
+
+    return Settings.model_validate(_FromFile().model_dump())
+
+
+def _rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += _rows(ann, f"{key}.")
+            continue
+        env = ENV_PREFIX + key.upper().replace(".", "__")
+        default = info.get_default(call_default_factory=True)
+        if get_origin(ann) is Literal:
+            type_name = " or ".join(repr(a) for a in get_args(ann))
+        else:
+            type_name = str(ann).replace("typing.", "").replace("pathlib.", "").removeprefix("<class '").removesuffix("'>")
+        rows.append((key, env, type_name, repr(default), info.description or ""))
+    return rows
+
+
+def settings_reference() -> str:
+    """A markdown table of every setting: key, environment variable, type, default, meaning."""
+    lines = ["| key | environment variable | type | default | meaning |", "|---|---|---|---|---|"]
+    for key, env, typ, default, desc in _rows(Settings):
+        typ = typ.replace("|", "\\|")
+        lines.append(f"| `{key}` | `{env}` | {typ} | `{default}` | {desc} |")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""The one typed error for bad input, with a bounded set of reasons.
+
+Reasons double as Prometheus label values and dead-letter headers, so the set
+is closed: add a reason here, never an ad-hoc string elsewhere.
+"""
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Reason = Literal[
+    "not_json",
+    "schema",
+    "missing_input",
+    "wrong_dimension",
+    "non_finite",
+    "text_too_long",
+    "bad_label",
+    "oversized",
+    "duplicate_id",
+    "wrong_input_kind",
+]
+REASONS: tuple[str, ...] = get_args(Reason)
+
+
+class InvalidEvent(ValueError):
+    """Raised for input that cannot be learned from or predicted on.
+
+    ``field`` names the offending field (``""`` for the whole record) and
+    ``reason`` is one of :data:`REASONS`; ``detail`` is for humans.
+    """
+
+    def __init__(self, reason: Reason, field: str, detail: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}")
+        self.reason: Reason = reason
+        self.field = field
+        self.detail = detail
+        where = f" in field '{field}'" if field else ""
+        super().__init__(f"{reason}{where}: {detail}")
+
+    def as_dict(self) -> dict[str, str]:
+        return {"reason": self.reason, "field": self.field, "detail": self.detail}

@@ -1,0 +1,91 @@
+"""Joins delayed labels to earlier unlabelled events.
+
+The pending store keeps what the learner needs later (tap features, not raw
+text) keyed by event id. It is bounded in count and in age: the oldest entry
+goes when it is full, and entries older than ``max_age_s`` expire.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+JoinOutcome = Literal["joined", "unknown_id", "duplicate", "expired"]
+
+
+@dataclass
+class Pending:
+    payload: Any
+    added_at: float
+
+
+class PendingStore:
+    def __init__(self, max_items: int = 100_000, max_age_s: float = 3600.0,
+                 clock: Callable[[], float] = time.monotonic, remember_joined: int = 100_000) -> None:
+        self.max_items = max_items
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._items: OrderedDict[str, Pending] = OrderedDict()
+        # Ids recently joined or expired, to tell a duplicate or late label from
+        # an unknown id; bounded like everything else.
+        self._done: OrderedDict[str, JoinOutcome] = OrderedDict()
+        self._remember = remember_joined
+        self.evicted = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._items
+
+    def _mark(self, event_id: str, outcome: JoinOutcome) -> None:
+        self._done[event_id] = outcome
+        while len(self._done) > self._remember:
+            self._done.popitem(last=False)
+
+    def add(self, event_id: str, payload: Any) -> int:
+        """Park ``payload`` under ``event_id``; returns how many old entries it pushed out."""
+        self._items[event_id] = Pending(payload, self._clock())
+        self._items.move_to_end(event_id)
+        evicted = 0
+        while len(self._items) > self.max_items:
+            old_id, _ = self._items.popitem(last=False)
+            self._mark(old_id, "expired")
+            evicted += 1
+        self.evicted += evicted
+        return evicted
+
+    def expire(self) -> int:
+        """Drop entries older than ``max_age_s``; returns how many went."""
+        cutoff = self._clock() - self.max_age_s
+        n = 0
+        while self._items:
+            event_id, entry = next(iter(self._items.items()))
+            if entry.added_at >= cutoff:
+                break
+            self._items.popitem(last=False)
+            self._mark(event_id, "expired")
+            n += 1
+        self.expired += n
+        return n
+
+    def take(self, event_id: str) -> tuple[JoinOutcome, Any]:
+        """Remove and return the pending payload for a label's event id."""
+        self.expire()
+        entry = self._items.pop(event_id, None)
+        if entry is not None:
+            self._mark(event_id, "joined")
+            return "joined", entry.payload
+        previous = self._done.get(event_id)
+        if previous == "joined":
+            return "duplicate", None
+        if previous == "expired":
+            return "expired", None
+        return "unknown_id", None
+
+    def oldest_age_s(self) -> float:
+        if not self._items:
+            return 0.0
+        return self._clock() - next(iter(self._items.values())).added_at
