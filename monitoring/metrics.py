@@ -18,7 +18,7 @@ from .. import __version__
 LEARN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PREDICT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-LABEL_OUTCOMES = ("joined", "unknown_id", "duplicate", "expired", "invalid")
+LABEL_OUTCOMES = ("joined", "unknown_id", "duplicate", "expired")
 HTTP_ROUTES = ("/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics", "other")
 
 

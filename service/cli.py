@@ -24,6 +24,10 @@ def _load(path: str | None) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "DEBUG":
+        # Client libraries narrate every connection at INFO; keep their warnings.
+        for name in ("kafka", "faiss.loader", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     from .runtime import Service  # heavy imports (torch) only when running
 
     return Service(settings).serve()

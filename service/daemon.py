@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -60,11 +60,14 @@ class RecentIds:
 
 
 class LearningLoop:
-    def __init__(self, settings: Settings, learner: Learner, source: Source, metrics: Metrics,
-                 holder: SnapshotHolder) -> None:
+    def __init__(self, settings: Settings, learner: Learner, source: Source | Callable[[], Source],
+                 metrics: Metrics, holder: SnapshotHolder) -> None:
         self.settings = settings
         self.learner = learner
-        self.source = source
+        # A factory defers connecting (which may retry for minutes while a broker
+        # is down) to the loop's thread, so HTTP health answers meanwhile.
+        self._source: Source | None = None if callable(source) else source
+        self._source_factory = source if callable(source) else None
         self.metrics = metrics
         self.holder = holder
         lim = settings.limits
@@ -79,6 +82,18 @@ class LearningLoop:
         self._unpublished = 0
         self._last_publish = 0.0
         self._thread: threading.Thread | None = None
+        self.on_failure: Callable[[], None] = lambda: None
+
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            assert self._source_factory is not None
+            self._source = self._source_factory()
+        return self._source
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
 
     # -- called from other threads -------------------------------------------------
     def submit_feedback(self, message: LabelMessage) -> None:
@@ -108,6 +123,7 @@ class LearningLoop:
         except BaseException as exc:  # recorded for /healthz and the exit code, then re-raised
             self.error = exc
             log.exception("learning loop stopped by an error")
+            self.on_failure()
             raise
         finally:
             self._publish(force=True)

@@ -1,8 +1,10 @@
 """Builds the service from settings and runs it: learning loop thread + HTTP server."""
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+import signal
+from typing import Any, Iterator
 
 import uvicorn
 
@@ -61,8 +63,8 @@ class Service:
         self.holder = SnapshotHolder()
         self.learner = learner or build_learner(settings)
         self.metrics.model_info.info({"learner": self.learner.name, "input_kind": self.learner.input_kind})
-        self.source = source or build_source(settings)
-        self.loop = LearningLoop(settings, self.learner, self.source, self.metrics, self.holder)
+        self.loop = LearningLoop(settings, self.learner, source or (lambda: build_source(settings)),
+                                 self.metrics, self.holder)
         self.app = create_app(self)
 
     # ServiceHandle for the app
@@ -78,15 +80,41 @@ class Service:
                 "pending_labels": len(self.loop.pending), "source": self.settings.source.kind}
 
     def serve(self) -> int:
-        """Run until SIGINT/SIGTERM; returns the process exit code."""
-        self.loop.start()
+        """Run until SIGINT/SIGTERM or a learning-loop failure; returns the exit code.
+
+        SIGTERM is a normal stop: in-flight requests finish, the loop stops
+        after its current step, and the process exits 0.
+        """
         http = self.settings.http
-        server = uvicorn.Server(uvicorn.Config(self.app, host=http.host, port=http.port, log_level="warning",
-                                               access_log=False))
+        server = _Server(uvicorn.Config(self.app, host=http.host, port=http.port, log_level="warning",
+                                        access_log=False, timeout_graceful_shutdown=10))
+        previous = {sig: signal.signal(sig, lambda *_: server.request_exit()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.loop.on_failure = server.request_exit
+        self.loop.start()
         log.info("serving on http://%s:%d (source: %s)", http.host, http.port, self.settings.source.kind)
         try:
             server.run()
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.loop.stop()
-            self.source.close()
-        return 1 if self.loop.error is not None else 0
+            self.loop.close()
+        if self.loop.error is not None:
+            log.error("exiting: the learning loop failed: %s", self.loop.error)
+            return 1
+        return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling.
+
+    uvicorn re-raises a captured SIGTERM after shutting down, which would kill
+    the process with the signal instead of exiting 0 after a clean stop.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def request_exit(self) -> None:
+        self.should_exit = True

@@ -1,0 +1,155 @@
+"""Helpers that start the real parts: an Apache Kafka broker, Prometheus, the lifelong daemon.
+
+Each binds free loopback ports and is torn down after use. The tools come from
+`bash tests/run.sh` (apt: Java, Maven, prometheus, kcat; Maven: Kafka jars); a
+missing tool fails the test with that hint rather than skipping it, so a CI
+run can never pass by testing less.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"'{tool}' is not installed: run `bash tests/run.sh`, which installs what the tests need")
+    return path
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    ctype_json = raw[:1] in (b"{", b"[")
+    return status, json.loads(raw) if ctype_json else raw.decode()
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (OSError, ValueError) as exc:  # not up yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s (last: {last!r})")
+
+
+# -- Kafka ----------------------------------------------------------------------------
+
+@dataclass
+class Broker:
+    bootstrap: str
+    data_dir: Path
+
+    def produce(self, topic: str, lines: list[str]) -> None:
+        """Produce one message per line with kcat, an independent client."""
+        payload = "".join(line + "\n" for line in lines)
+        subprocess.run([require("kcat"), "-b", self.bootstrap, "-P", "-t", topic], input=payload.encode(),
+                       check=True, timeout=60)
+
+    def consume(self, topic: str) -> list[dict[str, Any]]:
+        out = subprocess.run([require("kcat"), "-b", self.bootstrap, "-C", "-t", topic, "-o", "beginning", "-e",
+                              "-J", "-q"], capture_output=True, check=True, timeout=60)
+        return [json.loads(line) for line in out.stdout.decode().splitlines() if line.strip()]
+
+
+# -- Prometheus -----------------------------------------------------------------------
+
+@dataclass
+class Prometheus:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        qs = urllib.parse.urlencode({"query": expr})
+        status, body = http_json("GET", f"{self.url}/api/v1/query?{qs}")
+        if status != 200 or body.get("status") != "success":
+            raise ValueError(f"query {expr!r} failed: {status} {body}")
+        return body["data"]["result"]
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+
+# -- the lifelong daemon --------------------------------------------------------------
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 120) -> float:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lifelong exited with {self.proc.returncode}:\n{self.log()}")
+            return http_json("GET", f"{self.url}/readyz", timeout=2)[0] == 200
+        wait_until(ready, timeout_s, "lifelong /readyz")
+        return time.monotonic() - self.started_at
+
+    def metric(self, name: str) -> float:
+        status, text = http_json("GET", f"{self.url}/metrics")
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise KeyError(name)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return int(self.proc.returncode)
