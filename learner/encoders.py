@@ -26,6 +26,10 @@ class Encoder(Protocol):
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
 
+    def serving_copy(self) -> "Encoder":
+        """An encoder whose mapping later learning cannot change (for snapshots)."""
+        ...
+
 
 class TextEncoder:
     """all-MiniLM-L6-v2, mean-pooled under the attention mask, L2-normalised (384-d)."""
@@ -82,6 +86,9 @@ class TextEncoder:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         return None
 
+    def serving_copy(self) -> "TextEncoder":
+        return self  # frozen weights: safe to share with snapshots
+
 
 class FeatureEncoder:
     """Standardises feature vectors with running statistics, frozen after a warm-up.
@@ -127,6 +134,14 @@ class FeatureEncoder:
         self._n = int(state["n"][0])
         self._mean = state["mean"].astype(np.float64).copy()
         self._m2 = state["m2"].astype(np.float64).copy()
+
+    def serving_copy(self) -> "FeatureEncoder":
+        if self._n >= self.warmup_events:
+            return self  # statistics are frozen from here on
+        twin = FeatureEncoder(self.dim, self.warmup_events)
+        twin.load_state_dict(self.state_dict())
+        twin.warmup_events = 0  # a copy never learns
+        return twin
 
 
 def make_encoder(kind: InputKind, *, feature_dim: int | None = None, **options: Any) -> Encoder:

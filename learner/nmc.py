@@ -131,7 +131,7 @@ class NMCLearner:
         head = LinearHead(self.head.dim, lr=self.head.lr)
         head.load_state_dict(self.head.state_dict())
         return NMCSnapshot(self.version, self.classes, self.input_kind, self.input_dim, self.events_learned,
-                           self.encoder, head, self.protos.frozen_copy(), self.head_weight, self.proto_scale)
+                           self.encoder.serving_copy(), head, self.protos.frozen_copy(), self.head_weight, self.proto_scale)
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {f"head.{k}": v for k, v in self.head.state_dict().items()}

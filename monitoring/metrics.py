@@ -18,7 +18,7 @@ from .. import __version__
 LEARN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PREDICT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-LABEL_OUTCOMES = ("joined", "unknown_id", "duplicate", "expired")
+LABEL_OUTCOMES = ("joined", "unknown_id", "duplicate", "expired", "invalid")
 HTTP_ROUTES = ("/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics", "other")
 
 
@@ -46,6 +46,8 @@ class Metrics:
             self.labels.labels(outcome=outcome)
         self.pending_expired = Counter("lifelong_pending_expired_total",
                                        "Unlabelled events dropped unlabelled (wait limit or store full).", registry=r)
+        self.pending_oldest_age = Gauge("lifelong_pending_oldest_age_seconds",
+                                        "Age of the oldest event waiting for a label.", registry=r)
         self.pending_labels = Gauge("lifelong_pending_labels", "Unlabelled events waiting for a label.", registry=r)
 
         self.prequential_accuracy = Gauge("lifelong_prequential_accuracy",
@@ -61,6 +63,16 @@ class Metrics:
                                          buckets=PREDICT_BUCKETS, registry=r)
         self.http_requests = Counter("lifelong_http_requests_total", "HTTP requests, by route and status code.",
                                      ["route", "code"], registry=r)
+
+        self.consumer_lag = Gauge("lifelong_consumer_lag_records",
+                                  "Records between the consumer's position and the log end.", registry=r)
+        self.checkpoints = Counter("lifelong_checkpoints_total", "Checkpoints written.", registry=r)
+        self.checkpoint_failures = Counter("lifelong_checkpoint_failures_total",
+                                           "Checkpoints postponed because outputs were not acknowledged.",
+                                           registry=r)
+        self.checkpoint_seconds = Histogram("lifelong_checkpoint_seconds", "Time to write one checkpoint.",
+                                            buckets=LEARN_BUCKETS, registry=r)
+        self.checkpoint_bytes = Gauge("lifelong_checkpoint_bytes", "Size of the latest checkpoint.", registry=r)
 
         self.model_version = Gauge("lifelong_model_version", "Version of the model being served.", registry=r)
         self.model_classes = Gauge("lifelong_model_classes", "Classes the served model knows.", registry=r)

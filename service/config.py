@@ -23,6 +23,8 @@ class Section(BaseModel):
 class KafkaSettings(Section):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated broker addresses.")
     events_topic: str = Field("lifelong-events", description="Topic the events are consumed from.")
+    labels_topic: str | None = Field(
+        None, description="Topic of delayed labels {id, label}; when set, POST /v1/feedback writes to it too.")
     group_id: str = Field("lifelong", description="Consumer group; replicas in one group split the partitions.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new group starts reading.")
@@ -82,6 +84,29 @@ class LimitSettings(Section):
 class LabelSettings(Section):
     max_pending: int = Field(100_000, ge=1, description="Unlabelled events kept waiting for a label.")
     max_wait_s: float = Field(3600.0, gt=0, description="A label later than this after its event is dropped.")
+    max_queued_feedback: int = Field(10_000, ge=1, description="Labels from HTTP queued for the loop; "
+                                     "past it /v1/feedback answers 503.")
+
+
+class OutputSettings(Section):
+    predictions_topic: str | None = Field(
+        "lifelong-predictions", description="Kafka topic for predictions on unlabelled events (None: off).")
+    dead_letter_topic: str | None = Field(
+        "lifelong-dead-letters", description="Kafka topic for rejected records with the reason in headers (None: off).")
+    flush_timeout_s: float = Field(10.0, gt=0, description="Longest wait for outputs to be acknowledged "
+                                   "before a checkpoint.")
+
+
+class CheckpointSettings(Section):
+    dir: Path | None = Field(Path("lifelong-state"), description="Folder for checkpoints (None: no checkpoints; "
+                             "offsets are then committed after each batch).")
+    every_s: float = Field(30.0, gt=0, description="Longest time between checkpoints.")
+    every_events: int = Field(10_000, ge=1, description="Most records between checkpoints.")
+
+
+class DebugSettings(Section):
+    track_learned_ids: bool = Field(False, description="Keep a per-event-id learn count in the checkpoint "
+                                    "(test hook for the exactly-once guarantee).")
 
 
 class Settings(BaseSettings):
@@ -94,6 +119,9 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings, description="The HTTP server.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Bounds on input.")
     labels: LabelSettings = Field(default_factory=LabelSettings, description="Delayed labels.")
+    outputs: OutputSettings = Field(default_factory=OutputSettings, description="Kafka outputs.")
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings, description="Checkpoints.")
+    debug: DebugSettings = Field(default_factory=DebugSettings, description="Test hooks.")
     prequential_window: int = Field(1000, ge=1, description="Labelled events in the prequential accuracy window.")
     publish_every_events: int = Field(256, ge=1, description="Learned events between serving snapshots.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")

@@ -1,9 +1,15 @@
 """The learning loop: the single writer of model state.
 
-Each step polls a batch of records, rejects bad ones by reason, learns the
-labelled events (test-then-train, for prequential accuracy), predicts the
-unlabelled ones and parks their tap features until a label arrives, joins
-labels sent over HTTP, publishes a serving snapshot, then commits offsets.
+Each step polls a batch of records and, in order: rejects bad records (to the
+dead-letter sink, counted by reason); learns labelled events test-then-train;
+predicts unlabelled ones (to the predictions sink) and parks their tap
+features until a label comes; joins labels from the labels topic and from
+HTTP; publishes a serving snapshot; and, when due, checkpoints.
+
+A checkpoint is the only thing that moves the committed input position:
+flush outputs -> write state + offsets atomically -> commit offsets to Kafka.
+After a crash the daemon restores the checkpoint and re-reads from its
+offsets, so every event is learned exactly once in the state that survives.
 """
 from __future__ import annotations
 
@@ -11,9 +17,9 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,13 +27,20 @@ from ..learner.base import Learner
 from ..monitoring.metrics import Metrics
 from ..monitoring.prequential import PrequentialAccuracy
 from ..stream.errors import InvalidEvent
-from ..stream.events import Event, EventLimits, LabelMessage, decode_event
+from ..stream.events import Event, EventLimits, LabelMessage, decode_label
 from ..stream.label_join import PendingStore
-from ..stream.sources import Record, Source, next_offsets
+from ..stream.sinks import Sink, SinkError, dead_letter_headers, prediction_value
+from ..stream.sources import Record, Source, TopicPartition, next_offsets
+from ..stream.validate import EventValidator
+from .checkpoint import Checkpointer, Part
 from .config import Settings
 from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)
+
+# Builds the source once the start offsets are known; the callback is called
+# with partitions about to be taken away (Kafka rebalance).
+SourceFactory = Callable[[dict[TopicPartition, int], Callable[[list[TopicPartition]], None]], Source]
 
 
 class FeedbackQueueFull(RuntimeError):
@@ -39,63 +52,99 @@ class LoopCounters:
     steps: int = 0
     learned: int = 0
     rejected: int = 0
-
-
-class RecentIds:
-    """A bounded set of the most recent event ids, for duplicate rejection."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def seen_or_add(self, event_id: str) -> bool:
-        if self.capacity == 0:
-            return False
-        if event_id in self._ids:
-            return True
-        self._ids[event_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-        return False
+    checkpoints: int = 0
 
 
 class LearningLoop:
-    def __init__(self, settings: Settings, learner: Learner, source: Source | Callable[[], Source],
-                 metrics: Metrics, holder: SnapshotHolder) -> None:
+    def __init__(self, settings: Settings, learner: Learner, source: SourceFactory, metrics: Metrics,
+                 holder: SnapshotHolder, sink: Callable[[], Sink | None] | None = None,
+                 checkpointer: Checkpointer | None = None) -> None:
         self.settings = settings
         self.learner = learner
-        # A factory defers connecting (which may retry for minutes while a broker
-        # is down) to the loop's thread, so HTTP health answers meanwhile.
-        self._source: Source | None = None if callable(source) else source
-        self._source_factory = source if callable(source) else None
         self.metrics = metrics
         self.holder = holder
+        self._sink_factory = sink
+        self._sink: Sink | None = None
+        self.checkpointer = checkpointer
         lim = settings.limits
-        self.limits = EventLimits(lim.max_record_bytes, lim.max_text_chars, lim.max_features)
+        self.validator = EventValidator(learner.input_kind, learner.input_dim,
+                                        EventLimits(lim.max_record_bytes, lim.max_text_chars, lim.max_features),
+                                        lim.dedup_window)
         self.pending = PendingStore(settings.labels.max_pending, settings.labels.max_wait_s)
-        self.recent_ids = RecentIds(lim.dedup_window)
         self.prequential = PrequentialAccuracy(settings.prequential_window)
+        # Test hook: how often each event id was learned, saved with the state.
+        self.learned_ids: Counter[str] | None = Counter() if settings.debug.track_learned_ids else None
+        self.positions: dict[TopicPartition, int] = {}
         self.counters = LoopCounters()
         self.error: BaseException | None = None
-        self._feedback: queue.Queue[LabelMessage] = queue.Queue(maxsize=10_000)
+        self.on_failure: Callable[[], None] = lambda: None
+        kafka = settings.source.kafka
+        self._labels_topic = kafka.labels_topic if settings.source.kind == "kafka" else None
+        self._outputs = settings.outputs
+        self._feedback: queue.Queue[LabelMessage] = queue.Queue(maxsize=settings.labels.max_queued_feedback)
+        self._source_factory = source
+        self._source: Source | None = None
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._unpublished = 0
         self._last_publish = 0.0
-        self._thread: threading.Thread | None = None
-        self.on_failure: Callable[[], None] = lambda: None
+        self._last_lag_check = 0.0
+        self._revoked = threading.Event()
 
-    @property
-    def source(self) -> Source:
-        if self._source is None:
-            assert self._source_factory is not None
-            self._source = self._source_factory()
-        return self._source
+    # -- state ---------------------------------------------------------------------
+    def state_parts(self) -> dict[str, Part]:
+        preq = self.prequential.state_dict()
+        parts: dict[str, Part] = {
+            "learner": self.learner.state_dict(),
+            "pending": self.pending.state_dict(),
+            "dedup": self.validator.recent_ids.state_dict(),
+            "prequential": (preq, {}),
+        }
+        if self.learned_ids is not None:
+            parts["learned_ids"] = ({}, {"counts": dict(self.learned_ids)})
+        return parts
 
-    def close(self) -> None:
+    def restore(self) -> bool:
+        """Load the latest checkpoint, if any; returns whether one was found."""
+        if self.checkpointer is None:
+            return False
+        ckpt = self.checkpointer.load()
+        if ckpt is None:
+            return False
+        self.learner.load_state_dict(*ckpt.parts["learner"])
+        self.pending.load_state_dict(*ckpt.parts["pending"])
+        self.validator.recent_ids.load_state_dict(*ckpt.parts["dedup"])
+        self.prequential.load_state_dict(ckpt.parts["prequential"][0])
+        if self.learned_ids is not None and "learned_ids" in ckpt.parts:
+            self.learned_ids = Counter(ckpt.parts["learned_ids"][1]["counts"])
+        self.positions = dict(ckpt.offsets)
+        self.counters.learned = self.learner.events_learned
+        log.info("restored checkpoint: %d events learned, offsets %s", self.learner.events_learned, self.positions)
+        if self.learner.events_learned:
+            self.publish()
+        return True
+
+    def checkpoint(self) -> bool:
+        """Flush outputs, save state and offsets together, then commit the offsets."""
+        if self.sink is not None:
+            try:
+                self.sink.flush(self._outputs.flush_timeout_s)
+            except SinkError as exc:
+                # Not delivered: keep the old checkpoint and offsets; retry next step.
+                self.metrics.checkpoint_failures.inc()
+                log.warning("checkpoint postponed: %s", exc)
+                return False
+        if self.checkpointer is not None:
+            stats = self.checkpointer.save(self.state_parts(), self.positions)
+            self.metrics.checkpoint_seconds.observe(stats.seconds)
+            self.metrics.checkpoint_bytes.set(stats.bytes)
+            self.metrics.checkpoints.inc()
+            self.counters.checkpoints += 1
         if self._source is not None:
-            self._source.close()
+            self._source.commit(dict(self.positions))
+        return True
 
-    # -- called from other threads -------------------------------------------------
+    # -- called from other threads ---------------------------------------------------
     def submit_feedback(self, message: LabelMessage) -> None:
         try:
             self._feedback.put_nowait(message)
@@ -106,7 +155,7 @@ class LearningLoop:
         self._thread = threading.Thread(target=self.run, name="learning-loop", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 60.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -115,63 +164,103 @@ class LearningLoop:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def sink(self) -> Sink | None:
+        if self._sink is None and self._sink_factory is not None:
+            self._sink = self._sink_factory()
+            self._sink_factory = None
+        return self._sink
+
+    @property
+    def connected_sink(self) -> Sink | None:
+        """The sink if it is connected already (safe from any thread: never connects)."""
+        return self._sink
+
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            self._source = self._source_factory(dict(self.positions), self._on_revoke)
+        return self._source
+
+    def close(self) -> None:
+        for closeable in (self._source, self._sink):
+            if closeable is not None:
+                closeable.close()
+
     # -- the loop -------------------------------------------------------------------
     def run(self) -> None:
         try:
+            _ = self.sink, self.source  # connect (with retries) before the first step
             while not self._stop.is_set():
                 self.step()
+            self._publish(force=True)
+            self.checkpoint()
         except BaseException as exc:  # recorded for /healthz and the exit code, then re-raised
             self.error = exc
             log.exception("learning loop stopped by an error")
             self.on_failure()
             raise
-        finally:
-            self._publish(force=True)
 
     def step(self) -> int:
-        """One poll-learn-publish-commit round; returns how many records it read."""
+        """One poll-learn-publish round (checkpointing when due); returns how many records it read."""
         src = self.settings.source
         records = self.source.poll(src.batch_size, src.poll_timeout_s)
         if not records and self.source.exhausted:
             self._stop.wait(src.poll_timeout_s)
         self.metrics.events_consumed.inc(len(records))
-        events = self._decode(records)
+        label_records = [r for r in records if r.topic == self._labels_topic]
+        events = self._validate([r for r in records if r.topic != self._labels_topic])
         if events:
             self._process(events)
-        self._join_feedback()
-        self._expire_pending()
+        self._join_labels(self._decode_labels(label_records) + self._drain_feedback())
+        self.metrics.pending_expired.inc(self.pending.expire())
+        self.metrics.pending_labels.set(len(self.pending))
+        self.metrics.pending_oldest_age.set(self.pending.oldest_age_s())
         self._publish()
-        self.source.commit(next_offsets(records))
+        self.positions.update(next_offsets(records))
+        self._after_step(len(records))
         self.counters.steps += 1
         return len(records)
 
-    def _reject(self, exc: InvalidEvent, record: Record | None = None) -> None:
+    def _after_step(self, n_records: int) -> None:
+        if self._revoked.is_set():
+            self._revoked.clear()
+            self.checkpoint()
+        elif self.checkpointer is None:
+            if n_records:
+                self.checkpoint()  # no state to keep: commit after every batch (at-least-once)
+        else:
+            self.checkpointer.note(n_records)
+            if self.checkpointer.due():
+                self.checkpoint()
+        if time.monotonic() - self._last_lag_check >= 5.0:
+            self._last_lag_check = time.monotonic()
+            lag = getattr(self.source, "lag", None)
+            if lag is not None:
+                self.metrics.consumer_lag.set(lag())
+
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        # Called on the Kafka client's thread: only flag it. The loop checkpoints
+        # and commits right after its current step, so the next owner starts as
+        # close as possible to where this state ends.
+        log.info("partitions revoked: %s", partitions)
+        self._revoked.set()
+
+    def _dead_letter(self, record: Record, exc: InvalidEvent) -> None:
         self.metrics.events_rejected.labels(reason=exc.reason).inc()
         self.counters.rejected += 1
-        where = f"{record.topic}[{record.partition}]@{record.offset}" if record else "feedback"
-        log.debug("rejected %s: %s", where, exc)
+        if self.sink is not None and self._outputs.dead_letter_topic:
+            self.sink.send(self._outputs.dead_letter_topic, record.value, record.key,
+                           dead_letter_headers(record, exc))
+        log.debug("rejected %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
 
-    def _check_input(self, event: Event) -> None:
-        kind = self.learner.input_kind
-        if (event.text is not None) != (kind == "text"):
-            raise InvalidEvent("wrong_input_kind", "text" if kind == "features" else "features",
-                               f"this service learns from {kind}")
-        dim = self.learner.input_dim
-        if event.features is not None and dim is not None and len(event.features) != dim:
-            raise InvalidEvent("wrong_dimension", "features", f"{len(event.features)} values, expected {dim}")
-
-    def _decode(self, records: Sequence[Record]) -> list[Event]:
+    def _validate(self, records: Sequence[Record]) -> list[Event]:
         events = []
         for record in records:
             try:
-                event = decode_event(record.value, self.limits)
-                self._check_input(event)
-                if self.recent_ids.seen_or_add(str(event.id)):
-                    raise InvalidEvent("duplicate_id", "id", f"event id {event.id!r} was already received")
+                events.append(self.validator(record.value))
             except InvalidEvent as exc:
-                self._reject(exc, record)
-                continue
-            events.append(event)
+                self._dead_letter(record, exc)
         return events
 
     def _raw_inputs(self, events: Sequence[Event]) -> list[str] | np.ndarray:
@@ -184,14 +273,21 @@ class LearningLoop:
         labelled = [i for i, e in enumerate(events) if e.label is not None]
         unlabelled = [i for i, e in enumerate(events) if e.label is None]
         if labelled:
-            self._learn(taps[labelled], [events[i].label or "" for i in labelled])
+            self._learn(taps[labelled], [str(events[i].label) for i in labelled], [str(events[i].id) for i in labelled])
         if unlabelled:
-            self.learner.predict_taps(taps[unlabelled])
-            self.metrics.events_predicted.inc(len(unlabelled))
-            evicted = sum(self.pending.add(str(events[i].id), taps[i]) for i in unlabelled)
-            self.metrics.pending_expired.inc(evicted)
+            self._predict([str(events[i].id) for i in unlabelled], taps[unlabelled])
 
-    def _learn(self, taps: np.ndarray, labels: list[str]) -> None:
+    def _predict(self, ids: list[str], taps: np.ndarray) -> None:
+        preds = self.learner.predict_taps(taps)
+        self.metrics.events_predicted.inc(len(ids))
+        topic = self._outputs.predictions_topic
+        for n, event_id in enumerate(ids):
+            self.metrics.pending_expired.inc(self.pending.add(event_id, taps[n]))
+            if self.sink is not None and topic:
+                value = prediction_value(event_id, preds.labels[n], float(preds.scores[n]), preds.model_version)
+                self.sink.send(topic, value, event_id.encode())
+
+    def _learn(self, taps: np.ndarray, labels: list[str], ids: list[str]) -> None:
         started = time.perf_counter()
         stats = self.learner.learn_taps(taps, labels)
         self.metrics.learn_latency.observe(time.perf_counter() - started)
@@ -200,27 +296,40 @@ class LearningLoop:
         self.metrics.loss.set(stats.loss)
         self.prequential.update(stats.correct)
         self.metrics.prequential_accuracy.set(self.prequential.value)
+        if self.learned_ids is not None:
+            self.learned_ids.update(ids)
         self.counters.learned += stats.n
         self._unpublished += stats.n
 
-    def _join_feedback(self) -> None:
-        taps, labels = [], []
+    def _decode_labels(self, records: Sequence[Record]) -> list[LabelMessage]:
+        messages = []
+        for record in records:
+            try:
+                messages.append(decode_label(record.value, self.validator.limits))
+            except InvalidEvent as exc:
+                self.metrics.labels.labels(outcome="invalid").inc()
+                self._dead_letter(record, exc)
+        return messages
+
+    def _drain_feedback(self) -> list[LabelMessage]:
+        messages = []
         while True:
             try:
-                message = self._feedback.get_nowait()
+                messages.append(self._feedback.get_nowait())
             except queue.Empty:
-                break
+                return messages
+
+    def _join_labels(self, messages: list[LabelMessage]) -> None:
+        taps, labels, ids = [], [], []
+        for message in messages:
             outcome, tap = self.pending.take(str(message.id))
             self.metrics.labels.labels(outcome=outcome).inc()
             if outcome == "joined":
                 taps.append(tap)
                 labels.append(str(message.label))
+                ids.append(str(message.id))
         if taps:
-            self._learn(np.stack(taps), labels)
-
-    def _expire_pending(self) -> None:
-        self.metrics.pending_expired.inc(self.pending.expire())
-        self.metrics.pending_labels.set(len(self.pending))
+            self._learn(np.stack(taps), labels, ids)
 
     def _publish(self, force: bool = False) -> None:
         if self._unpublished == 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import uvicorn
 
@@ -16,10 +16,12 @@ from ..monitoring.metrics import Metrics
 from ..stream.demo import demo_path
 from ..stream.errors import REASONS
 from ..stream.events import LabelMessage
-from ..stream.sources import FileSource, Source
+from ..stream.sinks import Sink, SinkError
+from ..stream.sources import FileSource, Source, TopicPartition
 from .app import create_app
+from .checkpoint import Checkpointer
 from .config import Settings
-from .daemon import LearningLoop
+from .daemon import FeedbackQueueFull, LearningLoop
 from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)
@@ -38,37 +40,76 @@ def build_learner(settings: Settings) -> Learner:
     return NMCLearner(encoder, lr=ls.lr, head_weight=ls.head_weight, proto_scale=ls.proto_scale)
 
 
-def build_source(settings: Settings) -> Source:
+def build_source(settings: Settings, offsets: dict[TopicPartition, int],
+                 on_revoke: Callable[[list[TopicPartition]], None]) -> Source:
     src = settings.source
-    if src.kind == "demo":
-        return FileSource(demo_path(), name="demo")
-    if src.kind == "file":
-        assert src.path is not None  # checked by the settings model
-        return FileSource(src.path)
+    if src.kind in ("demo", "file"):
+        path = demo_path() if src.kind == "demo" else src.path
+        assert path is not None  # checked by the settings model
+        name = "demo" if src.kind == "demo" else None
+        source = FileSource(path, name=name)
+        start = offsets.get((source.name, 0), 0)
+        return FileSource(path, start_offset=start, name=source.name) if start else source
     from ..stream.kafka_source import KafkaSource, KafkaSourceOptions
 
     k = src.kafka
+    topics = (k.events_topic,) + ((k.labels_topic,) if k.labels_topic else ())
     return KafkaSource(KafkaSourceOptions(
-        bootstrap_servers=k.bootstrap_servers, topic=k.events_topic, group_id=k.group_id,
+        bootstrap_servers=k.bootstrap_servers, topics=topics, group_id=k.group_id,
         auto_offset_reset=k.auto_offset_reset, max_poll_records=src.batch_size,
-        startup_timeout_s=k.startup_timeout_s, client_options=dict(k.client_options)))
+        startup_timeout_s=k.startup_timeout_s, client_options=dict(k.client_options)), offsets, on_revoke)
+
+
+def build_sink(settings: Settings) -> Sink | None:
+    out = settings.outputs
+    if settings.source.kind != "kafka" or not (out.predictions_topic or out.dead_letter_topic
+                                                or settings.source.kafka.labels_topic):
+        return None
+    from ..stream.kafka_source import retry_with_backoff
+    from ..stream.sinks import KafkaSink
+
+    k = settings.source.kafka
+    return retry_with_backoff(lambda: KafkaSink(k.bootstrap_servers, dict(k.client_options)), what="producer",
+                              timeout_s=k.startup_timeout_s, initial_s=0.5, max_s=10.0)
 
 
 class Service:
     """One daemon: a source, a learner, the loop that joins them, and the HTTP app."""
 
-    def __init__(self, settings: Settings, learner: Learner | None = None, source: Source | None = None) -> None:
+    def __init__(self, settings: Settings, learner: Learner | None = None, source: Source | None = None,
+                 sink: Sink | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics(REASONS)
         self.holder = SnapshotHolder()
         self.learner = learner or build_learner(settings)
         self.metrics.model_info.info({"learner": self.learner.name, "input_kind": self.learner.input_kind})
-        self.loop = LearningLoop(settings, self.learner, source or (lambda: build_source(settings)),
-                                 self.metrics, self.holder)
+        factory = (lambda offsets, on_revoke: source) if source is not None else (
+            lambda offsets, on_revoke: build_source(settings, offsets, on_revoke))
+        ckpt = settings.checkpoint
+        checkpointer = Checkpointer(ckpt.dir, ckpt.every_s, ckpt.every_events) if ckpt.dir else None
+        # Sources and sinks connect in the loop's thread (that may retry for a
+        # while); HTTP health answers meanwhile.
+        sink_factory = (lambda: sink) if sink is not None else (lambda: build_sink(settings))
+        self.loop = LearningLoop(settings, self.learner, factory, self.metrics, self.holder,
+                                 sink=sink_factory, checkpointer=checkpointer)
+        self.restored = self.loop.restore()
         self.app = create_app(self)
 
     # ServiceHandle for the app
     def submit_feedback(self, message: LabelMessage) -> None:
+        topic = self.settings.source.kafka.labels_topic if self.settings.source.kind == "kafka" else None
+        sink = self.loop.connected_sink
+        if topic:
+            if sink is None:
+                raise FeedbackQueueFull("not connected to Kafka yet; retry shortly")
+            # Through the labels topic, the label is as durable as any event
+            # and is joined exactly once, even across a crash.
+            sink.send(topic, message.model_dump_json().encode(), str(message.id).encode())
+            try:
+                sink.flush(self.settings.outputs.flush_timeout_s)
+            except SinkError as exc:
+                raise FeedbackQueueFull(f"label not stored: {exc}") from None
+            return
         self.loop.submit_feedback(message)
 
     def healthy(self) -> bool:
@@ -76,14 +117,15 @@ class Service:
 
     def describe(self) -> dict[str, Any]:
         return {"version": __version__, "learner": self.learner.name, "input_kind": self.learner.input_kind,
-                "events_learned": self.loop.counters.learned, "events_rejected": self.loop.counters.rejected,
-                "pending_labels": len(self.loop.pending), "source": self.settings.source.kind}
+                "events_learned": self.learner.events_learned, "events_rejected": self.loop.counters.rejected,
+                "pending_labels": len(self.loop.pending), "source": self.settings.source.kind,
+                "restored_from_checkpoint": self.restored}
 
     def serve(self) -> int:
         """Run until SIGINT/SIGTERM or a learning-loop failure; returns the exit code.
 
-        SIGTERM is a normal stop: in-flight requests finish, the loop stops
-        after its current step, and the process exits 0.
+        SIGTERM is a normal stop: in-flight requests finish, the loop finishes
+        its step and writes a final checkpoint, and the process exits 0.
         """
         http = self.settings.http
         server = _Server(uvicorn.Config(self.app, host=http.host, port=http.port, log_level="warning",

@@ -100,14 +100,21 @@ def _reason_for(err: dict[str, Any]) -> Reason:
     for tag in ("non_finite", "missing_input"):
         if tag in msg:
             return tag  # type: ignore[return-value]
-    if loc and loc[0] == "label":
+    if loc and loc[0] == "label" and err.get("type") != "extra_forbidden":
         return "bad_label"
     return "schema"
 
 
+def _field_of(err: dict[str, Any]) -> str:
+    # pydantic appends union-member tags ("label.str"); keep the field name and
+    # list indices ("features.3"), which is what a user can act on.
+    loc = err.get("loc", ())
+    return ".".join(str(p) for i, p in enumerate(loc) if i == 0 or isinstance(p, int))
+
+
 def _from_validation_error(exc: ValidationError) -> InvalidEvent:
     err = exc.errors(include_url=False)[0]
-    field = ".".join(str(p) for p in err.get("loc", ()))
+    field = _field_of(err)
     reason = _reason_for(err)
     msg = str(err.get("msg", "")).removeprefix("Value error, ")
     for tag in ("non_finite: ", "missing_input: "):
@@ -165,6 +172,6 @@ def decode_label(raw: bytes | str, limits: EventLimits = EventLimits()) -> Label
         return LabelMessage.model_validate(obj)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err.get("loc", ()))
+        field = _field_of(err)
         reason: Reason = "bad_label" if field == "label" else "schema"
         raise InvalidEvent(reason, field, str(err.get("msg", ""))) from None

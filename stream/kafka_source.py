@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kafka import KafkaConsumer
+from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import KafkaConfigurationError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class KafkaSourceOptions:
     bootstrap_servers: str
-    topic: str
+    topics: tuple[str, ...]
     group_id: str = "lifelong"
     auto_offset_reset: str = "earliest"
     max_poll_records: int = 500
@@ -54,17 +54,43 @@ def retry_with_backoff(make: Callable[[], Any], *, what: str, timeout_s: float, 
             delay = min(delay * 2, max_s)
 
 
+class _Rebalance(ConsumerRebalanceListener):
+    # kafka-python 3 calls these on its network thread, where blocking consumer
+    # calls (commit, committed) are forbidden: only pass the news on.
+    def __init__(self, source: "KafkaSource") -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            self.source.on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
 class KafkaSource:
-    def __init__(self, options: KafkaSourceOptions) -> None:
+    """Consumes ``topics`` in a group with manual commits.
+
+    The group resumes each partition at its committed offset. A checkpoint can
+    be ahead of that (the daemon crashed after writing a checkpoint, before
+    committing): records below the checkpointed offset were learned already,
+    so :meth:`poll` drops them.
+    """
+
+    def __init__(self, options: KafkaSourceOptions, start_offsets: dict[TopicPartition, int] | None = None,
+                 on_revoke: Callable[[list[TopicPartition]], None] | None = None) -> None:
         self.options = options
+        self.start_offsets = dict(start_offsets or {})
+        self.on_revoke = on_revoke or (lambda partitions: None)
+        self.skipped = 0
         self._consumer: KafkaConsumer = retry_with_backoff(
-            self._connect, what=f"consumer for {options.topic}", timeout_s=options.startup_timeout_s,
+            self._connect, what=f"consumer for {','.join(options.topics)}", timeout_s=options.startup_timeout_s,
             initial_s=options.backoff_initial_s, max_s=options.backoff_max_s)
+        self._consumer.subscribe(list(options.topics), listener=_Rebalance(self))
 
     def _connect(self) -> KafkaConsumer:
         o = self.options
         return KafkaConsumer(
-            o.topic,
             bootstrap_servers=o.bootstrap_servers.split(","),
             group_id=o.group_id,
             enable_auto_commit=False,
@@ -81,7 +107,10 @@ class KafkaSource:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         out: list[Record] = []
         for tp, records in batches.items():
-            out += [Record(r.value or b"", tp.topic, tp.partition, r.offset, r.key) for r in records]
+            floor = self.start_offsets.get((tp.topic, tp.partition), 0)
+            kept = [Record(r.value or b"", tp.topic, tp.partition, r.offset, r.key) for r in records if r.offset >= floor]
+            self.skipped += len(records) - len(kept)
+            out += kept
         return out
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:

@@ -11,6 +11,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+import numpy as np
+
 JoinOutcome = Literal["joined", "unknown_id", "duplicate", "expired"]
 
 
@@ -89,3 +91,23 @@ class PendingStore:
         if not self._items:
             return 0.0
         return self._clock() - next(iter(self._items.values())).added_at
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Pending payloads (arrays of one shape) with their ages; ids and outcomes as metadata."""
+        now = self._clock()
+        ids = list(self._items)
+        payloads = [np.asarray(self._items[i].payload) for i in ids]
+        arrays = {"payloads": np.stack(payloads)} if payloads else {}
+        meta = {"ids": ids, "ages_s": [now - self._items[i].added_at for i in ids],
+                "done": list(self._done.items()), "evicted": self.evicted, "expired": self.expired}
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        # Ages, not clock readings, survive a restart: the wait limit keeps running.
+        now = self._clock()
+        payloads = arrays.get("payloads", np.zeros((0,)))
+        self._items = OrderedDict(
+            (i, Pending(payloads[n].copy(), now - age)) for n, (i, age) in enumerate(zip(meta["ids"], meta["ages_s"])))
+        self._done = OrderedDict((i, o) for i, o in meta["done"])
+        self.evicted = int(meta["evicted"])
+        self.expired = int(meta["expired"])
