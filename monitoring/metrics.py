@@ -66,6 +66,8 @@ class Metrics:
 
         self.consumer_lag = Gauge("lifelong_consumer_lag_records",
                                   "Records between the consumer's position and the log end.", registry=r)
+        self.assigned_partitions = Gauge("lifelong_assigned_partitions",
+                                         "Kafka partitions this replica consumes now.", registry=r)
         self.checkpoints = Counter("lifelong_checkpoints_total", "Checkpoints written.", registry=r)
         self.checkpoint_failures = Counter("lifelong_checkpoint_failures_total",
                                            "Checkpoints postponed because outputs were not acknowledged.",

@@ -44,12 +44,34 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_produce(args: argparse.Namespace) -> int:
+    from ..stream.files import iter_records
+    from ..stream.produce import produce
+
+    try:
+        stats = produce(iter_records(args.file, args.label_column, args.text_column), args.bootstrap, args.topic,
+                        rate=args.rate, limit=args.limit)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"produce failed: {exc}") from None
+    print(f"produced {stats.records} records to {args.topic} in {stats.seconds:.2f} s ({stats.rate:.0f} records/s)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description="A service that learns continually from an event stream.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon (embedded demo stream unless the config names a source)")
     run.add_argument("--config", help="YAML settings file (LIFELONG_* environment variables override it)")
     run.set_defaults(func=cmd_run)
+    prod = sub.add_parser("produce", help="replay a JSONL or CSV stream file into a Kafka topic")
+    prod.add_argument("file", help="JSONL (one event per line) or CSV file, optionally .gz")
+    prod.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
+    prod.add_argument("--topic", required=True, help="topic to write to")
+    prod.add_argument("--rate", type=float, default=None, help="records per second (default: as fast as possible)")
+    prod.add_argument("--limit", type=int, default=None, help="stop after this many records")
+    prod.add_argument("--label-column", default=None, help="CSV: label column (default: 'label' or 'class')")
+    prod.add_argument("--text-column", default=None, help="CSV: make text events from this column")
+    prod.set_defaults(func=cmd_produce)
     config = sub.add_parser("config", help="inspect configuration")
     csub = config.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the effective configuration as YAML")

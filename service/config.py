@@ -40,6 +40,7 @@ class SourceSettings(Section):
     path: Path | None = Field(None, description="JSONL (optionally .gz) file for kind=file.")
     batch_size: int = Field(64, ge=1, le=10_000, description="Most records taken in one poll and learning step.")
     poll_timeout_s: float = Field(0.5, gt=0, description="Longest wait for records in one poll.")
+    lag_check_s: float = Field(5.0, gt=0, description="Seconds between consumer-lag measurements (Kafka).")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka consumer settings.")
 
     @model_validator(mode="after")

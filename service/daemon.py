@@ -233,11 +233,13 @@ class LearningLoop:
             self.checkpointer.note(n_records)
             if self.checkpointer.due():
                 self.checkpoint()
-        if time.monotonic() - self._last_lag_check >= 5.0:
+        if time.monotonic() - self._last_lag_check >= self.settings.source.lag_check_s:
             self._last_lag_check = time.monotonic()
-            lag = getattr(self.source, "lag", None)
-            if lag is not None:
-                self.metrics.consumer_lag.set(lag())
+            if hasattr(self.source, "lag"):
+                lag = self.source.lag()
+                if lag is not None:
+                    self.metrics.consumer_lag.set(lag)
+                self.metrics.assigned_partitions.set(self.source.assigned())
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         # Called on the Kafka client's thread: only flag it. The loop checkpoints

@@ -104,7 +104,14 @@ class KafkaSource:
         return False
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            # The client reconnects by itself; an empty poll keeps the loop (and
+            # serving) alive meanwhile.
+            log.warning("poll failed (%s); retrying", exc)
+            time.sleep(min(timeout_s, 1.0))
+            return []
         out: list[Record] = []
         for tp, records in batches.items():
             floor = self.start_offsets.get((tp.topic, tp.partition), 0)
@@ -123,13 +130,21 @@ class KafkaSource:
             # restart; the next successful commit covers them.
             log.warning("offset commit failed (%s); will retry with the next batch", exc)
 
-    def lag(self) -> int:
-        """Records behind the log end over the assigned partitions."""
+    def assigned(self) -> int:
+        """How many partitions this consumer owns now."""
+        return len(self._consumer.assignment())
+
+    def lag(self) -> int | None:
+        """Records behind the log end over the assigned partitions; None while the broker is unreachable."""
         assigned = self._consumer.assignment()
         if not assigned:
             return 0
-        ends = self._consumer.end_offsets(list(assigned))
-        return sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in assigned)
+        try:
+            ends = self._consumer.end_offsets(list(assigned), timeout_ms=2000)
+            return sum(max(0, ends[tp] - self._consumer.position(tp, timeout_ms=2000)) for tp in assigned)
+        except KafkaError as exc:
+            log.debug("lag unknown: %s", exc)
+            return None
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -49,27 +49,49 @@ class MemorySink:
 
 
 class KafkaSink:
-    def __init__(self, bootstrap_servers: str, client_options: dict[str, Any] | None = None) -> None:
+    """A Kafka producer that never drops an output silently.
+
+    A send that fails (at once, or later in the background) is kept and sent
+    again at the next :meth:`flush`; until it goes through, flush raises and
+    the daemon keeps its offsets where they are. ``max_block_ms`` is short so
+    a broker outage stalls the learning loop for seconds, not a minute.
+    """
+
+    def __init__(self, bootstrap_servers: str, client_options: dict[str, Any] | None = None,
+                 max_unsent: int = 100_000) -> None:
         from kafka import KafkaProducer
 
-        self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), acks="all", linger_ms=5,
-                                       **(client_options or {}))
-        self._failures: list[BaseException] = []
+        options = {"acks": "all", "linger_ms": 5, "max_block_ms": 5000, **(client_options or {})}
+        self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), **options)
+        self._unsent: list[tuple[str, bytes, bytes | None, Headers]] = []
+        self._max_unsent = max_unsent
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers | None = None) -> None:
-        future = self._producer.send(topic, value=value, key=key, headers=headers or [])
-        future.add_errback(self._failures.append)
+        from kafka.errors import KafkaError
+
+        message = (topic, value, key, list(headers or []))
+        if len(self._unsent) >= self._max_unsent:
+            raise SinkError(f"{len(self._unsent)} outputs are waiting for Kafka; not taking more")
+        try:
+            future = self._producer.send(topic, value=value, key=key, headers=message[3])
+        except KafkaError as exc:
+            log.warning("output to %s not sent (%s); will retry", topic, exc)
+            self._unsent.append(message)
+            return
+        future.add_errback(lambda exc, m=message: self._unsent.append(m))
 
     def flush(self, timeout_s: float) -> None:
         from kafka.errors import KafkaError
 
+        retry, self._unsent = self._unsent, []
+        for message in retry:
+            self.send(*message)
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaError as exc:
             raise SinkError(f"outputs not acknowledged within {timeout_s} s: {exc}") from exc
-        if self._failures:
-            first, self._failures = self._failures[0], []
-            raise SinkError(f"an output was not delivered: {first}")
+        if self._unsent:
+            raise SinkError(f"{len(self._unsent)} outputs not delivered yet")
 
     def close(self) -> None:
         self._producer.close(timeout=10)

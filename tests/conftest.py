@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
-from harness import LOCAL_KAFKA, Broker, Daemon, Prometheus, free_port, http_json, require, wait_until
+from harness import LOCAL_KAFKA, Broker, Daemon, Prometheus, free_port, http_json, require, start_broker, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +21,17 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     require("java")
     require("kcat")
     data_dir = tmp_path_factory.mktemp("kafka")
-    cmd = [str(LOCAL_KAFKA), "start", "--port", str(free_port()), "--controller-port", str(free_port()),
-           "--data-dir", str(data_dir), "--partitions", "2"]
-    started = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    if started.returncode != 0:
-        pytest.fail(f"local-kafka start failed:\n{started.stdout}\n{started.stderr}")
-    yield Broker(started.stdout.strip().splitlines()[-1], data_dir)
+    yield start_broker(data_dir)
+    subprocess.run([str(LOCAL_KAFKA), "stop", "--data-dir", str(data_dir)], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of the test's own, for tests that stop and start it."""
+    require("java")
+    data_dir = tmp_path / "kafka"
+    data_dir.mkdir()
+    yield start_broker(data_dir)
     subprocess.run([str(LOCAL_KAFKA), "stop", "--data-dir", str(data_dir)], capture_output=True, timeout=60)
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
@@ -83,6 +82,17 @@ class Broker:
         payload = "".join(line + "\n" for line in lines)
         subprocess.run([require("kcat"), "-b", self.bootstrap, "-P", "-t", topic], input=payload.encode(),
                        check=True, timeout=60)
+
+    def stop(self) -> None:
+        subprocess.run([str(LOCAL_KAFKA), "stop", "--data-dir", str(self.data_dir)], capture_output=True,
+                       check=True, timeout=60)
+
+    def start(self) -> None:
+        """Start again on the same data dir (same ports, same topics)."""
+        started = subprocess.run([str(LOCAL_KAFKA), "start", "--data-dir", str(self.data_dir)], capture_output=True,
+                                 text=True, timeout=240)
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.strip().splitlines()[-1] == self.bootstrap
 
     def consume(self, topic: str) -> list[dict[str, Any]]:
         out = subprocess.run([require("kcat"), "-b", self.bootstrap, "-C", "-t", topic, "-o", "beginning", "-e",
@@ -153,3 +163,23 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait(10)
         return int(self.proc.returncode)
+
+
+def start_broker(data_dir: Path, partitions: int = 2) -> Broker:
+    cmd = [str(LOCAL_KAFKA), "start", "--port", str(free_port()), "--controller-port", str(free_port()),
+           "--data-dir", str(data_dir), "--partitions", str(partitions)]
+    started = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    if started.returncode != 0:
+        pytest.fail(f"local-kafka start failed:\n{started.stdout}\n{started.stderr}")
+    return Broker(started.stdout.strip().splitlines()[-1], data_dir)
+
+
+def checkpoint_meta(state_dir: Path) -> dict[str, Any]:
+    """The metadata of the latest checkpoint in a daemon's checkpoint folder."""
+    from lifelong.memory.persistence import load_state
+
+    return load_state(state_dir / "latest")[1]
+
+
+def learned_counts(state_dir: Path) -> dict[str, int]:
+    return checkpoint_meta(state_dir)["parts"]["learned_ids"]["counts"]
