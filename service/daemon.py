@@ -212,27 +212,29 @@ class LearningLoop:
         events = self._validate([r for r in records if r.topic != self._labels_topic])
         if events:
             self._process(events)
-        self._join_labels(self._decode_labels(label_records) + self._drain_feedback())
+        joined = self._join_labels(self._decode_labels(label_records) + self._drain_feedback())
         self.metrics.pending_expired.inc(self.pending.expire())
         self.metrics.pending_labels.set(len(self.pending))
         self.metrics.pending_oldest_age.set(self.pending.oldest_age_s())
         self._publish()
         self.positions.update(next_offsets(records))
-        self._after_step(len(records))
+        # Labels joined from HTTP change the state without any record read: they
+        # count towards the next checkpoint too.
+        self._after_step(len(records), joined)
         self.counters.steps += 1
         return len(records)
 
-    def _after_step(self, n_records: int) -> None:
+    def _after_step(self, n_records: int, n_joined: int) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.note(n_records + n_joined)
         if self._revoked.is_set():
-            self._revoked.clear()
-            self.checkpoint()
+            if self.checkpoint():
+                self._revoked.clear()  # else retried after the next step
         elif self.checkpointer is None:
             if n_records:
                 self.checkpoint()  # no state to keep: commit after every batch (at-least-once)
-        else:
-            self.checkpointer.note(n_records)
-            if self.checkpointer.due():
-                self.checkpoint()
+        elif self.checkpointer.due():
+            self.checkpoint()
         if time.monotonic() - self._last_lag_check >= self.settings.source.lag_check_s:
             self._last_lag_check = time.monotonic()
             if hasattr(self.source, "lag"):
@@ -321,7 +323,8 @@ class LearningLoop:
             except queue.Empty:
                 return messages
 
-    def _join_labels(self, messages: list[LabelMessage]) -> None:
+    def _join_labels(self, messages: list[LabelMessage]) -> int:
+        """Learn the events these labels complete; returns how many."""
         taps, labels, ids = [], [], []
         for message in messages:
             outcome, tap = self.pending.take(str(message.id))
@@ -332,6 +335,7 @@ class LearningLoop:
                 ids.append(str(message.id))
         if taps:
             self._learn(np.stack(taps), labels, ids)
+        return len(taps)
 
     def _publish(self, force: bool = False) -> None:
         if self._unpublished == 0:

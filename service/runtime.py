@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import uvicorn
@@ -46,10 +47,8 @@ def build_source(settings: Settings, offsets: dict[TopicPartition, int],
     if src.kind in ("demo", "file"):
         path = demo_path() if src.kind == "demo" else src.path
         assert path is not None  # checked by the settings model
-        name = "demo" if src.kind == "demo" else None
-        source = FileSource(path, name=name)
-        start = offsets.get((source.name, 0), 0)
-        return FileSource(path, start_offset=start, name=source.name) if start else source
+        name = "demo" if src.kind == "demo" else Path(path).name
+        return FileSource(path, start_offset=offsets.get((name, 0), 0), name=name)
     from ..stream.kafka_source import KafkaSource, KafkaSourceOptions
 
     k = src.kafka

@@ -486,9 +486,6 @@ def test_a_pending_label_survives_a_restart(tmp_path: Path, services: Services,
     assert third.loop.pending.take("u1") == ("duplicate", None)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: service/daemon.py _after_step only notes records read, so a "
-                   "state change from HTTP feedback while the stream is idle never makes a checkpoint due, "
-                   "even after checkpoint.every_s")
 def test_a_label_joined_while_the_stream_is_idle_is_checkpointed_within_every_s(
         tmp_path: Path, services: Services) -> None:
     rng = np.random.default_rng(5)
@@ -562,8 +559,6 @@ def test_build_source_resumes_a_file_at_the_checkpointed_offset(tmp_path: Path) 
             source.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: service/runtime.py build_source opens the file once to learn its "
-                   "name and never closes that FileSource when it resumes at an offset (unclosed file)")
 def test_build_source_leaves_no_file_open_when_it_resumes(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "events.jsonl", stream_lines())
     settings = make_settings(path, tmp_path / "state")
