@@ -156,6 +156,7 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str,
             continue
         env = ENV_PREFIX + key.upper().replace(".", "__")
         default = info.get_default(call_default_factory=True)
+        default = str(default) if isinstance(default, Path) else default
         if get_origin(ann) is Literal:
             type_name = " or ".join(repr(a) for a in get_args(ann))
         else:

@@ -115,8 +115,11 @@ class Service:
         return self.loop.alive and self.loop.error is None
 
     def describe(self) -> dict[str, Any]:
+        served = self.holder.current
+        # Counts describe the served snapshot, so they agree with model_version.
         return {"version": __version__, "learner": self.learner.name, "input_kind": self.learner.input_kind,
-                "events_learned": self.learner.events_learned, "events_rejected": self.loop.counters.rejected,
+                "events_learned": served.events_learned if served else 0,
+                "events_rejected": self.loop.counters.rejected,
                 "pending_labels": len(self.loop.pending), "source": self.settings.source.kind,
                 "restored_from_checkpoint": self.restored}
 

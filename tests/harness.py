@@ -144,7 +144,10 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"lifelong exited with {self.proc.returncode}:\n{self.log()}")
             return http_json("GET", f"{self.url}/readyz", timeout=2)[0] == 200
-        wait_until(ready, timeout_s, "lifelong /readyz")
+        try:
+            wait_until(ready, timeout_s, "lifelong /readyz")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- daemon log (tail) ---\n{self.log()[-6000:]}") from None
         return time.monotonic() - self.started_at
 
     def metric(self, name: str) -> float:

@@ -81,7 +81,8 @@ def test_every_kind_of_bad_record_goes_to_the_dead_letter_topic(kafka_broker, li
                                              limits={"max_text_chars": 100, "max_record_bytes": 4000}))
     daemon.wait_ready()
     wait_until(lambda: daemon.metric("lifelong_events_consumed_total") == len(records), 60, "all consumed")
-    assert events_learned(daemon) == len(valid)
+    wait_until(lambda: events_learned(daemon) == len(valid), 30, "valid events learned and served")
+    assert daemon.metric("lifelong_events_learned_total") == len(valid)
 
     def all_dead_letters() -> list[dict[str, Any]] | None:
         messages = kafka_broker.consume(f"{topic}-dead")
