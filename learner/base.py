@@ -26,6 +26,9 @@ class StepStats:
     correct: np.ndarray  # prediction made *before* the update was right (prequential)
     new_classes: tuple[str, ...]
     version: int
+    signals: tuple[str, ...] = ()  # drift signals this step raised: peak, plateau, consolidation, adwin
+    window_mean: float = float("nan")  # normalised loss window, for monitoring
+    window_var: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,7 @@ class Learner(Protocol):
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None: ...
 
     def nbytes(self) -> int: ...
+
+    def gauges(self) -> dict[str, float]:
+        """Numbers for monitoring (replay items and bytes, PQ error, merges, prototypes)."""
+        ...

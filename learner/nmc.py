@@ -16,6 +16,7 @@ from ..memory.prototypes import PrototypeIndex
 from .base import InputKind, Predictions, RawInputs, StepStats
 from .encoders import Encoder
 from .head import LinearHead, softmax
+from .serving import to_predictions, unit
 
 
 def fused_probs(taps: np.ndarray, head: LinearHead, protos: PrototypeIndex,
@@ -24,20 +25,8 @@ def fused_probs(taps: np.ndarray, head: LinearHead, protos: PrototypeIndex,
     if head.num_classes == 0:
         return np.zeros((len(taps), 0), np.float32)
     p_head = softmax(head.logits(taps))
-    p_proto = softmax(proto_scale * protos.similarities(_unit(taps)))
+    p_proto = softmax(proto_scale * protos.similarities(unit(taps)))
     return head_weight * p_head + (1.0 - head_weight) * p_proto
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _to_predictions(probs: np.ndarray, classes: Sequence[str], version: int) -> Predictions:
-    if probs.shape[1] == 0:
-        n = len(probs)
-        return Predictions([None] * n, np.zeros(n, np.float32), version, np.full(n, -1))
-    ids = probs.argmax(1)
-    return Predictions([classes[i] for i in ids], probs[np.arange(len(ids)), ids].astype(np.float32), version, ids)
 
 
 @dataclass(frozen=True)
@@ -58,7 +47,7 @@ class NMCSnapshot:
     def predict_many(self, inputs: RawInputs) -> Predictions:
         taps = self.encoder.encode(inputs)
         probs = fused_probs(taps, self.head, self.protos, self.head_weight, self.proto_scale)
-        return _to_predictions(probs, self.classes, self.version)
+        return to_predictions(probs, self.classes, self.version)
 
     def nbytes(self) -> int:
         return int(self.head.weight.nbytes + self.head.bias.nbytes + self.protos.nbytes())
@@ -107,7 +96,7 @@ class NMCLearner:
         y, new = self._ids_for(labels)
         # Prequential: the prediction made before this update; an unseen class is always wrong.
         correct = (before.argmax(1) == y) if known else np.zeros(len(y), bool)
-        self.protos.add(_unit(taps), y)
+        self.protos.add(unit(taps), y)
         for label in new:
             self.head.add_class(self.protos.mean_of(self._class_ids[label]))
         probs = softmax(self.head.logits(taps))
@@ -119,7 +108,7 @@ class NMCLearner:
 
     def predict_taps(self, taps: np.ndarray) -> Predictions:
         probs = fused_probs(taps, self.head, self.protos, self.head_weight, self.proto_scale)
-        return _to_predictions(probs, self._classes, self.version)
+        return to_predictions(probs, self._classes, self.version)
 
     def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats:
         return self.learn_taps(self.encode(inputs, learning=True), labels)
@@ -131,7 +120,8 @@ class NMCLearner:
         head = LinearHead(self.head.dim, lr=self.head.lr)
         head.load_state_dict(self.head.state_dict())
         return NMCSnapshot(self.version, self.classes, self.input_kind, self.input_dim, self.events_learned,
-                           self.encoder.serving_copy(), head, self.protos.frozen_copy(), self.head_weight, self.proto_scale)
+                           self.encoder.serving_copy(), head, self.protos.frozen_copy(), self.head_weight,
+                           self.proto_scale)
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {f"head.{k}": v for k, v in self.head.state_dict().items()}
@@ -158,3 +148,6 @@ class NMCLearner:
 
     def nbytes(self) -> int:
         return int(self.head.weight.nbytes + self.head.bias.nbytes + self.protos.nbytes())
+
+    def gauges(self) -> dict[str, float]:
+        return {"prototypes": self.protos.num_classes}

@@ -19,6 +19,7 @@ LEARN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 PREDICT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 LABEL_OUTCOMES = ("joined", "unknown_id", "duplicate", "expired", "invalid")
+DRIFT_KINDS = ("peak", "plateau", "consolidation", "adwin")
 HTTP_ROUTES = ("/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics", "other")
 
 
@@ -54,6 +55,21 @@ class Metrics:
                                           "Test-then-train accuracy over the last window of labelled events.",
                                           registry=r)
         self.loss = Gauge("lifelong_learn_loss", "Mean cross-entropy of the last learning step.", registry=r)
+        self.loss_window_mean = Gauge("lifelong_loss_window_mean",
+                                      "Mean of the normalised loss window (drift signal).", registry=r)
+        self.loss_window_variance = Gauge("lifelong_loss_window_variance",
+                                          "Variance of the normalised loss window (drift signal).", registry=r)
+        self.drift_events = Counter("lifelong_drift_events_total", "Drift signals, by kind.", ["kind"], registry=r)
+        for kind in DRIFT_KINDS:
+            self.drift_events.labels(kind=kind)
+        self.replay_items = Gauge("lifelong_replay_items", "Items in the replay memory.", registry=r)
+        self.replay_bytes = Gauge("lifelong_replay_bytes", "Bytes of the replay memory, codebook included.",
+                                  registry=r)
+        self.pq_error = Gauge("lifelong_pq_reconstruction_error",
+                              "Relative squared error of PQ-decoded taps (NaN before the codebook).", registry=r)
+        self.adapters_merged = Gauge("lifelong_adapters_merged", "Adapter pairs merged at loss plateaus.",
+                                     registry=r)
+        self.prototypes = Gauge("lifelong_prototypes", "Class prototypes in the index.", registry=r)
         self.learn_latency = Histogram("lifelong_learn_latency_seconds", "Time of one learning step (a batch).",
                                        buckets=LEARN_BUCKETS, registry=r)
         self.learn_batch_size = Histogram("lifelong_learn_batch_events", "Events in one learning step.",

@@ -51,15 +51,28 @@ class SourceSettings(Section):
 
 
 class LearnerSettings(Section):
-    name: Literal["nmc"] = Field("nmc", description="Learning algorithm.")
+    name: Literal["lifelong", "nmc"] = Field(
+        "lifelong", description="lifelong: Online-LoRA adapter + cosine head + PQ replay + EMA serving; "
+        "nmc: prototypes + linear head (baseline).")
     input_kind: Literal["text", "features"] = Field("text", description="What events carry.")
     feature_dim: int | None = Field(None, ge=1, description="Feature vector width; required when "
                                     "input_kind is 'features'.")
     feature_warmup_events: int = Field(1000, ge=0, description="Events whose statistics standardise features.")
     max_tokens: int = Field(128, ge=8, le=512, description="Text is truncated to this many tokens.")
-    lr: float = Field(0.5, gt=0, description="Head learning rate.")
-    head_weight: float = Field(0.5, ge=0, le=1, description="Weight of the head vs. the prototypes in predictions.")
-    proto_scale: float = Field(16.0, gt=0, description="Softmax temperature (inverse) over prototype similarities.")
+    memory_budget_bytes: int = Field(64 << 20, ge=1 << 16, description="Replay memory budget (lifelong), "
+                                     "codebook included.")
+    pq_m: int = Field(96, ge=0, description="PQ sub-quantisers, i.e. bytes per stored tap (lifelong; 0: raw).")
+    steps_per_batch: int = Field(8, ge=1, description="Optimiser steps per micro-batch (lifelong).")
+    replay_per_step: int = Field(256, ge=0, description="Replayed items mixed into each step (lifelong).")
+    rank: int = Field(8, ge=1, description="LoRA rank of the adapter (lifelong).")
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="EMA decay of the served weights after warm-up "
+                             "(lifelong; 0.9 during warm-up).")
+    seed: int = Field(0, description="Random seed (lifelong).")
+    lr: float = Field(0.5, gt=0, description="Head learning rate (nmc).")
+    head_weight: float = Field(0.5, ge=0, le=1, description="Weight of the head vs. the prototypes in predictions "
+                               "(nmc).")
+    proto_scale: float = Field(16.0, gt=0, description="Softmax temperature (inverse) over prototype similarities "
+                               "(nmc).")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; None keeps torch's default.")
 
     @model_validator(mode="after")

@@ -298,6 +298,11 @@ class LearningLoop:
         self.metrics.learn_batch_size.observe(stats.n)
         self.metrics.events_learned.inc(stats.n)
         self.metrics.loss.set(stats.loss)
+        for signal in stats.signals:
+            self.metrics.drift_events.labels(kind=signal).inc()
+        if stats.window_mean == stats.window_mean:  # not NaN
+            self.metrics.loss_window_mean.set(stats.window_mean)
+            self.metrics.loss_window_variance.set(stats.window_var)
         self.prequential.update(stats.correct)
         self.metrics.prequential_accuracy.set(self.prequential.value)
         if self.learned_ids is not None:
@@ -354,3 +359,9 @@ class LearningLoop:
         self.metrics.model_version.set(snapshot.version)
         self.metrics.model_classes.set(len(snapshot.classes))
         self.metrics.model_bytes.set(snapshot.nbytes())
+        gauges = self.learner.gauges()
+        self.metrics.replay_items.set(gauges.get("replay_items", 0))
+        self.metrics.replay_bytes.set(gauges.get("replay_bytes", 0))
+        self.metrics.pq_error.set(gauges.get("pq_error", float("nan")))
+        self.metrics.adapters_merged.set(gauges.get("adapters_merged", 0))
+        self.metrics.prototypes.set(gauges.get("prototypes", 0))

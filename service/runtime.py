@@ -12,6 +12,7 @@ import uvicorn
 from .. import __version__
 from ..learner.base import Learner
 from ..learner.encoders import make_encoder
+from ..learner.continual import ContinualConfig, ContinualLearner
 from ..learner.nmc import NMCLearner
 from ..monitoring.metrics import Metrics
 from ..stream.demo import demo_path
@@ -38,7 +39,12 @@ def build_learner(settings: Settings) -> Learner:
         encoder = make_encoder("text", max_tokens=ls.max_tokens)
     else:
         encoder = make_encoder("features", feature_dim=ls.feature_dim, warmup_events=ls.feature_warmup_events)
-    return NMCLearner(encoder, lr=ls.lr, head_weight=ls.head_weight, proto_scale=ls.proto_scale)
+    if ls.name == "nmc":
+        return NMCLearner(encoder, lr=ls.lr, head_weight=ls.head_weight, proto_scale=ls.proto_scale)
+    pq_m = ls.pq_m if ls.pq_m and encoder.dim % ls.pq_m == 0 else 0
+    return ContinualLearner(encoder, ContinualConfig(
+        memory_budget_bytes=ls.memory_budget_bytes, pq_m=pq_m, steps_per_batch=ls.steps_per_batch,
+        replay_per_step=ls.replay_per_step, rank=ls.rank, ema_decay=ls.ema_decay, seed=ls.seed))
 
 
 def build_source(settings: Settings, offsets: dict[TopicPartition, int],

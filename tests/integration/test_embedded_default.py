@@ -26,7 +26,7 @@ def test_embedded_default_answers_within_60s_and_learns_above_chance(lifelong_da
     assert daemon.metric("lifelong_prequential_accuracy") > 0.5
     status, model = http_json("GET", f"{daemon.url}/v1/model")
     assert status == 200
-    assert model["learner"] == "nmc" and model["input_kind"] == "text"
+    assert model["learner"] == "lifelong" and model["input_kind"] == "text"
     assert len(model["classes"]) >= 15
     assert "balance" in model["classes"]
     assert model["memory_bytes"]["model"] > 0

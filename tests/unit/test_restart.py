@@ -86,7 +86,7 @@ def write_lines(path: Path, lines: list[Any]) -> Path:
 def make_settings(path: Path, ckpt_dir: Path | None, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "source": {"kind": "file", "path": str(path), "batch_size": 8, "poll_timeout_s": 0.001},
-        "learner": {"input_kind": "features", "feature_dim": DIM, "feature_warmup_events": 20},
+        "learner": {"name": "nmc", "input_kind": "features", "feature_dim": DIM, "feature_warmup_events": 20},
         "checkpoint": {"dir": str(ckpt_dir) if ckpt_dir else None, "every_s": 3600.0, "every_events": 16},
         "debug": {"track_learned_ids": True},
         "publish_every_events": 1,

@@ -38,7 +38,7 @@ def write_lines(path: Path, lines: list[Any]) -> Path:
 def make_settings(path: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "source": {"kind": "file", "path": str(path), "batch_size": 64, "poll_timeout_s": 0.01},
-        "learner": {"input_kind": "features", "feature_dim": DIM, "feature_warmup_events": 30},
+        "learner": {"name": "nmc", "input_kind": "features", "feature_dim": DIM, "feature_warmup_events": 30},
         "http": {"max_instances": 3},
         "limits": {"max_record_bytes": 4096},
         "publish_every_events": 1,

@@ -1,0 +1,79 @@
+"""Product-quantisation codec for tap vectors (FAISS ``ProductQuantizer``).
+
+A 384-d float32 tap (1,536 bytes) becomes ``m`` one-byte codes (48 by
+default): 32x smaller, so replay keeps 32x more of the past in the same
+budget. The codebook is trained once, on the first ``train_size`` taps, and
+never changes afterwards, so stored codes stay valid.
+"""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+class PQCodec:
+    def __init__(self, dim: int, m: int = 48, nbits: int = 8, train_size: int = 2000, seed: int = 0) -> None:
+        if dim % m:
+            raise ValueError(f"tap width {dim} is not divisible by {m} sub-quantisers")
+        self.dim, self.m, self.nbits, self.train_size, self.seed = dim, m, nbits, train_size, seed
+        self._pq: faiss.ProductQuantizer | None = None
+        self.reconstruction_error = float("nan")
+
+    @property
+    def trained(self) -> bool:
+        return self._pq is not None
+
+    @property
+    def code_size(self) -> int:
+        return self.m * self.nbits // 8
+
+    def _new_pq(self) -> faiss.ProductQuantizer:
+        pq = faiss.ProductQuantizer(self.dim, self.m, self.nbits)
+        pq.cp.min_points_per_centroid = 1  # a few thousand points are enough for 256 centroids in 8-d
+        pq.cp.seed = self.seed
+        return pq
+
+    def train(self, x: np.ndarray) -> None:
+        """Fit the codebook (seconds on 2 cores; run it off the learning thread)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        pq = self._new_pq()
+        pq.train(x)
+        self._pq = pq
+        self.reconstruction_error = self.relative_error(x)
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        assert self._pq is not None, "train the codec first"
+        return self._pq.compute_codes(np.ascontiguousarray(x, dtype=np.float32))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        assert self._pq is not None, "train the codec first"
+        return self._pq.decode(np.ascontiguousarray(codes, dtype=np.uint8))
+
+    def relative_error(self, x: np.ndarray) -> float:
+        """Mean squared reconstruction error relative to the mean squared norm."""
+        x = np.asarray(x, dtype=np.float32)
+        if len(x) == 0:
+            return float("nan")
+        err = ((self.decode(self.encode(x)) - x) ** 2).sum(1).mean()
+        return float(err / max(float((x**2).sum(1).mean()), 1e-12))
+
+    def nbytes(self) -> int:
+        return self.dim * (1 << self.nbits) * 4 if self.trained else 0
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        if self._pq is None:
+            return {}
+        return {"centroids": faiss.vector_to_array(self._pq.centroids).copy(),
+                "error": np.array([self.reconstruction_error])}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        if "centroids" not in state:
+            self._pq = None
+            return
+        pq = self._new_pq()
+        centroids = state["centroids"].astype(np.float32)
+        if centroids.size != self.dim * (1 << self.nbits):
+            raise ValueError(f"codebook has {centroids.size} values, expected {self.dim * (1 << self.nbits)}")
+        faiss.copy_array_to_vector(centroids, pq.centroids)
+        self._pq = pq
+        self.reconstruction_error = float(state["error"][0])
