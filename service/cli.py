@@ -57,6 +57,17 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.checkpoint:
+        from .bench_checkpoint import run
+
+        result = run(items=args.items)
+        for key, value in result.items():
+            print(f"{key}: {value:,.3f}" if isinstance(value, float) and not value.is_integer() else f"{key}: {value:,.0f}")
+        return 0
+    raise SystemExit("lifelong bench: give --checkpoint (quality and speed benchmarks are not built yet)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description="A service that learns continually from an event stream.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
     prod.add_argument("--label-column", default=None, help="CSV: label column (default: 'label' or 'class')")
     prod.add_argument("--text-column", default=None, help="CSV: make text events from this column")
     prod.set_defaults(func=cmd_produce)
+    bench = sub.add_parser("bench", help="benchmarks that print numbers")
+    bench.add_argument("--checkpoint", action="store_true", help="checkpoint size and write/restore time")
+    bench.add_argument("--items", type=int, default=100_000, help="replay items in the checkpoint benchmark")
+    bench.set_defaults(func=cmd_bench)
     config = sub.add_parser("config", help="inspect configuration")
     csub = config.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the effective configuration as YAML")

@@ -29,6 +29,11 @@ class KafkaSettings(Section):
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new group starts reading.")
     startup_timeout_s: float = Field(120.0, gt=0, description="How long to retry while no broker answers at start.")
+    instance_id: str | None = Field(
+        None, description="Static group membership id (one per replica, stable across restarts): a restarted "
+        "replica takes its partitions back at once instead of waiting for the session timeout.")
+    session_timeout_s: float = Field(10.0, ge=1, le=300, description="How long the group waits for a silent "
+                                     "replica before moving its partitions.")
     client_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Passed to the kafka-python consumer as is (security_protocol, ssl_*, sasl_* ...).")

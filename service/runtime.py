@@ -62,7 +62,8 @@ def build_source(settings: Settings, offsets: dict[TopicPartition, int],
     return KafkaSource(KafkaSourceOptions(
         bootstrap_servers=k.bootstrap_servers, topics=topics, group_id=k.group_id,
         auto_offset_reset=k.auto_offset_reset, max_poll_records=src.batch_size,
-        startup_timeout_s=k.startup_timeout_s, client_options=dict(k.client_options)), offsets, on_revoke)
+        startup_timeout_s=k.startup_timeout_s, instance_id=k.instance_id, session_timeout_s=k.session_timeout_s,
+        client_options=dict(k.client_options)), offsets, on_revoke)
 
 
 def build_sink(settings: Settings) -> Sink | None:

@@ -30,6 +30,8 @@ class KafkaSourceOptions:
     auto_offset_reset: str = "earliest"
     max_poll_records: int = 500
     startup_timeout_s: float = 120.0
+    instance_id: str | None = None
+    session_timeout_s: float = 10.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
     # Passed to KafkaConsumer untouched: security_protocol, ssl_*, sasl_* ...
@@ -96,6 +98,9 @@ class KafkaSource:
             enable_auto_commit=False,
             auto_offset_reset=o.auto_offset_reset,
             max_poll_records=o.max_poll_records,
+            group_instance_id=o.instance_id,
+            session_timeout_ms=int(o.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(500, int(o.session_timeout_s * 1000 / 5)),
             **o.client_options,
         )
 
