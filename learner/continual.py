@@ -132,6 +132,7 @@ class ContinualLearner:
         return self.config.cos_scale * F.normalize(h, dim=1) @ F.normalize(self.head, dim=1).T
 
     def _probs(self, taps: np.ndarray) -> np.ndarray:
+        taps = np.ascontiguousarray(taps, dtype=np.float32)
         with torch.no_grad():
             p = softmax(self._logits(torch.from_numpy(taps)).numpy())
         w = self.config.proto_weight

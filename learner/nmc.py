@@ -44,10 +44,12 @@ class NMCSnapshot:
     head_weight: float
     proto_scale: float
 
-    def predict_many(self, inputs: RawInputs) -> Predictions:
-        taps = self.encoder.encode(inputs)
+    def predict_taps(self, taps: np.ndarray) -> Predictions:
         probs = fused_probs(taps, self.head, self.protos, self.head_weight, self.proto_scale)
         return to_predictions(probs, self.classes, self.version)
+
+    def predict_many(self, inputs: RawInputs) -> Predictions:
+        return self.predict_taps(self.encoder.encode(inputs))
 
     def nbytes(self) -> int:
         return int(self.head.weight.nbytes + self.head.bias.nbytes + self.protos.nbytes())

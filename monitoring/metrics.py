@@ -92,6 +92,38 @@ class Metrics:
                                             buckets=LEARN_BUCKETS, registry=r)
         self.checkpoint_bytes = Gauge("lifelong_checkpoint_bytes", "Size of the latest checkpoint.", registry=r)
 
+        # Continual evaluation (monitoring/evaluator.py), for model="serving" (EMA) and model="live".
+        ev = ["model"]
+        self.eval_current = Gauge("lifelong_eval_current_accuracy", "Accuracy on the current segment's holdout.",
+                                  ev, registry=r)
+        self.eval_mean = Gauge("lifelong_eval_mean_accuracy", "Mean accuracy over every segment's holdout.", ev,
+                               registry=r)
+        self.eval_min = Gauge("lifelong_eval_min_accuracy",
+                              "min-ACC: mean over past segments of each one's lowest accuracy since it ended.",
+                              ev, registry=r)
+        self.eval_worst_case = Gauge("lifelong_eval_worst_case_accuracy",
+                                     "WC-ACC: (1/K) current + (1 - 1/K) min-ACC.", ev, registry=r)
+        self.eval_forgetting = Gauge("lifelong_eval_forgetting",
+                                     "Windowed forgetting WF^w over past segments (stat: mean or max).",
+                                     ["model", "window", "stat"], registry=r)
+        self.eval_plasticity = Gauge("lifelong_eval_plasticity", "Windowed plasticity WP^w of the current segment.",
+                                     ["model", "window"], registry=r)
+        self.gap_depth = Gauge("lifelong_stability_gap_depth",
+                               "Depth of the latest stability gap: accuracy on past segments before the drift "
+                               "minus the lowest after it.", ev, registry=r)
+        self.gap_recovery = Gauge("lifelong_stability_gap_recovery_evaluations",
+                                  "Evaluations the latest gap took to recover (while open: so far).", ev, registry=r)
+        self.eval_past_class = Gauge("lifelong_eval_past_class_accuracy",
+                                     "Accuracy on holdout items of classes absent for a while (no detector needed).",
+                                     ev, registry=r)
+        self.eval_present_class = Gauge("lifelong_eval_present_class_accuracy",
+                                        "Accuracy on holdout items of recently seen classes.", ev, registry=r)
+        self.eval_segments = Gauge("lifelong_eval_segments", "Segments the evaluator tracks.", registry=r)
+        self.eval_holdout = Gauge("lifelong_eval_holdout_items", "Held-out events kept for evaluation.", registry=r)
+        self.evaluations = Counter("lifelong_evaluations_total", "Continual evaluations run.", registry=r)
+        self.events_held_out = Counter("lifelong_events_held_out_total",
+                                       "Labelled events held out for evaluation instead of learned.", registry=r)
+
         self.model_version = Gauge("lifelong_model_version", "Version of the model being served.", registry=r)
         self.model_classes = Gauge("lifelong_model_classes", "Classes the served model knows.", registry=r)
         self.model_bytes = Gauge("lifelong_model_memory_bytes", "Bytes held by the served model's state.",

@@ -123,6 +123,15 @@ class CheckpointSettings(Section):
     every_events: int = Field(10_000, ge=1, description="Most records between checkpoints.")
 
 
+class EvaluationSettings(Section):
+    holdout_fraction: float = Field(0.05, ge=0, lt=1, description="Labelled events held out for continual "
+                                    "evaluation instead of learned (hash of the id; 0 disables).")
+    per_segment_cap: int = Field(1000, ge=1, description="Most held-out events kept per segment.")
+    eval_every: int = Field(500, ge=1, description="Learned events between evaluations (rho).")
+    class_absent_window: int = Field(2000, ge=1, description="Events a class must be absent to count as past "
+                                     "(class-based stability gap).")
+
+
 class DebugSettings(Section):
     track_learned_ids: bool = Field(False, description="Keep a per-event-id learn count in the checkpoint "
                                     "(test hook for the exactly-once guarantee).")
@@ -140,6 +149,8 @@ class Settings(BaseSettings):
     labels: LabelSettings = Field(default_factory=LabelSettings, description="Delayed labels.")
     outputs: OutputSettings = Field(default_factory=OutputSettings, description="Kafka outputs.")
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings, description="Checkpoints.")
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings,
+                                           description="Continual evaluation.")
     debug: DebugSettings = Field(default_factory=DebugSettings, description="Test hooks.")
     prequential_window: int = Field(1000, ge=1, description="Labelled events in the prequential accuracy window.")
     publish_every_events: int = Field(256, ge=1, description="Learned events between serving snapshots.")

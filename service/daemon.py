@@ -34,6 +34,7 @@ from ..stream.sources import Record, Source, TopicPartition, next_offsets
 from ..stream.validate import EventValidator
 from .checkpoint import Checkpointer, Part
 from .config import Settings
+from .evaluation import EvaluationHook
 from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class LearningLoop:
                                         lim.dedup_window)
         self.pending = PendingStore(settings.labels.max_pending, settings.labels.max_wait_s)
         self.prequential = PrequentialAccuracy(settings.prequential_window)
+        self.evaluation = EvaluationHook(settings.evaluation, metrics)
         # Test hook: how often each event id was learned, saved with the state.
         self.learned_ids: Counter[str] | None = Counter() if settings.debug.track_learned_ids else None
         self.positions: dict[TopicPartition, int] = {}
@@ -99,6 +101,7 @@ class LearningLoop:
             "pending": self.pending.state_dict(),
             "dedup": self.validator.recent_ids.state_dict(),
             "prequential": (preq, {}),
+            "evaluator": self.evaluation.evaluator.state_dict(),
         }
         if self.learned_ids is not None:
             parts["learned_ids"] = ({}, {"counts": dict(self.learned_ids)})
@@ -115,6 +118,8 @@ class LearningLoop:
         self.pending.load_state_dict(*ckpt.parts["pending"])
         self.validator.recent_ids.load_state_dict(*ckpt.parts["dedup"])
         self.prequential.load_state_dict(ckpt.parts["prequential"][0])
+        if "evaluator" in ckpt.parts:
+            self.evaluation.evaluator.load_state_dict(*ckpt.parts["evaluator"])
         if self.learned_ids is not None and "learned_ids" in ckpt.parts:
             self.learned_ids = Counter(ckpt.parts["learned_ids"][1]["counts"])
         self.positions = dict(ckpt.offsets)
@@ -277,7 +282,12 @@ class LearningLoop:
         labelled = [i for i, e in enumerate(events) if e.label is not None]
         unlabelled = [i for i, e in enumerate(events) if e.label is None]
         if labelled:
-            self._learn(taps[labelled], [str(events[i].label) for i in labelled], [str(events[i].id) for i in labelled])
+            ids = [str(events[i].id) for i in labelled]
+            labels = [str(events[i].label) for i in labelled]
+            learn = self.evaluation.hold_out(ids, taps[labelled], labels)
+            keep = np.flatnonzero(learn)
+            if len(keep):
+                self._learn(taps[labelled][keep], [labels[i] for i in keep], [ids[i] for i in keep])
         if unlabelled:
             self._predict([str(events[i].id) for i in unlabelled], taps[unlabelled])
 
@@ -307,6 +317,7 @@ class LearningLoop:
         self.metrics.prequential_accuracy.set(self.prequential.value)
         if self.learned_ids is not None:
             self.learned_ids.update(ids)
+        self.evaluation.after_learn(stats, labels, self.learner, self.holder)
         self.counters.learned += stats.n
         self._unpublished += stats.n
 

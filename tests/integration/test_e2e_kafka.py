@@ -41,6 +41,7 @@ def test_kcat_to_kafka_to_lifelong_to_prometheus(kafka_broker, prometheus, lifel
                    "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": topic,
                              "group_id": f"g-{topic}"}},
         "learner": {"torch_threads": 1},
+        "evaluation": {"holdout_fraction": 0.0},
     })
     prom = prometheus([daemon.target])
     daemon.wait_ready(timeout_s=120)

@@ -27,6 +27,7 @@ def features_config(broker: Broker, topic: str, state_dir: Path, **extra: Any) -
         "checkpoint": {"dir": str(state_dir), "every_s": 0.5, "every_events": 200},
         "outputs": {"predictions_topic": f"{topic}-predictions", "dead_letter_topic": f"{topic}-dead"},
         "debug": {"track_learned_ids": True},
+        "evaluation": {"holdout_fraction": 0.0},  # these tests count deliveries: learn every valid event
     }
     for key, value in extra.items():
         config[key] = {**config.get(key, {}), **value}

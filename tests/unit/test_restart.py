@@ -87,6 +87,7 @@ def make_settings(path: Path, ckpt_dir: Path | None, **overrides: Any) -> Settin
     base: dict[str, Any] = {
         "source": {"kind": "file", "path": str(path), "batch_size": 8, "poll_timeout_s": 0.001},
         "learner": {"name": "nmc", "input_kind": "features", "feature_dim": DIM, "feature_warmup_events": 20},
+        "evaluation": {"holdout_fraction": 0.0},
         "checkpoint": {"dir": str(ckpt_dir) if ckpt_dir else None, "every_s": 3600.0, "every_events": 16},
         "debug": {"track_learned_ids": True},
         "publish_every_events": 1,
@@ -322,7 +323,7 @@ def test_checkpoint_contents_match_the_loop(tmp_path: Path, services: Services) 
     service.loop.step()
     ckpt = Checkpointer(tmp_path / "state").load()
     assert ckpt is not None
-    assert set(ckpt.parts) == {"learner", "pending", "dedup", "prequential", "learned_ids"}
+    assert set(ckpt.parts) == {"learner", "pending", "dedup", "prequential", "evaluator", "learned_ids"}
     assert ckpt.offsets == service.loop.positions
     assert ckpt.parts["learner"][1]["events_learned"] == service.learner.events_learned
     assert ckpt.parts["pending"][1]["ids"] == ["u0"]

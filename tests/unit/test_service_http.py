@@ -39,6 +39,7 @@ def make_settings(path: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "source": {"kind": "file", "path": str(path), "batch_size": 64, "poll_timeout_s": 0.01},
         "learner": {"name": "nmc", "input_kind": "features", "feature_dim": DIM, "feature_warmup_events": 30},
+        "evaluation": {"holdout_fraction": 0.0},
         "http": {"max_instances": 3},
         "limits": {"max_record_bytes": 4096},
         "publish_every_events": 1,

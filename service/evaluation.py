@@ -1,0 +1,80 @@
+"""Wires the continual evaluator into the learning loop and exports its numbers.
+
+Labelled events whose id hashes into the holdout fraction are kept for
+evaluation instead of learned; drift peaks open segments; every
+``eval_every`` learned events the serving (EMA) snapshot and the live learner
+are scored on every segment's holdout.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ..learner.base import Learner, StepStats
+from ..monitoring.evaluator import WINDOWS, ContinualEvaluator, ModelScores
+from ..monitoring.metrics import Metrics
+from .config import EvaluationSettings
+from .snapshot import SnapshotHolder
+
+
+def _set(gauge: object, value: float | None) -> None:
+    # NaN means "not defined yet" (no past segment, no drift): leave the series
+    # absent rather than export NaN, so dashboards and alerts see no data.
+    if value is not None and math.isfinite(value):
+        gauge.set(value)  # type: ignore[attr-defined]
+
+
+class EvaluationHook:
+    def __init__(self, settings: EvaluationSettings, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.enabled = settings.holdout_fraction > 0
+        self.evaluator = ContinualEvaluator(
+            holdout_fraction=settings.holdout_fraction, per_segment_cap=settings.per_segment_cap,
+            eval_every=settings.eval_every, class_absent_window=settings.class_absent_window)
+
+    def hold_out(self, ids: Sequence[str], taps: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """Keep the hash-chosen events for evaluation; returns the mask of those to learn."""
+        if not self.enabled:
+            return np.ones(len(ids), bool)
+        held = np.array([self.evaluator.route(i) for i in ids], bool)
+        if held.any():
+            self.evaluator.add_holdout(taps[held], [labels[i] for i in np.flatnonzero(held)])
+            self.metrics.events_held_out.inc(int(held.sum()))
+        return ~held
+
+    def after_learn(self, stats: StepStats, labels: Sequence[str], learner: Learner, holder: SnapshotHolder) -> None:
+        if not self.enabled:
+            return
+        self.evaluator.observe_labels(labels, learner.events_learned)
+        if "peak" in stats.signals:
+            self.evaluator.open_segment(learner.events_learned)
+        if not self.evaluator.due(learner.events_learned):
+            return
+        serving = learner.snapshot()  # the model that would be served now (EMA weights)
+        models = {"serving": lambda x: serving.predict_taps(x).labels,
+                  "live": lambda x: learner.predict_taps(x).labels}
+        for name, scores in self.evaluator.evaluate(models, learner.events_learned).items():  # type: ignore[arg-type]
+            self._export(name, scores)
+        self.metrics.evaluations.inc()
+        self.metrics.eval_segments.set(self.evaluator.n_segments)
+        self.metrics.eval_holdout.set(sum(len(self.evaluator.holdout(i)[1]) for i in range(self.evaluator.n_segments)))
+
+    def _export(self, model: str, s: ModelScores) -> None:
+        m = self.metrics
+        _set(m.eval_current.labels(model=model), s.current_accuracy)
+        _set(m.eval_mean.labels(model=model), s.mean_accuracy)
+        _set(m.eval_min.labels(model=model), s.min_acc)
+        _set(m.eval_worst_case.labels(model=model), s.wc_acc)
+        for w in WINDOWS:
+            _set(m.eval_forgetting.labels(model=model, window=str(w), stat="mean"), getattr(s, f"wf{w}_mean"))
+            _set(m.eval_forgetting.labels(model=model, window=str(w), stat="max"), getattr(s, f"wf{w}_max"))
+            _set(m.eval_plasticity.labels(model=model, window=str(w)), getattr(s, f"wp{w}"))
+        _set(m.eval_past_class.labels(model=model), s.past_class_accuracy)
+        _set(m.eval_present_class.labels(model=model), s.present_class_accuracy)
+        if s.gaps:
+            gap = s.gaps[-1]
+            _set(m.gap_depth.labels(model=model), gap.depth)
+            _set(m.gap_recovery.labels(model=model), float(gap.recovery if gap.recovery is not None
+                                                            else gap.evaluations))
