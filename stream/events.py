@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
@@ -85,6 +85,9 @@ class LabelMessage(BaseModel):
         return str(v)
 
 
+_M = TypeVar("_M", bound=Inputs)
+
+
 @dataclass(frozen=True)
 class EventLimits:
     """Explicit bounds on what one record may hold."""
@@ -144,24 +147,23 @@ def decode_event(raw: bytes | str, limits: EventLimits = EventLimits()) -> Event
     return validate_event(obj, limits)
 
 
-def validate_event(obj: Any, limits: EventLimits = EventLimits()) -> Event:
+def _validated(model: type[_M], obj: Any, limits: EventLimits) -> _M:
     if not isinstance(obj, dict):
-        raise InvalidEvent("schema", "", f"an event is a JSON object, got {type(obj).__name__}")
+        raise InvalidEvent("schema", "", f"expected a JSON object, got {type(obj).__name__}")
     try:
-        event = Event.model_validate(obj)
+        value = model.model_validate(obj)
     except ValidationError as exc:
         raise _from_validation_error(exc) from None
-    check_limits(event, limits)
-    return event
+    check_limits(value, limits)
+    return value
+
+
+def validate_event(obj: Any, limits: EventLimits = EventLimits()) -> Event:
+    return _validated(Event, obj, limits)
 
 
 def validate_inputs(obj: Any, limits: EventLimits = EventLimits()) -> Inputs:
-    try:
-        inputs = Inputs.model_validate(obj)
-    except ValidationError as exc:
-        raise _from_validation_error(exc) from None
-    check_limits(inputs, limits)
-    return inputs
+    return _validated(Inputs, obj, limits)
 
 
 def decode_label(raw: bytes | str, limits: EventLimits = EventLimits()) -> LabelMessage:
