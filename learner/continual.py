@@ -86,6 +86,7 @@ class ContinualLearner:
         self.events_learned = 0
         self._codec_thread: threading.Thread | None = None
         self._codec_sample: list[np.ndarray] = []
+        self._codec_due = 0
         self._new_optimizer()
 
     # -- parameters ----------------------------------------------------------------
@@ -152,6 +153,8 @@ class ContinualLearner:
         return self.predict_taps(self.encode(inputs))
 
     def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats:
+        if len(inputs) != len(labels):
+            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
         return self.learn_taps(self.encode(inputs, learning=True), labels)
 
     # -- learning ------------------------------------------------------------------
@@ -167,6 +170,11 @@ class ContinualLearner:
         correct = np.zeros(len(y), bool) if before is None else np.pad(before, ((0, 0), (0, len(new)))).argmax(1) == y
         with torch.no_grad():
             losses = F.cross_entropy(self._logits(torch.from_numpy(taps)), torch.from_numpy(y), reduction="none").numpy()
+        # A class never seen before is maximal surprise (loss >= ln C), although its
+        # fresh head row, its own mean, already fits this batch: the drift window
+        # and the reported loss must see the shift.
+        is_new = np.isin(y, [self._class_ids[lab] for lab in new])
+        losses = np.where(is_new, np.maximum(losses, np.log(max(len(self._classes), 2))), losses).astype(np.float32)
         self.protos.add(unit(taps), y)
         for _ in range(self.config.steps_per_batch):
             self._train_step(taps, y)
@@ -212,7 +220,7 @@ class ContinualLearner:
         if codec is None or self.memory.compressed:
             return
         if self._codec_thread is None:
-            self._codec_sample.append(taps)
+            self._codec_sample.append(taps.copy())
             if sum(len(t) for t in self._codec_sample) >= codec.train_size:
                 sample = np.concatenate(self._codec_sample)[: codec.train_size]
                 self._codec_thread = threading.Thread(target=codec.train, args=(sample,), daemon=True)

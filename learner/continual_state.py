@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+import threading
+
 import numpy as np
 import torch
 
@@ -29,6 +31,8 @@ def _adam_arrays(learner: "ContinualLearner") -> tuple[dict[str, np.ndarray], di
 
 
 def dump(learner: "ContinualLearner") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    if learner._codec_thread is not None:
+        learner._codec_thread.join()  # a checkpoint waits for a codebook in training
     a = learner.adapter
     arrays = {
         "adapter.frozen": a.frozen.numpy().copy(), "adapter.A": a.A.detach().numpy().copy(),
@@ -44,13 +48,13 @@ def dump(learner: "ContinualLearner") -> tuple[dict[str, np.ndarray], dict[str, 
     arrays |= {f"encoder.{k}": v for k, v in learner.encoder.state_dict().items()}
     mem_arrays, mem_meta = learner.memory.state_dict()
     arrays |= {f"memory.{k}": v for k, v in mem_arrays.items()}
-    if learner._codec_thread is not None:
-        learner._codec_thread.join()  # a checkpoint waits for a codebook in training
+    if learner._codec_sample:
+        arrays["codec_sample"] = np.concatenate(learner._codec_sample)
     meta = {"learner": learner.name, "dim": learner.encoder.dim, "config": asdict(learner.config),
             "classes": learner._classes, "version": learner.version, "events_learned": learner.events_learned,
             "steps": learner.steps, "plateaus": a.plateaus, "merges": a.merges, "opt_steps": opt_steps,
             "memory": mem_meta, "window": learner.window.state_dict(),
-            "codec_pending": None if learner.memory.compressed else getattr(learner, "_codec_due", None)}
+            "codec_started": learner._codec_thread is not None, "codec_due": learner._codec_due}
     return arrays, meta
 
 
@@ -89,5 +93,13 @@ def load(learner: "ContinualLearner", arrays: dict[str, np.ndarray], meta: dict[
     learner._class_ids = {c: i for i, c in enumerate(learner._classes)}
     learner.version, learner.events_learned, learner.steps = (int(meta[k]) for k in ("version", "events_learned",
                                                                                         "steps"))
+    # Where the codebook was in its life (collecting, trained but not yet
+    # switched to, or in use) is restored too, so the switch happens at the
+    # same event as it would have without the restart.
+    learner._codec_sample = [arrays["codec_sample"].copy()] if "codec_sample" in arrays else []
+    learner._codec_due = meta["codec_due"]
     learner._codec_thread = None
-    learner._codec_sample = []
+    if meta["codec_started"]:
+        done = threading.Thread(target=lambda: None, daemon=True)
+        done.start()
+        learner._codec_thread = done

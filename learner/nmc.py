@@ -113,6 +113,8 @@ class NMCLearner:
         return to_predictions(probs, self._classes, self.version)
 
     def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats:
+        if len(inputs) != len(labels):
+            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
         return self.learn_taps(self.encode(inputs, learning=True), labels)
 
     def predict_many(self, inputs: RawInputs) -> Predictions:

@@ -15,6 +15,8 @@ class PQCodec:
     def __init__(self, dim: int, m: int = 48, nbits: int = 8, train_size: int = 2000, seed: int = 0) -> None:
         if dim % m:
             raise ValueError(f"tap width {dim} is not divisible by {m} sub-quantisers")
+        if train_size < (1 << nbits):
+            raise ValueError(f"train_size {train_size} is below the {1 << nbits} centroids of each sub-quantiser")
         self.dim, self.m, self.nbits, self.train_size, self.seed = dim, m, nbits, train_size, seed
         self._pq: faiss.ProductQuantizer | None = None
         self.reconstruction_error = float("nan")

@@ -66,6 +66,9 @@ class ReplayStore:
         assert self.codec is not None and self.codec.trained
         if self._compressed:
             return
+        after = (self.budget_bytes - self.codec.nbytes()) // (self.codec.code_size + LABEL_BYTES)
+        if after < self.n:
+            return  # with the codebook counted, codes would hold fewer items than raw taps do now
         self._codes = self.codec.encode(self._raw[: self.n])
         self._raw = np.zeros((0, self.dim), np.float32)
         self._compressed = True
@@ -143,11 +146,14 @@ class ReplayStore:
 
     # -- state -------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        arrays = {"labels": self._labels[: self.n].copy()}
+        # Items are written class by class in member order, so a restored store
+        # has the same member lists and samples and evicts the same items.
+        order = np.array([slot for members in self._members.values() for slot in members], np.int64)
+        arrays = {"labels": self._labels[order].copy()}
         if self.compressed:
-            arrays["codes"] = self._codes[: self.n].copy()
+            arrays["codes"] = self._codes[order].copy()
         else:
-            arrays["raw"] = self._raw[: self.n].copy()
+            arrays["raw"] = self._raw[order].copy()
         if self.codec is not None:
             arrays |= {f"codec.{k}": v for k, v in self.codec.state_dict().items()}
         meta = {"n": self.n, "seen": self.seen, "rng": self._rng.bit_generator.state}
