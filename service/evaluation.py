@@ -11,6 +11,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from prometheus_client import Gauge
 
 from ..learner.base import Learner, StepStats
 from ..monitoring.evaluator import WINDOWS, ContinualEvaluator, ModelScores
@@ -19,11 +20,12 @@ from .config import EvaluationSettings
 from .snapshot import SnapshotHolder
 
 
-def _set(gauge: object, value: float | None) -> None:
+def _set(gauge: Gauge, value: float | None, **labels: str) -> None:
     # NaN means "not defined yet" (no past segment, no drift): leave the series
     # absent rather than export NaN, so dashboards and alerts see no data.
+    # (.labels() alone would create the series at 0, so only call it here.)
     if value is not None and math.isfinite(value):
-        gauge.set(value)  # type: ignore[attr-defined]
+        gauge.labels(**labels).set(value)
 
 
 class EvaluationHook:
@@ -63,18 +65,18 @@ class EvaluationHook:
 
     def _export(self, model: str, s: ModelScores) -> None:
         m = self.metrics
-        _set(m.eval_current.labels(model=model), s.current_accuracy)
-        _set(m.eval_mean.labels(model=model), s.mean_accuracy)
-        _set(m.eval_min.labels(model=model), s.min_acc)
-        _set(m.eval_worst_case.labels(model=model), s.wc_acc)
+        _set(m.eval_current, s.current_accuracy, model=model)
+        _set(m.eval_mean, s.mean_accuracy, model=model)
+        _set(m.eval_min, s.min_acc, model=model)
+        _set(m.eval_worst_case, s.wc_acc, model=model)
         for w in WINDOWS:
-            _set(m.eval_forgetting.labels(model=model, window=str(w), stat="mean"), getattr(s, f"wf{w}_mean"))
-            _set(m.eval_forgetting.labels(model=model, window=str(w), stat="max"), getattr(s, f"wf{w}_max"))
-            _set(m.eval_plasticity.labels(model=model, window=str(w)), getattr(s, f"wp{w}"))
-        _set(m.eval_past_class.labels(model=model), s.past_class_accuracy)
-        _set(m.eval_present_class.labels(model=model), s.present_class_accuracy)
+            _set(m.eval_forgetting, getattr(s, f"wf{w}_mean"), model=model, window=str(w), stat="mean")
+            _set(m.eval_forgetting, getattr(s, f"wf{w}_max"), model=model, window=str(w), stat="max")
+            _set(m.eval_plasticity, getattr(s, f"wp{w}"), model=model, window=str(w))
+        _set(m.eval_past_class, s.past_class_accuracy, model=model)
+        _set(m.eval_present_class, s.present_class_accuracy, model=model)
         if s.gaps:
             gap = s.gaps[-1]
-            _set(m.gap_depth.labels(model=model), gap.depth)
-            _set(m.gap_recovery.labels(model=model), float(gap.recovery if gap.recovery is not None
-                                                            else gap.evaluations))
+            _set(m.gap_depth, gap.depth, model=model)
+            recovery = gap.recovery if gap.recovery is not None else gap.evaluations
+            _set(m.gap_recovery, float(recovery), model=model)
