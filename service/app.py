@@ -5,6 +5,7 @@ Bad input answers 4xx with the field and the reason.
 """
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from typing import Any, Protocol
@@ -87,12 +88,23 @@ def create_app(service: ServiceHandle) -> FastAPI:
     app = FastAPI(title="lifelong", version=__version__,
                   description="Predictions from a model that keeps learning from an event stream.")
 
+    token = settings.http.auth_token.get_secret_value().encode() if settings.http.auth_token else None
+
+    def _authorised(request: Request) -> bool:
+        if token is None or not request.url.path.startswith("/v1/"):
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+
     @app.middleware("http")
     async def _count_and_bound(request: Request, call_next: Any) -> Response:
         route = request.url.path if request.url.path in HTTP_ROUTES else "other"
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > lim.max_record_bytes:
-            response: Response = JSONResponse(
+        if not _authorised(request):
+            response: Response = JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
+                                              headers={"WWW-Authenticate": "Bearer"})
+        elif length is not None and length.isdigit() and int(length) > lim.max_record_bytes:
+            response = JSONResponse(
                 {"detail": f"request body of {length} bytes exceeds limits.max_record_bytes={lim.max_record_bytes}"},
                 status_code=413)
         else:

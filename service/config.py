@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 ENV_PREFIX = "LIFELONG_"
@@ -91,6 +91,8 @@ class HttpSettings(Section):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
     max_instances: int = Field(256, ge=1, description="Most instances in one /v1/predict request.")
+    auth_token: SecretStr | None = Field(None, description="If set, /v1/* requires 'Authorization: Bearer <token>' "
+                                         "(health, readiness and metrics stay open).")
 
 
 class LimitSettings(Section):
@@ -189,7 +191,7 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str,
         if get_origin(ann) is Literal:
             type_name = " or ".join(repr(a) for a in get_args(ann))
         else:
-            type_name = str(ann).replace("typing.", "").replace("pathlib.", "").removeprefix("<class '").removesuffix("'>")
+            type_name = str(ann).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "").removeprefix("<class '").removesuffix("'>")
         rows.append((key, env, type_name, repr(default), info.description or ""))
     return rows
 
