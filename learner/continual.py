@@ -53,6 +53,7 @@ class ContinualConfig:
     plateau_var: float = 0.01
     loss_window: int = 5
     seed: int = 0
+    device: str = "cpu"
     replay: bool = True
     consolidation: bool = True
     ema: bool = True
@@ -67,8 +68,9 @@ class ContinualLearner:
         self.input_kind: InputKind = encoder.kind
         self.input_dim: int | None = encoder.dim if encoder.kind == "features" else None
         d = encoder.dim
-        self.adapter = LoRALinear(torch.eye(d), config.rank, config.alpha, seed=config.seed)
-        self.head = torch.nn.Parameter(torch.zeros(0, d))
+        self.device = torch.device(config.device)
+        self.adapter = LoRALinear(torch.eye(d), config.rank, config.alpha, seed=config.seed).to(self.device)
+        self.head = torch.nn.Parameter(torch.zeros(0, d, device=self.device))
         self.protos = PrototypeIndex(d)
         codec = PQCodec(d, m=config.pq_m, train_size=config.pq_train_size, seed=config.seed) if config.pq_m else None
         self.memory = ReplayStore(d, config.memory_budget_bytes, codec, seed=config.seed)
@@ -79,8 +81,8 @@ class ContinualLearner:
         self._hard_x = np.zeros((0, d), np.float32)
         self._hard_y = np.zeros(0, np.int64)
         self._hard_loss = np.zeros(0, np.float32)
-        self.ema_weight = torch.eye(d)
-        self.ema_head = torch.zeros(0, d)
+        self.ema_weight = torch.eye(d, device=self.device)
+        self.ema_head = torch.zeros(0, d, device=self.device)
         self.steps = 0
         self.version = 0
         self.events_learned = 0
@@ -90,6 +92,10 @@ class ContinualLearner:
         self._new_optimizer()
 
     # -- parameters ----------------------------------------------------------------
+    def _t(self, array: np.ndarray) -> torch.Tensor:
+        """A numpy batch as a tensor on the learner's device."""
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
     def _params(self) -> list[torch.nn.Parameter]:
         return ([self.adapter.A, self.adapter.B] if self.config.lora else []) + [self.head]
 
@@ -108,8 +114,8 @@ class ContinualLearner:
         y = np.array([self._class_ids[lab] for lab in labels], np.int64)
         if new:
             # A new row starts at the class's mean embedding (its prototype).
-            rows = torch.stack([torch.from_numpy(unit(taps[y == self._class_ids[lab]].mean(0, keepdims=True))[0])
-                                for lab in new])
+            rows = self._t(np.stack([unit(taps[y == self._class_ids[lab]].mean(0, keepdims=True))[0]
+                                     for lab in new]))
             state = self.opt.state.get(self.head, {})
             self.head = torch.nn.Parameter(torch.cat([self.head.detach(), rows]))
             self.ema_head = torch.cat([self.ema_head, rows])
@@ -123,7 +129,7 @@ class ContinualLearner:
             if old.get(id(p)):
                 self.opt.state[p] = old[id(p)]
         if head_state:
-            pad = lambda t: torch.cat([t, torch.zeros(extra, t.shape[1])])  # noqa: E731
+            pad = lambda t: torch.cat([t, torch.zeros(extra, t.shape[1], device=t.device)])  # noqa: E731
             self.opt.state[self.head] = {"step": head_state["step"], "exp_avg": pad(head_state["exp_avg"]),
                                          "exp_avg_sq": pad(head_state["exp_avg_sq"])}
 
@@ -135,7 +141,7 @@ class ContinualLearner:
     def _probs(self, taps: np.ndarray) -> np.ndarray:
         taps = np.ascontiguousarray(taps, dtype=np.float32)
         with torch.no_grad():
-            p = softmax(self._logits(torch.from_numpy(taps)).numpy())
+            p = softmax(self._logits(self._t(taps)).cpu().numpy())
         w = self.config.proto_weight
         if w > 0 and self.protos.num_classes:
             p = (1 - w) * p + w * softmax(self.config.cos_scale * self.protos.similarities(unit(taps)))
@@ -169,7 +175,7 @@ class ContinualLearner:
         y, new = self._grow(labels, taps)
         correct = np.zeros(len(y), bool) if before is None else np.pad(before, ((0, 0), (0, len(new)))).argmax(1) == y
         with torch.no_grad():
-            losses = F.cross_entropy(self._logits(torch.from_numpy(taps)), torch.from_numpy(y), reduction="none").numpy()
+            losses = F.cross_entropy(self._logits(self._t(taps)), self._t(y), reduction="none").cpu().numpy()
         # A class never seen before is maximal surprise (loss >= ln C), although its
         # fresh head row, its own mean, already fits this batch: the drift window
         # and the reported loss must see the shift.
@@ -194,8 +200,8 @@ class ContinualLearner:
             rx, ry = self.memory.sample(self.config.replay_per_step)
             xs.append(rx)
             ys.append(ry)
-        x = torch.from_numpy(np.concatenate(xs))
-        target = torch.from_numpy(np.concatenate(ys))
+        x = self._t(np.concatenate(xs))
+        target = self._t(np.concatenate(ys))
         loss = F.cross_entropy(self._logits(x), target)
         if self.config.lora and self.config.consolidation and self.adapter.plateaus:
             loss = loss + self.config.penalty * self.adapter.penalty()
@@ -208,7 +214,7 @@ class ContinualLearner:
         x = np.concatenate([self._hard_x, taps])
         yy = np.concatenate([self._hard_y, y])
         with torch.no_grad():
-            loss = F.cross_entropy(self._logits(torch.from_numpy(x)), torch.from_numpy(yy), reduction="none").numpy()
+            loss = F.cross_entropy(self._logits(self._t(x)), self._t(yy), reduction="none").cpu().numpy()
         keep = np.argsort(-loss, kind="stable")[: self.config.hard_buffer]
         self._hard_x, self._hard_y, self._hard_loss = x[keep], yy[keep], loss[keep]
 
@@ -247,7 +253,7 @@ class ContinualLearner:
     def _consolidate(self) -> None:
         """Diagonal Fisher of the adapter pair on the hard buffer, then an exact merge."""
         fa, fb = torch.zeros_like(self.adapter.A), torch.zeros_like(self.adapter.B)
-        x = torch.from_numpy(self._hard_x)
+        x = self._t(self._hard_x)
         for i in range(len(x)):
             logits = self._logits(x[i:i + 1])
             nll = F.cross_entropy(logits, logits.argmax(1).detach())
@@ -264,15 +270,15 @@ class ContinualLearner:
         c = self.config
         decay = 0.0 if not c.ema else (c.ema_warm_decay if self.steps < c.ema_warmup_steps else c.ema_decay)
         with torch.no_grad():
-            weight = self.adapter.effective_weight() if c.lora else torch.eye(self.encoder.dim)
+            weight = self.adapter.effective_weight() if c.lora else torch.eye(self.encoder.dim, device=self.device)
             self.ema_weight.mul_(decay).add_((1 - decay) * weight)
             self.ema_head.mul_(decay).add_((1 - decay) * self.head.detach())
 
     # -- serving and state -----------------------------------------------------------
     def snapshot(self) -> CosineSnapshot:
         return CosineSnapshot(self.version, self.classes, self.input_kind, self.input_dim, self.events_learned,
-                              self.encoder.serving_copy(), self.ema_weight.numpy().copy(),
-                              self.ema_head.numpy().copy(), self.protos.frozen_copy(), self.config.cos_scale,
+                              self.encoder.serving_copy(), self.ema_weight.cpu().numpy().copy(),
+                              self.ema_head.cpu().numpy().copy(), self.protos.frozen_copy(), self.config.cos_scale,
                               self.config.proto_weight)
 
     def nbytes(self) -> int:

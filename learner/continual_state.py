@@ -25,9 +25,13 @@ def _adam_arrays(learner: "ContinualLearner") -> tuple[dict[str, np.ndarray], di
     for name, p in (("A", learner.adapter.A), ("B", learner.adapter.B), ("head", learner.head)):
         state = learner.opt.state.get(p)
         if state:
-            arrays |= {f"opt.{name}.{k}": state[k].numpy().copy() for k in ADAM_KEYS}
+            arrays |= {f"opt.{name}.{k}": state[k].cpu().numpy().copy() for k in ADAM_KEYS}
             steps[name] = float(state["step"])
     return arrays, steps
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().copy()
 
 
 def dump(learner: "ContinualLearner") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -35,11 +39,10 @@ def dump(learner: "ContinualLearner") -> tuple[dict[str, np.ndarray], dict[str, 
         learner._codec_thread.join()  # a checkpoint waits for a codebook in training
     a = learner.adapter
     arrays = {
-        "adapter.frozen": a.frozen.numpy().copy(), "adapter.A": a.A.detach().numpy().copy(),
-        "adapter.B": a.B.detach().numpy().copy(), "adapter.omega_A": a.omega_A.numpy().copy(),
-        "adapter.omega_B": a.omega_B.numpy().copy(), "adapter.gen": a._gen.get_state().numpy().copy(),
-        "head": learner.head.detach().numpy().copy(), "ema.weight": learner.ema_weight.numpy().copy(),
-        "ema.head": learner.ema_head.numpy().copy(),
+        "adapter.frozen": _np(a.frozen), "adapter.A": _np(a.A), "adapter.B": _np(a.B),
+        "adapter.omega_A": _np(a.omega_A), "adapter.omega_B": _np(a.omega_B),
+        "adapter.gen": a._gen.get_state().numpy().copy(), "head": _np(learner.head),
+        "ema.weight": _np(learner.ema_weight), "ema.head": _np(learner.ema_head),
         "hard.x": learner._hard_x.copy(), "hard.y": learner._hard_y.copy(), "hard.loss": learner._hard_loss.copy(),
     }
     opt_arrays, opt_steps = _adam_arrays(learner)
@@ -68,23 +71,20 @@ def load(learner: "ContinualLearner", arrays: dict[str, np.ndarray], meta: dict[
                          f"not {learner.name} dim {learner.encoder.dim}")
     a = learner.adapter
     with torch.no_grad():
-        a.frozen.copy_(torch.from_numpy(arrays["adapter.frozen"]))
-        a.A.copy_(torch.from_numpy(arrays["adapter.A"]))
-        a.B.copy_(torch.from_numpy(arrays["adapter.B"]))
-        a.omega_A.copy_(torch.from_numpy(arrays["adapter.omega_A"]))
-        a.omega_B.copy_(torch.from_numpy(arrays["adapter.omega_B"]))
+        for name in ("frozen", "A", "B", "omega_A", "omega_B"):
+            getattr(a, name).copy_(torch.from_numpy(arrays[f"adapter.{name}"]))
     a._gen.set_state(torch.from_numpy(arrays["adapter.gen"].copy()))
     a.plateaus, a.merges = int(meta["plateaus"]), int(meta["merges"])
-    learner.head = torch.nn.Parameter(torch.from_numpy(arrays["head"].copy()))
-    learner.ema_weight = torch.from_numpy(arrays["ema.weight"].copy())
-    learner.ema_head = torch.from_numpy(arrays["ema.head"].copy())
+    learner.head = torch.nn.Parameter(learner._t(arrays["head"].copy()))
+    learner.ema_weight = learner._t(arrays["ema.weight"].copy())
+    learner.ema_head = learner._t(arrays["ema.head"].copy())
     learner._hard_x, learner._hard_y = arrays["hard.x"].copy(), arrays["hard.y"].copy()
     learner._hard_loss = arrays["hard.loss"].copy()
     learner._new_optimizer()
     for name, p in (("A", a.A), ("B", a.B), ("head", learner.head)):
         if name in meta["opt_steps"]:
             learner.opt.state[p] = {"step": torch.tensor(meta["opt_steps"][name]),
-                                    **{k: torch.from_numpy(arrays[f"opt.{name}.{k}"].copy()) for k in ADAM_KEYS}}
+                                    **{k: learner._t(arrays[f"opt.{name}.{k}"].copy()) for k in ADAM_KEYS}}
     learner.protos.load_state_dict(_part(arrays, "protos."))
     learner.encoder.load_state_dict(_part(arrays, "encoder."))
     learner.memory.load_state_dict(_part(arrays, "memory."), meta["memory"])

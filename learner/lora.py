@@ -33,7 +33,8 @@ class LoRALinear(torch.nn.Module):
     def reset_pair(self) -> None:
         with torch.no_grad():
             bound = 1.0 / math.sqrt(self.A.shape[1])
-            self.A.copy_(torch.empty_like(self.A).uniform_(-bound, bound, generator=self._gen))
+            # Drawn on the CPU generator whatever the device, so runs match across devices.
+            self.A.copy_(torch.empty(self.A.shape).uniform_(-bound, bound, generator=self._gen))
             self.B.zero_()
 
     def effective_weight(self) -> torch.Tensor:

@@ -73,6 +73,8 @@ class LearnerSettings(Section):
     ema_decay: float = Field(0.99, ge=0, lt=1, description="EMA decay of the served weights after warm-up "
                              "(lifelong; 0.9 during warm-up).")
     seed: int = Field(0, description="Random seed (lifelong).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the encoder and the lifelong "
+                                                   "learner's training run; auto: cuda when a GPU is present.")
     lr: float = Field(0.5, gt=0, description="Head learning rate (nmc).")
     head_weight: float = Field(0.5, ge=0, le=1, description="Weight of the head vs. the prototypes in predictions "
                                "(nmc).")

@@ -30,13 +30,14 @@ log = logging.getLogger(__name__)
 
 
 def build_learner(settings: Settings) -> Learner:
+    import torch
+
     ls = settings.learner
     if ls.torch_threads:
-        import torch
-
         torch.set_num_threads(ls.torch_threads)
+    device = ls.device if ls.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if ls.input_kind == "text":
-        encoder = make_encoder("text", max_tokens=ls.max_tokens)
+        encoder = make_encoder("text", max_tokens=ls.max_tokens, device=device)
     else:
         encoder = make_encoder("features", feature_dim=ls.feature_dim, warmup_events=ls.feature_warmup_events)
     if ls.name == "nmc":
@@ -44,7 +45,7 @@ def build_learner(settings: Settings) -> Learner:
     pq_m = ls.pq_m if ls.pq_m and encoder.dim % ls.pq_m == 0 else 0
     return ContinualLearner(encoder, ContinualConfig(
         memory_budget_bytes=ls.memory_budget_bytes, pq_m=pq_m, steps_per_batch=ls.steps_per_batch,
-        replay_per_step=ls.replay_per_step, rank=ls.rank, ema_decay=ls.ema_decay, seed=ls.seed))
+        replay_per_step=ls.replay_per_step, rank=ls.rank, ema_decay=ls.ema_decay, seed=ls.seed, device=device))
 
 
 def build_source(settings: Settings, offsets: dict[TopicPartition, int],

@@ -68,6 +68,8 @@ VARIANTS = [
     Variant("lifelong-no-ema", _lifelong(ema=False), replay=True),
     Variant("lifelong-no-consolidation", _lifelong(consolidation=False), replay=True),
 ]
+if torch.cuda.is_available():  # the same contracts on the GPU path, whenever a GPU is there to test on
+    VARIANTS.append(Variant("lifelong-cuda", _lifelong(device="cuda"), replay=True))
 
 
 @pytest.fixture(params=VARIANTS, ids=[v.name for v in VARIANTS])
