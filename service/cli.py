@@ -59,13 +59,57 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.checkpoint:
+        if args.stream or args.stream_file:
+            raise SystemExit("lifelong bench: --checkpoint runs alone (no --stream / --stream-file)")
         from .bench_checkpoint import run
 
         result = run(items=args.items)
         for key, value in result.items():
             print(f"{key}: {value:,.3f}" if isinstance(value, float) and not value.is_integer() else f"{key}: {value:,.0f}")
         return 0
-    raise SystemExit("lifelong bench: give --checkpoint (quality and speed benchmarks are not built yet)")
+    if bool(args.stream) == bool(args.stream_file):
+        raise SystemExit("lifelong bench: give exactly one of --stream NAME and --stream-file PATH (or --checkpoint)")
+    if not args.out:
+        raise SystemExit("lifelong bench: --out DIR is required with --stream / --stream-file")
+    from ..stream.benchmarks import StreamError, builtin, from_file
+    from .bench import DEFAULT_LEARNERS, LEARNERS, parse_size
+
+    learners = [n.strip() for n in (args.learners or ",".join(DEFAULT_LEARNERS)).split(",") if n.strip()]
+    unknown = [n for n in learners if n not in LEARNERS]
+    if unknown or not learners:
+        raise SystemExit(f"lifelong bench: unknown learner(s) {', '.join(unknown) or '(none given)'}; "
+                         f"known: {', '.join(LEARNERS)}")
+    try:
+        budget = parse_size(args.memory_budget) if args.memory_budget else None
+    except ValueError as exc:
+        raise SystemExit(f"lifelong bench: --memory-budget: {exc}") from None
+    for flag, value, low in (("--limit", args.limit, 1), ("--eval-every", args.eval_every, 1),
+                             ("--batch-size", args.batch_size, 1), ("--gap-probes", args.gap_probes, 0)):
+        if value is not None and value < low:
+            raise SystemExit(f"lifelong bench: {flag} must be at least {low}")
+    try:
+        stream = builtin(args.stream, args.seed) if args.stream else from_file(args.stream_file)
+    except StreamError as exc:
+        raise SystemExit(f"lifelong bench: {exc}") from None
+    if args.limit:
+        stream = stream.limited(args.limit, args.seed)
+    from .bench import run_bench
+    from .bench_report import COLUMNS, cell
+
+    try:
+        doc = run_bench(stream, args.out, learners=learners, memory_budget=budget, seed=args.seed,
+                        device=args.device, eval_every=args.eval_every, gap_probes=args.gap_probes,
+                        batch_size=args.batch_size, progress=not args.quiet)
+    except ValueError as exc:
+        raise SystemExit(f"lifelong bench: {exc}") from None
+    width = max(len(n) for n in doc["learners"])
+    print(f"{doc['stream']}: {doc['events']:,} events, {doc['segments']} segments, {doc['total_seconds']:.0f} s")
+    widths = [max(11, len(t)) for _, t in COLUMNS]
+    print(f"{'learner':<{width}}  " + "  ".join(f"{t:>{w}}" for (_, t), w in zip(COLUMNS, widths)))
+    for name, r in doc["learners"].items():
+        print(f"{name:<{width}}  " + "  ".join(f"{cell(k, r.get(k)):>{w}}" for (k, _), w in zip(COLUMNS, widths)))
+    print(f"wrote {args.out}/results.json, report.md and plots")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,9 +127,26 @@ def parser() -> argparse.ArgumentParser:
     prod.add_argument("--label-column", default=None, help="CSV: label column (default: 'label' or 'class')")
     prod.add_argument("--text-column", default=None, help="CSV: make text events from this column")
     prod.set_defaults(func=cmd_produce)
-    bench = sub.add_parser("bench", help="benchmarks that print numbers")
+    bench = sub.add_parser("bench", help="quality benchmark over a stream (--stream / --stream-file), or the "
+                           "checkpoint benchmark (--checkpoint)")
     bench.add_argument("--checkpoint", action="store_true", help="checkpoint size and write/restore time")
     bench.add_argument("--items", type=int, default=100_000, help="replay items in the checkpoint benchmark")
+    bench.add_argument("--stream", help="built-in stream: clinc150, youtube-spam, elec2, weather, digits-split")
+    bench.add_argument("--stream-file", help="JSONL stream: {id, text|features, label, segment?, split?} a line")
+    bench.add_argument("--learners", help="comma-separated: lifelong, lifelong-live, nmc, finetune, er, river-logreg, "
+                       "river-arf, lifelong-no-{replay,lora,ema,consolidation} (default: lifelong,nmc,finetune,er)")
+    bench.add_argument("--memory-budget", help="replay memory budget of every learner that keeps one, e.g. 64MB, "
+                       "1MB, 500KB (binary units; default: the learner's 64MB)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the stream order, splits and learners")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the text encoder runs")
+    bench.add_argument("--limit", type=int, default=None, help="at most about N training events (and N test "
+                       "events), spread evenly over the segments")
+    bench.add_argument("--eval-every", type=int, default=1000, help="learned events between periodic evaluations")
+    bench.add_argument("--gap-probes", type=int, default=4, help="extra evaluations after each of the first N "
+                       "micro-batches of a new segment (the stability gap)")
+    bench.add_argument("--batch-size", type=int, default=64, help="micro-batch size")
+    bench.add_argument("--out", help="output folder: results.json, history.json, report.md, PNG plots")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
     config = sub.add_parser("config", help="inspect configuration")
     csub = config.add_subparsers(dest="config_command", required=True)

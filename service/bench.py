@@ -1,0 +1,401 @@
+"""``lifelong bench --stream``: run learners over a benchmark stream and score them continually.
+
+The frozen encoder runs once per stream (its taps are shared by every learner and cached per
+process); each learner then learns the training events in stream order through ``learn_taps`` in
+micro-batches (a batch never spans a true boundary), prequentially (``StepStats.correct``). The
+models are scored on the test events of every segment seen so far:
+
+- *periodic*: every ``eval_every`` learned events; *boundary*: at the end of every true segment (the
+  last one is the *final* evaluation, on the test events of all segments);
+- *probe*: after each of the first ``gap_probes`` micro-batches of a new segment, where the stability
+  gap lives (a 1,000-event grid steps over it). Probes count for min-ACC, forgetting and the gap,
+  not for A_auc (which stays the mean over the periodic and boundary evaluations).
+
+Metrics (docs/algorithms.md section 4), accuracies pooled over the test events they name:
+final_accuracy (all test events after the stream); forgetting (mean over segments but the last of
+best accuracy during the stream minus final); a_auc; min_acc (mean over past segments of the lowest
+accuracy at an evaluation after the segment ended); wc_acc = current / K + (1 - 1/K) min_acc;
+stability_gap (mean over true boundaries of: accuracy on the segments before it, at the boundary,
+minus the lowest accuracy on them at the evaluations up to the next boundary; signed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..stream.benchmarks import BenchStream
+
+NAN = float("nan")
+LEARNERS = ("lifelong", "lifelong-live", "nmc", "finetune", "er", "river-logreg", "river-arf",
+            "lifelong-no-replay", "lifelong-no-lora", "lifelong-no-ema", "lifelong-no-consolidation")
+DEFAULT_LEARNERS = ("lifelong", "nmc", "finetune", "er")
+Predict = Callable[[np.ndarray], Sequence[str | None]]
+
+
+def parse_size(text: str) -> int:
+    """``64MB``, ``1MB``, ``500KB``, ``2GiB``, ``1048576``: binary units (1 KB = 1,024 bytes)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (examples: 64MB, 1MB, 500KB)")
+    return int(float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " "))
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evaluation:
+    events: int                 # learned events when taken
+    segment: int                # the current (true) segment
+    acc: tuple[float, ...]      # accuracy per segment; NaN: not scored
+    periodic: bool = False
+    boundary: bool = False      # taken at the end of ``segment``
+    probe: bool = False
+    final: bool = False
+
+
+def pooled(acc: Sequence[float], sizes: Sequence[int], segments: Sequence[int]) -> float:
+    pairs = [(acc[j], sizes[j]) for j in segments if sizes[j] > 0 and not math.isnan(acc[j])]
+    total = sum(n for _, n in pairs)
+    return sum(a * n for a, n in pairs) / total if total else NAN
+
+
+def _mean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else NAN
+
+
+def compute_metrics(history: Sequence[Evaluation], sizes: Sequence[int]) -> dict[str, Any]:
+    """Continual metrics of one model from its evaluations (the last one is the final)."""
+    if not history:
+        return {k: NAN for k in ("final_accuracy", "a_auc", "forgetting", "min_acc", "wc_acc", "stability_gap")} | {
+            "stability_gaps": []}
+    last = history[-1]
+    scored = [j for j in range(len(sizes)) if sizes[j] > 0]
+    past = [j for j in scored if j < last.segment]
+    final = pooled(last.acc, sizes, scored)
+    forgetting = _mean([max(e.acc[j] for e in history if not math.isnan(e.acc[j])) - last.acc[j] for j in past])
+    lows = [min((e.acc[j] for e in history if e.segment > j and not math.isnan(e.acc[j])), default=NAN)
+            for j in past]
+    min_acc = _mean(lows)
+    current = last.acc[last.segment] if sizes[last.segment] > 0 else NAN
+    k = len(past) + 1
+    wc = current if not past else current / k + (1 - 1 / k) * min_acc
+    a_auc = _mean([pooled(e.acc, sizes, scored) for e in history if e.periodic or e.boundary or e.final])
+    gaps = []
+    marks = [i for i, e in enumerate(history) if e.boundary or e.final]
+    for a, b in zip(marks, marks[1:]):
+        segs = [j for j in scored if j <= history[a].segment]
+        before = pooled(history[a].acc, sizes, segs)
+        after = [pooled(e.acc, sizes, segs) for e in history[a + 1:b + 1]]
+        if segs and after:
+            gaps.append(before - min(after))
+    return {"final_accuracy": final, "a_auc": a_auc, "forgetting": forgetting, "min_acc": min_acc, "wc_acc": wc,
+            "stability_gap": _mean(gaps), "stability_gaps": gaps}
+
+
+# -- encoding (once per stream, cached per process) ------------------------------------------------
+@dataclass
+class Encoded:
+    train: np.ndarray
+    test: np.ndarray
+    encoder: Any              # what learners hold (frozen)
+    seconds: float
+
+
+_TEXT_ENCODERS: dict[str, Any] = {}
+_TAP_CACHE: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _text_taps(texts: list[str], device: str, progress: bool) -> tuple[np.ndarray, Any]:
+    from ..learner.encoders import TextEncoder
+
+    if device not in _TEXT_ENCODERS:
+        _TEXT_ENCODERS[device] = TextEncoder(device=device)
+    enc = _TEXT_ENCODERS[device]
+    key = (device, hashlib.sha1("\x00".join(texts).encode()).hexdigest())
+    if key not in _TAP_CACHE:
+        # Similar lengths share a batch: less padding, the same embeddings.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        taps, step = np.zeros((len(texts), enc.dim), np.float32), 1024
+        with _bar(len(texts), "encoding", progress) as bar:
+            for i in range(0, len(texts), step):
+                idx = order[i:i + step]
+                taps[idx] = enc.encode([texts[j] for j in idx])
+                bar.update(len(idx))
+        _TAP_CACHE[key] = taps
+    return _TAP_CACHE[key], enc
+
+
+def encode_stream(stream: BenchStream, device: str = "cpu", batch_size: int = 64, progress: bool = True) -> Encoded:
+    t0 = time.perf_counter()
+    if stream.kind == "text":
+        texts = list(stream.train.inputs) + list(stream.test.inputs)
+        taps, enc = _text_taps(texts, device, progress)
+        n = len(stream.train)
+        return Encoded(taps[:n], taps[n:], enc, time.perf_counter() - t0)
+    from ..learner.encoders import FeatureEncoder
+
+    x = np.asarray(stream.train.inputs, np.float32)
+    enc = FeatureEncoder(x.shape[1])
+    # As a learner's own encoder would see them: standardised with the statistics of the events
+    # so far, frozen after the warm-up; test events with the frozen statistics.
+    train = np.concatenate([enc.encode(x[i:i + batch_size], learning=True) for i in range(0, len(x), batch_size)])
+    test = enc.encode(np.asarray(stream.test.inputs, np.float32).reshape(-1, x.shape[1]))
+    return Encoded(train, test, enc, time.perf_counter() - t0)
+
+
+# -- learners ----------------------------------------------------------------------------------------
+class RiverLearner:
+    """A river classifier on tap features (as dicts), one event at a time, prequential.
+
+    A binary model (``positive`` given) learns ``label == positive`` and answers with the two labels."""
+
+    def __init__(self, name: str, model: Any, labels: tuple[str, str] | None = None) -> None:
+        self.name, self.model, self.labels = name, model, labels
+        self._seen = False
+
+    def _label(self, y: Any) -> str | None:
+        if self.labels is not None:
+            return self.labels[1] if y else self.labels[0]
+        return None if y is None else str(y)
+
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> "_Step":
+        correct = np.zeros(len(labels), bool)
+        for i, (row, label) in enumerate(zip(taps.tolist(), labels)):
+            x = dict(enumerate(row))
+            correct[i] = self._seen and self._label(self.model.predict_one(x)) == label
+            self.model.learn_one(x, label == self.labels[1] if self.labels is not None else label)
+            self._seen = True
+        return _Step(correct)
+
+    def predict_taps_labels(self, taps: np.ndarray) -> list[str | None]:
+        if not self._seen:
+            return [None] * len(taps)
+        return [self._label(self.model.predict_one(dict(enumerate(row)))) for row in taps.tolist()]
+
+    def nbytes(self) -> int:
+        try:
+            return int(self.model._raw_memory_usage)
+        except Exception:  # noqa: BLE001 - an estimate only
+            return -1
+
+
+@dataclass(frozen=True)
+class _Step:
+    correct: np.ndarray
+
+
+def _continual(encoder: Any, seed: int, budget: int | None, **flags: Any) -> Any:
+    from ..learner.continual import ContinualConfig, ContinualLearner
+
+    pq_m = flags.pop("pq_m", ContinualConfig.pq_m)
+    pq_m = pq_m if pq_m and encoder.dim % pq_m == 0 else 0  # as the service does (runtime.build_learner)
+    extra = {"memory_budget_bytes": budget} if budget else {}
+    return ContinualLearner(encoder, ContinualConfig(seed=seed, pq_m=pq_m, **extra, **flags))
+
+
+ABLATIONS = {"lifelong-no-replay": {"replay": False}, "lifelong-no-lora": {"lora": False},
+             "lifelong-no-ema": {"ema": False}, "lifelong-no-consolidation": {"consolidation": False}}
+
+
+Run = tuple[str, Any, dict[str, Callable[[], Predict]], set[str]]
+
+
+def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: int, budget: int | None) -> list[Run]:
+    """(run name, learner, {scored model name: factory of its predict function}, the models served
+    through an EMA snapshot); ``lifelong`` and ``lifelong-live`` are two models of one run."""
+    unknown = [n for n in names if n not in LEARNERS]
+    if unknown:
+        raise ValueError(f"unknown learner(s) {', '.join(unknown)}; known: {', '.join(LEARNERS)}")
+    runs: list[Run] = []
+    served = lambda lr: (lambda: (lambda taps: lr.snapshot().predict_taps(taps).labels))  # noqa: E731
+    live = lambda lr: (lambda: (lambda taps: lr.predict_taps(taps).labels))  # noqa: E731
+    if "lifelong" in names or "lifelong-live" in names:
+        lr = _continual(encoder, seed, budget)
+        models = {"lifelong": served(lr), "lifelong-live": live(lr)}
+        runs.append(("lifelong", lr, {k: v for k, v in models.items() if k in names}, {"lifelong"}))
+    classes = sorted(set(labels))
+    for name in names:
+        if name in ("lifelong", "lifelong-live"):
+            continue
+        if name == "nmc":
+            from ..learner.nmc import NMCLearner
+
+            lr = NMCLearner(encoder)
+        elif name == "finetune":
+            lr = _continual(encoder, seed, budget, replay=False, consolidation=False, ema=False)
+        elif name == "er":
+            lr = _continual(encoder, seed, budget, pq_m=0, lora=False, consolidation=False, ema=False)
+        elif name in ABLATIONS:
+            lr = _continual(encoder, seed, budget, **ABLATIONS[name])
+        else:
+            from river import forest, linear_model, multiclass, preprocessing
+
+            if name == "river-arf":
+                lr = RiverLearner(name, forest.ARFClassifier(seed=seed))
+            elif len(classes) == 2:
+                lr = RiverLearner(name, preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+                                  labels=(classes[0], classes[1]))
+            else:
+                lr = RiverLearner(name, preprocessing.StandardScaler()
+                                  | multiclass.OneVsRestClassifier(linear_model.LogisticRegression()))
+            runs.append((name, lr, {name: (lambda lr=lr: lr.predict_taps_labels)}, set()))
+            continue
+        ema = name in ABLATIONS and name != "lifelong-no-ema"
+        runs.append((name, lr, {name: served(lr)}, {name} if ema else set()))
+    return runs
+
+
+# -- the run -----------------------------------------------------------------------------------------
+class _bar:
+    """tqdm on stderr, sparse when stderr is not a terminal (nohup logs)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        tty = sys.stderr.isatty()
+        self.t = tqdm(total=total, desc=desc, unit="ev", file=sys.stderr, disable=not enabled,
+                      mininterval=0.5 if tty else 30, dynamic_ncols=True, leave=True)
+
+    def __enter__(self) -> Any:
+        return self.t
+
+    def __exit__(self, *exc: Any) -> None:
+        self.t.close()
+
+
+def _batches(segments: np.ndarray, batch_size: int) -> list[tuple[int, int, bool]]:
+    """(start, end, ends a segment) in stream order; a batch never spans two segments."""
+    out = []
+    cuts = np.flatnonzero(np.diff(segments)) + 1
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(segments)]):
+        for s in range(lo, hi, batch_size):
+            out.append((int(s), int(min(s + batch_size, hi)), bool(s + batch_size >= hi)))
+    return out
+
+
+def run_one(stream: BenchStream, enc: Encoded, learner: Any, models: dict[str, Callable[[], Predict]], *,
+            served: Sequence[str] = (), eval_every: int = 1000, gap_probes: int = 4, batch_size: int = 64,
+            desc: str = "", progress: bool = True) -> dict[str, Any]:
+    """Learn the stream with one learner; evaluation histories of its scored models and its speed.
+
+    ``served`` models also get a served prequential accuracy: their own prediction of each batch
+    just before it is learned (``StepStats.correct`` is the live model's)."""
+    k, tr, te = stream.num_segments, stream.train, stream.test
+    test_labels = np.array(te.labels, dtype=object)
+    sizes = np.bincount(te.segments, minlength=k)
+    history: dict[str, list[Evaluation]] = {m: [] for m in models}
+    seen: set[int] = set()
+    learned = correct = 0
+    served_correct = {m: 0 for m in served}
+    learn_s = eval_s = 0.0
+    next_periodic, probes_left = eval_every, 0
+    batches = _batches(tr.segments, batch_size)
+
+    def evaluate(cur: int, **flags: bool) -> None:
+        nonlocal eval_s
+        t0 = time.perf_counter()
+        segs = list(range(k)) if flags.get("final") else sorted(seen)
+        mask = np.isin(te.segments, segs)
+        for name, factory in models.items():
+            acc = np.full(k, NAN)
+            if mask.any():
+                hit = np.array(factory()(enc.test[mask]), dtype=object) == test_labels[mask]
+                for j in segs:
+                    sel = te.segments[mask] == j
+                    if sel.any():
+                        acc[j] = float(hit[sel].mean())
+            history[name].append(Evaluation(learned, cur, tuple(acc.tolist()), **flags))
+        eval_s += time.perf_counter() - t0
+
+    with _bar(len(tr), desc, progress) as bar:
+        for n_batch, (lo, hi, ends) in enumerate(batches):
+            cur = int(tr.segments[lo])
+            seen.add(cur)
+            for m in served_correct:
+                served_correct[m] += int(sum(p == y for p, y in zip(models[m]()(enc.train[lo:hi]), tr.labels[lo:hi])))
+            t0 = time.perf_counter()
+            step = learner.learn_taps(enc.train[lo:hi], tr.labels[lo:hi])
+            learn_s += time.perf_counter() - t0
+            learned += hi - lo
+            correct += int(np.asarray(step.correct).sum())
+            periodic = learned >= next_periodic
+            while next_periodic <= learned:
+                next_periodic += eval_every
+            final = n_batch == len(batches) - 1
+            probe, probes_left = probes_left > 0, max(probes_left - 1, 0)
+            if periodic or ends or probe:
+                evaluate(cur, periodic=periodic, boundary=ends, probe=probe and not ends, final=final)
+            if ends:
+                probes_left = gap_probes
+            bar.update(hi - lo)
+    return {"history": history, "sizes": sizes.tolist(), "learned": learned,
+            "prequential_accuracy": correct / learned if learned else NAN,
+            "served_prequential": {m: c / learned if learned else NAN for m, c in served_correct.items()},
+            "events_per_s": learned / learn_s if learn_s else NAN, "learn_seconds": learn_s,
+            "eval_seconds": eval_s, "memory_bytes": int(learner.nbytes())}
+
+
+def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] = DEFAULT_LEARNERS,
+              memory_budget: int | None = None, seed: int = 0, device: str = "cpu", eval_every: int = 1000,
+              gap_probes: int = 4, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+    import torch
+
+    from .bench_report import write_report
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device here")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    enc = encode_stream(stream, device, batch_size, progress)
+    results: dict[str, Any] = {}
+    histories: dict[str, Any] = {}
+    runs = make_runs(list(dict.fromkeys(learners)), enc.encoder, stream.train.labels, seed, memory_budget)
+    for run_name, learner, models, served in runs:
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        r = run_one(stream, enc, learner, models, served=sorted(served), eval_every=eval_every, gap_probes=gap_probes,
+                    batch_size=batch_size, desc=run_name, progress=progress)
+        for name, hist in r["history"].items():
+            results[name] = compute_metrics(hist, r["sizes"]) | {
+                k: r[k] for k in ("prequential_accuracy", "events_per_s", "memory_bytes", "learn_seconds",
+                                  "eval_seconds")} | {"run_seconds": time.perf_counter() - t0,
+                "served_prequential_accuracy": r["served_prequential"].get(name, r["prequential_accuracy"])}
+            histories[name] = [asdict(e) for e in hist]
+    ordered = {name: results[name] for name in learners if name in results}
+    boundaries = np.cumsum(np.bincount(stream.train.segments, minlength=stream.num_segments)).tolist()
+    doc = {"stream": stream.name, "protocol": stream.protocol, "events": len(stream.train),
+           "test_events": len(stream.test), "segments": stream.num_segments, "segment_names": stream.segment_names,
+           "test_sizes": np.bincount(stream.test.segments, minlength=stream.num_segments).tolist(),
+           "boundaries": boundaries, "seed": seed, "memory_budget_bytes": memory_budget, "device": device,
+           "eval_every": eval_every, "gap_probes": gap_probes, "batch_size": batch_size,
+           "encode_seconds": enc.seconds, "total_seconds": time.perf_counter() - t_start, "learners": ordered}
+    (out / "results.json").write_text(json.dumps(_clean(doc), indent=2) + "\n")
+    (out / "history.json").write_text(json.dumps(_clean({"test_sizes": doc["test_sizes"], "boundaries": boundaries,
+                                                         "learners": histories})) + "\n")
+    write_report(out, _clean(doc), _clean(histories))
+    return _clean(doc)
+
+
+def _clean(x: Any) -> Any:
+    """NaN -> None and numpy scalars -> Python, for strict JSON."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if math.isnan(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
