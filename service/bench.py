@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..learner.river_models import RiverLearner
 from ..stream.benchmarks import BenchStream
 
 NAN = float("nan")
@@ -153,46 +154,6 @@ def encode_stream(stream: BenchStream, device: str = "cpu", batch_size: int = 64
 
 
 # -- learners ----------------------------------------------------------------------------------------
-class RiverLearner:
-    """A river classifier on tap features (as dicts), one event at a time, prequential.
-
-    A binary model (``positive`` given) learns ``label == positive`` and answers with the two labels."""
-
-    def __init__(self, name: str, model: Any, labels: tuple[str, str] | None = None) -> None:
-        self.name, self.model, self.labels = name, model, labels
-        self._seen = False
-
-    def _label(self, y: Any) -> str | None:
-        if self.labels is not None:
-            return self.labels[1] if y else self.labels[0]
-        return None if y is None else str(y)
-
-    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> "_Step":
-        correct = np.zeros(len(labels), bool)
-        for i, (row, label) in enumerate(zip(taps.tolist(), labels)):
-            x = dict(enumerate(row))
-            correct[i] = self._seen and self._label(self.model.predict_one(x)) == label
-            self.model.learn_one(x, label == self.labels[1] if self.labels is not None else label)
-            self._seen = True
-        return _Step(correct)
-
-    def predict_taps_labels(self, taps: np.ndarray) -> list[str | None]:
-        if not self._seen:
-            return [None] * len(taps)
-        return [self._label(self.model.predict_one(dict(enumerate(row)))) for row in taps.tolist()]
-
-    def nbytes(self) -> int:
-        try:
-            return int(self.model._raw_memory_usage)
-        except Exception:  # noqa: BLE001 - an estimate only
-            return -1
-
-
-@dataclass(frozen=True)
-class _Step:
-    correct: np.ndarray
-
-
 def _continual(encoder: Any, seed: int, budget: int | None, **flags: Any) -> Any:
     from ..learner.continual import ContinualConfig, ContinualLearner
 
