@@ -193,10 +193,15 @@ class ContinualEvaluator:
         self._tracks: dict[str, dict[int, _Track]] = {}
         self._gaps: dict[str, list[_Gap]] = {}
         self._last_eval_at = 0
+        self.last_accuracies: dict[str, dict[int, float]] = {}  # per model, segment id -> accuracy (for logs)
 
     @property
     def n_segments(self) -> int:
         return len(self._segments)
+
+    def segment_starts(self) -> dict[int, int]:
+        """Segment id -> the learned-event count at which it opened."""
+        return {s.id: s.start for s in self._segments}
 
     def holdout(self, index: int = -1) -> tuple[np.ndarray | None, list[str]]:
         """A copy of one kept segment's holdout (-1: the current one)."""
@@ -289,6 +294,7 @@ class ContinualEvaluator:
             if len(hit):
                 track.add(track.last, closed=seg.end is not None)
             hits.append(hit)
+        self.last_accuracies[name] = dict(accs)
         for gap in self._gaps.get(name, []):
             gap.update(_mean(accs[i] for i in gap.segments if i in accs), self.recovery_eps)
         codes = np.concatenate([s.codes for s in self._segments])

@@ -112,6 +112,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    try:
+        path = write_report(args.checkpoint, args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"lifelong report: {exc}") from None
+    print(f"wrote {path} and {path.parent / 'accuracy.png'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description="A service that learns continually from an event stream.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -148,6 +159,10 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="output folder: results.json, history.json, report.md, PNG plots")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
+    report = sub.add_parser("report", help="plots and a summary of continual evaluation from a checkpoint")
+    report.add_argument("--checkpoint", required=True, help="the checkpoint folder (checkpoint.dir)")
+    report.add_argument("--out", required=True, help="folder for report.md and accuracy.png")
+    report.set_defaults(func=cmd_report)
     config = sub.add_parser("config", help="inspect configuration")
     csub = config.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the effective configuration as YAML")

@@ -101,7 +101,7 @@ class LearningLoop:
             "pending": self.pending.state_dict(),
             "dedup": self.validator.recent_ids.state_dict(),
             "prequential": (preq, {}),
-            "evaluator": self.evaluation.evaluator.state_dict(),
+            **self.evaluation.state_parts(),
         }
         if self.learned_ids is not None:
             parts["learned_ids"] = ({}, {"counts": dict(self.learned_ids)})
@@ -118,8 +118,7 @@ class LearningLoop:
         self.pending.load_state_dict(*ckpt.parts["pending"])
         self.validator.recent_ids.load_state_dict(*ckpt.parts["dedup"])
         self.prequential.load_state_dict(ckpt.parts["prequential"][0])
-        if "evaluator" in ckpt.parts:
-            self.evaluation.evaluator.load_state_dict(*ckpt.parts["evaluator"])
+        self.evaluation.load_parts(ckpt.parts)
         if self.learned_ids is not None and "learned_ids" in ckpt.parts:
             self.learned_ids = Counter(ckpt.parts["learned_ids"][1]["counts"])
         self.positions = dict(ckpt.offsets)

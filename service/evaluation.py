@@ -15,6 +15,7 @@ from prometheus_client import Gauge
 
 from ..learner.base import Learner, StepStats
 from ..monitoring.evaluator import WINDOWS, ContinualEvaluator, ModelScores
+from ..monitoring.history import EvaluationLog
 from ..monitoring.metrics import Metrics
 from .config import EvaluationSettings
 from .snapshot import SnapshotHolder
@@ -35,6 +36,7 @@ class EvaluationHook:
         self.evaluator = ContinualEvaluator(
             holdout_fraction=settings.holdout_fraction, per_segment_cap=settings.per_segment_cap,
             eval_every=settings.eval_every, class_absent_window=settings.class_absent_window)
+        self.log = EvaluationLog()
 
     def hold_out(self, ids: Sequence[str], taps: np.ndarray, labels: Sequence[str]) -> np.ndarray:
         """Keep the hash-chosen events for evaluation; returns the mask of those to learn."""
@@ -50,6 +52,9 @@ class EvaluationHook:
         if not self.enabled:
             return
         self.evaluator.observe_labels(labels, learner.events_learned)
+        for signal in stats.signals:
+            if signal in ("peak", "consolidation"):
+                self.log.mark(learner.events_learned, signal)
         if "peak" in stats.signals:
             self.evaluator.open_segment(learner.events_learned)
         if not self.evaluator.due(learner.events_learned):
@@ -59,9 +64,19 @@ class EvaluationHook:
                   "live": lambda x: learner.predict_taps(x).labels}
         for name, scores in self.evaluator.evaluate(models, learner.events_learned).items():  # type: ignore[arg-type]
             self._export(name, scores)
+            self.log.add(learner.events_learned, name, self.evaluator.last_accuracies[name])
         self.metrics.evaluations.inc()
         self.metrics.eval_segments.set(self.evaluator.n_segments)
         self.metrics.eval_holdout.set(sum(len(self.evaluator.holdout(i)[1]) for i in range(self.evaluator.n_segments)))
+
+    def state_parts(self) -> dict[str, tuple[dict[str, np.ndarray], dict[str, object]]]:
+        return {"evaluator": self.evaluator.state_dict(), "eval_log": self.log.state_dict()}
+
+    def load_parts(self, parts: dict[str, tuple[dict[str, np.ndarray], dict[str, object]]]) -> None:
+        if "evaluator" in parts:
+            self.evaluator.load_state_dict(*parts["evaluator"])  # type: ignore[arg-type]
+        if "eval_log" in parts:
+            self.log.load_state_dict(*parts["eval_log"])  # type: ignore[arg-type]
 
     def _export(self, model: str, s: ModelScores) -> None:
         m = self.metrics

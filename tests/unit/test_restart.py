@@ -323,7 +323,7 @@ def test_checkpoint_contents_match_the_loop(tmp_path: Path, services: Services) 
     service.loop.step()
     ckpt = Checkpointer(tmp_path / "state").load()
     assert ckpt is not None
-    assert set(ckpt.parts) == {"learner", "pending", "dedup", "prequential", "evaluator", "learned_ids"}
+    assert set(ckpt.parts) == {"learner", "pending", "dedup", "prequential", "evaluator", "eval_log", "learned_ids"}
     assert ckpt.offsets == service.loop.positions
     assert ckpt.parts["learner"][1]["events_learned"] == service.learner.events_learned
     assert ckpt.parts["pending"][1]["ids"] == ["u0"]
