@@ -16,7 +16,7 @@ from ..memory.prototypes import PrototypeIndex
 from .base import InputKind, Predictions, RawInputs, StepStats
 from .encoders import Encoder
 from .head import LinearHead, softmax
-from .serving import to_predictions, unit
+from .serving import SnapshotInfo, to_predictions, unit
 
 
 def fused_probs(taps: np.ndarray, head: LinearHead, protos: PrototypeIndex,
@@ -30,15 +30,9 @@ def fused_probs(taps: np.ndarray, head: LinearHead, protos: PrototypeIndex,
 
 
 @dataclass(frozen=True)
-class NMCSnapshot:
+class NMCSnapshot(SnapshotInfo):
     """Immutable serving view: copies of head and prototypes plus the shared frozen encoder."""
 
-    version: int
-    classes: tuple[str, ...]
-    input_kind: InputKind
-    input_dim: int | None
-    events_learned: int
-    encoder: Encoder
     head: LinearHead
     protos: PrototypeIndex
     head_weight: float

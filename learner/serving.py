@@ -25,8 +25,8 @@ def to_predictions(probs: np.ndarray, classes: Sequence[str], version: int) -> P
 
 
 @dataclass(frozen=True)
-class CosineSnapshot:
-    """Serving copy of the continual learner: EMA adapter weight, EMA cosine head, prototypes."""
+class SnapshotInfo:
+    """What every serving snapshot carries: version, classes, input contract, and the frozen encoder."""
 
     version: int
     classes: tuple[str, ...]
@@ -34,6 +34,12 @@ class CosineSnapshot:
     input_dim: int | None
     events_learned: int
     encoder: Encoder
+
+
+@dataclass(frozen=True)
+class CosineSnapshot(SnapshotInfo):
+    """Serving copy of the continual learner: EMA adapter weight, EMA cosine head, prototypes."""
+
     weight: np.ndarray
     head: np.ndarray
     protos: PrototypeIndex

@@ -98,8 +98,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(doc)]
     lines += ["", "## Plots", "",
               f"![accuracy on each segment's test events over the stream]({PLOT_SEGMENTS})", "",
-              f"Accuracy on each segment's test events over the stream, one panel per learner; dotted lines mark "
-              f"the true boundaries.", "",
+              "Accuracy on each segment's test events over the stream, one panel per learner; dotted lines mark "
+              "the true boundaries.", "",
               f"![accuracy on the segments before the latest boundary]({PLOT_GAP})", "",
               "Accuracy on the segments before the latest boundary, from that boundary to the next: the dip right "
               "after each boundary is the stability gap.", "",

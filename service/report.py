@@ -58,7 +58,7 @@ def _plot(log: EvaluationLog, starts: dict[int, int], out: Path) -> None:
 
 
 def _summary(log: EvaluationLog, starts: dict[int, int], events: int) -> str:
-    lines = [f"# lifelong report", "", f"{events:,} events learned; {len(starts)} segments kept; "
+    lines = ["# lifelong report", "", f"{events:,} events learned; {len(starts)} segments kept; "
              f"{sum(1 for _, s in log.marks if s == 'peak')} drift peaks and "
              f"{sum(1 for _, s in log.marks if s == 'consolidation')} consolidations logged.", "",
              "| model | segment | opened at | latest accuracy | lowest after it ended |", "|---|---|---:|---:|---:|"]

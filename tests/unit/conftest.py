@@ -2,11 +2,25 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny matrices: one thread beats two spinning OpenMP ones on a busy machine."""
+    import faiss
+    import torch
+
+    threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(threads[0])
+    faiss.omp_set_num_threads(threads[1])
 
 
 @pytest.fixture(autouse=True)

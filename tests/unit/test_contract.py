@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -77,15 +76,7 @@ def variant(request: pytest.FixtureRequest) -> Variant:
     return request.param
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Micro-batches of 16-d vectors: one thread is faster than two spinning OpenMP ones on a busy machine."""
-    threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(threads[0])
-    faiss.omp_set_num_threads(threads[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- data -----------------------------------------------------------------------------

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterator
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -18,15 +16,7 @@ from lifelong.learner.lora import LoRALinear
 DIM = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny matrices: one thread beats two spinning OpenMP ones on a busy machine."""
-    threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(threads[0])
-    faiss.omp_set_num_threads(threads[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randn(*shape: int, seed: int) -> torch.Tensor:
