@@ -1,4 +1,4 @@
-"""Restart semantics: checkpoint, crash, restore, replay; outputs; revokes; the Kafka source pieces.
+"""Restart semantics: checkpoint, crash, restore, replay; outputs; revokes.
 
 A "crash" is dropping a Service without a checkpoint; the next Service with
 the same settings restores the checkpoint and re-reads the file from its
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import json
-import types
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,19 +17,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-with warnings.catch_warnings():  # kafka-python's import is noisy with DeprecationWarnings
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from kafka.errors import KafkaConfigurationError, KafkaConnectionError
-    from kafka.structs import OffsetAndMetadata
-    from kafka.structs import TopicPartition as KafkaTP
-
-    import lifelong.stream.kafka_source as kafka_source
-    from lifelong.stream.kafka_source import KafkaSource, KafkaSourceOptions, retry_with_backoff
 from lifelong.service.checkpoint import Checkpointer
 from lifelong.service.config import Settings
 from lifelong.service.runtime import Service, build_source
 from lifelong.stream.sinks import MemorySink, SinkError
-from lifelong.stream.sources import FileSource, Record
+from lifelong.stream.sources import FileSource
 
 DIM = 4
 CENTERS = {"a": [5.0, 0.0, 0.0, 0.0], "b": [0.0, 5.0, 0.0, 0.0], "c": [0.0, 0.0, 5.0, 0.0]}
@@ -569,156 +560,3 @@ def test_build_source_leaves_no_file_open_when_it_resumes(tmp_path: Path) -> Non
         gc.collect()
     source.close()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
-
-
-# -- Kafka source pieces (no broker) ---------------------------------------------------------------------
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
-    fake = FakeTime()
-    monkeypatch.setattr(kafka_source, "time", types.SimpleNamespace(monotonic=fake.monotonic))
-    return fake
-
-
-def failing(n: int, result: Any = "client", error: Exception | None = None) -> tuple[Callable[[], Any], list[int]]:
-    calls: list[int] = []
-
-    def make() -> Any:
-        calls.append(1)
-        if len(calls) <= n:
-            raise error or KafkaConnectionError()
-        return result
-
-    return make, calls
-
-
-def test_retry_returns_at_once_when_make_works(fake_time: FakeTime) -> None:
-    sleeps: list[float] = []
-    make, calls = failing(0)
-    assert retry_with_backoff(make, what="x", timeout_s=10, initial_s=0.5, max_s=10, sleep=sleeps.append) == "client"
-    assert len(calls) == 1
-    assert sleeps == []
-
-
-def test_retry_backs_off_exponentially_up_to_max(fake_time: FakeTime) -> None:
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        fake_time.now += seconds
-
-    make, calls = failing(5)
-    assert retry_with_backoff(make, what="x", timeout_s=100, initial_s=1.0, max_s=3.0, sleep=sleep) == "client"
-    assert len(calls) == 6
-    assert sleeps == [1.0, 2.0, 3.0, 3.0, 3.0]
-
-
-def test_retry_gives_up_at_the_timeout(fake_time: FakeTime) -> None:
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        fake_time.now += seconds
-
-    make, calls = failing(100)
-    with pytest.raises(ConnectionError, match="consumer: no Kafka broker answered within 5 s") as info:
-        retry_with_backoff(make, what="consumer", timeout_s=5, initial_s=1.0, max_s=10.0, sleep=sleep)
-    assert isinstance(info.value.__cause__, KafkaConnectionError)
-    # 0 s: fail, wait 1; 1 s: fail, wait 2; 3 s: fail, and a 4 s wait would pass the deadline
-    assert sleeps == [1.0, 2.0]
-    assert len(calls) == 3
-
-
-def test_retry_does_not_retry_a_configuration_error(fake_time: FakeTime) -> None:
-    sleeps: list[float] = []
-    make, calls = failing(1, error=KafkaConfigurationError("bad option"))
-    with pytest.raises(KafkaConfigurationError):
-        retry_with_backoff(make, what="x", timeout_s=100, initial_s=1.0, max_s=3.0, sleep=sleeps.append)
-    assert len(calls) == 1 and sleeps == []
-
-
-def test_retry_does_not_retry_other_errors(fake_time: FakeTime) -> None:
-    sleeps: list[float] = []
-    make, calls = failing(1, error=ValueError("bug"))
-    with pytest.raises(ValueError, match="bug"):
-        retry_with_backoff(make, what="x", timeout_s=100, initial_s=1.0, max_s=3.0, sleep=sleeps.append)
-    assert len(calls) == 1 and sleeps == []
-
-
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.batches: list[dict[KafkaTP, list[Any]]] = []
-        self.committed: list[dict[KafkaTP, OffsetAndMetadata]] = []
-        self.listener: Any = None
-        self.topics: list[str] = []
-        self.closed: dict[str, Any] | None = None
-
-    def subscribe(self, topics: list[str], listener: Any = None) -> None:
-        self.topics, self.listener = topics, listener
-
-    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[KafkaTP, list[Any]]:
-        return self.batches.pop(0) if self.batches else {}
-
-    def commit(self, offsets: dict[KafkaTP, OffsetAndMetadata]) -> None:
-        self.committed.append(offsets)
-
-    def close(self, autocommit: bool = True) -> None:
-        self.closed = {"autocommit": autocommit}
-
-
-def consumer_record(offset: int, value: bytes | None = b"v", key: bytes | None = None) -> Any:
-    return types.SimpleNamespace(offset=offset, value=value, key=key)
-
-
-@pytest.fixture
-def kafka(monkeypatch: pytest.MonkeyPatch) -> Callable[..., tuple[KafkaSource, FakeConsumer, list[Any]]]:
-    def make(start_offsets: dict[tuple[str, int], int] | None = None) -> tuple[KafkaSource, FakeConsumer, list[Any]]:
-        consumer = FakeConsumer()
-        monkeypatch.setattr(KafkaSource, "_connect", lambda self: consumer)
-        revoked: list[Any] = []
-        source = KafkaSource(KafkaSourceOptions("127.0.0.1:1", ("events", "labels")), start_offsets, revoked.append)
-        return source, consumer, revoked
-
-    return make
-
-
-def test_kafka_poll_drops_records_below_the_checkpointed_offset(kafka: Callable[..., Any]) -> None:
-    source, consumer, _ = kafka({("events", 0): 5, ("labels", 0): 0})
-    assert consumer.topics == ["events", "labels"]
-    consumer.batches = [
-        {KafkaTP("events", 0): [consumer_record(3), consumer_record(4), consumer_record(5, b"five", b"k")],
-         KafkaTP("events", 1): [consumer_record(0), consumer_record(1, None)],
-         KafkaTP("labels", 0): [consumer_record(0)]},
-        {KafkaTP("events", 0): [consumer_record(4), consumer_record(6)]},
-    ]
-    records = source.poll(100, 0.1)
-    assert records == [Record(b"five", "events", 0, 5, b"k"), Record(b"v", "events", 1, 0),
-                       Record(b"", "events", 1, 1), Record(b"v", "labels", 0, 0)]
-    assert source.skipped == 2
-    assert source.poll(100, 0.1) == [Record(b"v", "events", 0, 6)]
-    assert source.skipped == 3
-    assert source.poll(100, 0.1) == []
-    assert source.exhausted is False
-
-
-def test_kafka_commit_revoke_and_close(kafka: Callable[..., Any]) -> None:
-    source, consumer, revoked = kafka()
-    source.commit({})
-    assert consumer.committed == []
-    source.commit({("events", 1): 7})
-    assert consumer.committed == [{KafkaTP("events", 1): OffsetAndMetadata(7, "", -1)}]
-    consumer.listener.on_partitions_revoked([])
-    assert revoked == []
-    consumer.listener.on_partitions_revoked([KafkaTP("events", 0), KafkaTP("labels", 0)])
-    assert revoked == [[("events", 0), ("labels", 0)]]
-    consumer.listener.on_partitions_assigned([KafkaTP("events", 0)])
-    source.close()
-    assert consumer.closed == {"autocommit": False}
