@@ -150,10 +150,12 @@ class ContinualLearner:
     def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
         return self.encoder.encode(inputs, learning=learning)
 
+    def predict_proba_taps(self, taps: np.ndarray) -> np.ndarray:
+        """Live class probabilities, shape (n, len(classes))."""
+        return self._probs(taps) if self._classes else np.zeros((len(taps), 0), np.float32)
+
     def predict_taps(self, taps: np.ndarray) -> Predictions:
-        if not self._classes:
-            return to_predictions(np.zeros((len(taps), 0)), self._classes, self.version)
-        return to_predictions(self._probs(taps), self._classes, self.version)
+        return to_predictions(self.predict_proba_taps(taps), self._classes, self.version)
 
     def predict_many(self, inputs: RawInputs) -> Predictions:
         return self.predict_taps(self.encode(inputs))

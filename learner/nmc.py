@@ -102,9 +102,12 @@ class NMCLearner:
         self.events_learned += len(y)
         return StepStats(len(y), float(losses.mean()), losses, correct, tuple(new), self.version)
 
+    def predict_proba_taps(self, taps: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (n, len(classes))."""
+        return fused_probs(taps, self.head, self.protos, self.head_weight, self.proto_scale)
+
     def predict_taps(self, taps: np.ndarray) -> Predictions:
-        probs = fused_probs(taps, self.head, self.protos, self.head_weight, self.proto_scale)
-        return to_predictions(probs, self._classes, self.version)
+        return to_predictions(self.predict_proba_taps(taps), self._classes, self.version)
 
     def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats:
         if len(inputs) != len(labels):
