@@ -100,7 +100,7 @@ class ContinualLearner:
         return ([self.adapter.A, self.adapter.B] if self.config.lora else []) + [self.head]
 
     def _new_optimizer(self) -> None:
-        self.opt = torch.optim.Adam(self._params(), lr=self.config.lr)
+        self.opt = torch.optim.Adam(self._params(), lr=self.config.lr, foreach=True)
 
     @property
     def classes(self) -> tuple[str, ...]:

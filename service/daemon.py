@@ -27,11 +27,11 @@ from ..learner.base import Learner
 from ..monitoring.metrics import Metrics
 from ..monitoring.prequential import PrequentialAccuracy
 from ..stream.errors import InvalidEvent
-from ..stream.events import Event, EventLimits, LabelMessage, decode_label
+from ..stream.events import EventLimits, LabelMessage, decode_label
 from ..stream.label_join import PendingStore
 from ..stream.sinks import Sink, SinkError, dead_letter_headers, prediction_value
 from ..stream.sources import Record, Source, TopicPartition, next_offsets
-from ..stream.validate import EventValidator
+from ..stream.validate import EventValidator, ParsedEvent
 from .checkpoint import Checkpointer, Part
 from .config import Settings
 from .evaluation import EvaluationHook
@@ -262,7 +262,7 @@ class LearningLoop:
                            dead_letter_headers(record, exc))
         log.debug("rejected %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
 
-    def _validate(self, records: Sequence[Record]) -> list[Event]:
+    def _validate(self, records: Sequence[Record]) -> list[ParsedEvent]:
         events = []
         for record in records:
             try:
@@ -271,12 +271,12 @@ class LearningLoop:
                 self._dead_letter(record, exc)
         return events
 
-    def _raw_inputs(self, events: Sequence[Event]) -> list[str] | np.ndarray:
+    def _raw_inputs(self, events: Sequence[ParsedEvent]) -> list[str] | np.ndarray:
         if self.learner.input_kind == "text":
             return [e.text or "" for e in events]
         return np.asarray([e.features for e in events], dtype=np.float32)
 
-    def _process(self, events: list[Event]) -> None:
+    def _process(self, events: list[ParsedEvent]) -> None:
         taps = self.learner.encode(self._raw_inputs(events), learning=True)
         labelled = [i for i, e in enumerate(events) if e.label is not None]
         unlabelled = [i for i, e in enumerate(events) if e.label is None]

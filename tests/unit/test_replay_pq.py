@@ -295,3 +295,23 @@ def test_state_round_trip_after_evictions_continues_identically(tmp_path: Path) 
     for s in (store, twin):
         s.add(numbered(40, start=500), np.full(40, 0))
     assert_same_items(twin, store)
+
+
+def test_class_regions_stay_exact_under_growth_and_eviction() -> None:
+    # Many classes arriving in bursts force region moves and pool compactions;
+    # every region must still hold exactly the slots of its class.
+    rng = np.random.default_rng(3)
+    store = ReplayStore(DIM, budget_bytes=300 * (DIM * 4 + 4), seed=1)
+    for step in range(60):
+        labels = rng.integers(0, 5 + step, size=int(rng.integers(1, 40)))
+        store.add(rng.normal(size=(len(labels), DIM)).astype(np.float32), labels)
+        counts = store.class_counts()
+        assert sum(counts.values()) == store.n <= store.capacity
+        for c, size in counts.items():
+            region = store._pool[store._base[c]: store._base[c] + size]
+            assert (store._labels[region] == c).all() and len(set(region.tolist())) == size
+    x, y = store.sample(2000)
+    assert set(np.unique(y)) <= set(store.class_counts())
+    # class-balanced: every present class drawn, none more than ~3x its fair share
+    drawn = np.bincount(y, minlength=max(store.class_counts()) + 1)[list(store.class_counts())]
+    assert drawn.min() > 0 and drawn.max() < 3 * 2000 / len(drawn)

@@ -217,3 +217,37 @@ def test_prediction_value_json() -> None:
 def test_prediction_value_without_a_label_and_with_a_numpy_score() -> None:
     value = prediction_value("e2", None, np.float32(0.5), 0)  # type: ignore[arg-type]
     assert json.loads(value) == {"id": "e2", "label": None, "score": 0.5, "model_version": 0}
+
+
+# -- the fast parse path agrees with the full validation ---------------------------------------------
+TRICKY = [
+    b'{"id": 1, "features": [1, 2.5, 3, 4], "label": 2}', b'{"id": "a", "features": [1, 2, 3, 4]}',
+    b'{"id": true, "features": [1, 2, 3, 4]}', b'{"id": 1.5, "features": [1, 2, 3, 4]}',
+    b'{"id": "", "features": [1, 2, 3, 4]}', b'{"id": 1, "features": [true, 2, 3, 4]}',
+    b'{"id": 1, "features": [NaN, 2, 3, 4]}', b'{"id": 1, "features": [1e999, 2, 3, 4]}',
+    b'{"id": 1, "features": ["1", 2, 3, 4]}', b'{"id": 1, "features": [1, 2, 3]}', b'{"id": 1, "features": []}',
+    b'{"id": 1, "features": [[1], 2, 3, 4]}', b'{"id": 1, "features": [1, 2, 3, 4], "label": true}',
+    b'{"id": 1, "features": [1, 2, 3, 4], "label": 1.5}', b'{"id": 1, "features": [1, 2, 3, 4], "label": ""}',
+    b'{"id": 1, "features": [1, 2, 3, 4], "extra": 1}', b'{"id": 1, "features": [1, 2, 3, 4], "ts": "x"}',
+    b'{"id": 1, "features": [1, 2, 3, 4], "ts": 5}', b'{"id": 1, "features": [1, 2, 3, 4], "split": "dev"}',
+    b'{"id": 1, "features": [1, 2, 3, 4], "segment": 3}', b'{"id": 1, "text": "x", "features": [1, 2, 3, 4]}',
+    b'{"id": 99999999999999999999999, "features": [1, 2, 3, 4]}', b'[1, 2]', b'{"id": 1', b'\xff\xfe',
+    b'{"id": 1, "features": [1, 2, 3, 4], "label": null, "ts": null}', b'{"id": 1, "text": "hi"}',
+]
+
+
+@pytest.mark.parametrize("record", TRICKY)
+def test_fast_parse_accepts_and_rejects_exactly_as_the_full_validation(record: bytes) -> None:
+    from lifelong.stream.events import decode_event
+    from lifelong.stream.validate import _fast_parse
+
+    limits = EventLimits()
+    try:
+        full = decode_event(record, limits)
+    except InvalidEvent:
+        assert _fast_parse(record, limits) is None  # the full path then names the reason
+        return
+    fast = _fast_parse(record, limits)
+    if fast is not None:
+        assert (fast.id, fast.text, fast.label, fast.ts) == (str(full.id), full.text, full.label, full.ts)
+        assert fast.features == full.features
