@@ -57,7 +57,41 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    if args.stream or args.stream_file or args.checkpoint:
+        raise SystemExit("lifelong bench: --speed runs alone (no --stream / --stream-file / --checkpoint)")
+    from pathlib import Path
+
+    from ..stream.benchmarks import StreamError
+    from .bench_speed import SpeedOptions, run_speed
+    from .bench_speed_report import render_text
+
+    try:
+        clients = tuple(int(c) for c in args.clients.split(","))
+    except ValueError:
+        raise SystemExit(f"lifelong bench: --clients: not a comma-separated list of counts: {args.clients!r}") from None
+    for flag, value in (("--clients", min(clients)), ("--vector-events", args.vector_events),
+                        ("--text-events", args.text_events), ("--seconds", args.seconds),
+                        ("--torch-threads", args.torch_threads), ("--batch-size", args.batch_size)):
+        if value is not None and value <= 0:
+            raise SystemExit(f"lifelong bench: {flag} must be positive")
+    opts = SpeedOptions(out=Path(args.out or "docs/benchmarks/speed"), quick=args.quick, skip_kafka=args.skip_kafka,
+                        skip_http=args.skip_http, bootstrap=args.bootstrap, device=args.device,
+                        vector_events=args.vector_events, text_events=args.text_events,
+                        vector_batch_size=args.batch_size or 500, torch_threads=args.torch_threads,
+                        load_seconds=args.seconds, clients=clients, profile=args.profile)
+    try:
+        doc = run_speed(opts)
+    except (StreamError, RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"lifelong bench --speed: {exc}") from None
+    print(render_text(doc))
+    print(f"wrote {opts.out}/speed.json and speed.md")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.speed:
+        return cmd_bench_speed(args)
     if args.checkpoint:
         if args.stream or args.stream_file:
             raise SystemExit("lifelong bench: --checkpoint runs alone (no --stream / --stream-file)")
@@ -99,7 +133,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         doc = run_bench(stream, args.out, learners=learners, memory_budget=budget, seed=args.seed,
                         device=args.device, eval_every=args.eval_every, gap_probes=args.gap_probes,
-                        batch_size=args.batch_size, progress=not args.quiet)
+                        batch_size=args.batch_size or 64, progress=not args.quiet)
     except ValueError as exc:
         raise SystemExit(f"lifelong bench: {exc}") from None
     width = max(len(n) for n in doc["learners"])
@@ -138,8 +172,8 @@ def parser() -> argparse.ArgumentParser:
     prod.add_argument("--label-column", default=None, help="CSV: label column (default: 'label' or 'class')")
     prod.add_argument("--text-column", default=None, help="CSV: make text events from this column")
     prod.set_defaults(func=cmd_produce)
-    bench = sub.add_parser("bench", help="quality benchmark over a stream (--stream / --stream-file), or the "
-                           "checkpoint benchmark (--checkpoint)")
+    bench = sub.add_parser("bench", help="quality benchmark over a stream (--stream / --stream-file), the "
+                           "checkpoint benchmark (--checkpoint) or the speed benchmark (--speed)")
     bench.add_argument("--checkpoint", action="store_true", help="checkpoint size and write/restore time")
     bench.add_argument("--items", type=int, default=100_000, help="replay items in the checkpoint benchmark")
     bench.add_argument("--stream", help="built-in stream: clinc150, youtube-spam, elec2, weather, digits-split")
@@ -149,15 +183,33 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--memory-budget", help="replay memory budget of every learner that keeps one, e.g. 64MB, "
                        "1MB, 500KB (binary units; default: the learner's 64MB)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the stream order, splits and learners")
-    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the text encoder runs")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the text encoder (--speed: "
+                       "the learner) runs")
     bench.add_argument("--limit", type=int, default=None, help="at most about N training events (and N test "
                        "events), spread evenly over the segments")
     bench.add_argument("--eval-every", type=int, default=1000, help="learned events between periodic evaluations")
     bench.add_argument("--gap-probes", type=int, default=4, help="extra evaluations after each of the first N "
                        "micro-batches of a new segment (the stability gap)")
-    bench.add_argument("--batch-size", type=int, default=64, help="micro-batch size")
+    bench.add_argument("--batch-size", type=int, default=None, help="micro-batch size (default 64; --speed: "
+                       "the vector stream's source.batch_size, default 500)")
     bench.add_argument("--out", help="output folder: results.json, history.json, report.md, PNG plots")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    speed = bench.add_argument_group("speed benchmark (--speed)")
+    speed.add_argument("--speed", action="store_true", help="events/s of the daemon in process and through Kafka, "
+                       "river beside it, /v1/predict latency while learning; writes OUT/speed.json and speed.md "
+                       "(--out default: docs/benchmarks/speed)")
+    speed.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    speed.add_argument("--skip-kafka", action="store_true", help="no Kafka part")
+    speed.add_argument("--skip-http", action="store_true", help="no /v1/predict load part")
+    speed.add_argument("--bootstrap", help="an existing Kafka broker HOST:PORT (default: start a local one with "
+                       "deploy/kafka/local-kafka)")
+    speed.add_argument("--vector-events", type=int, help="events of the elec2 stream (default: all; --quick: 2000)")
+    speed.add_argument("--text-events", type=int, help="events of the clinc150 stream (default 3000; --quick: 128)")
+    speed.add_argument("--seconds", type=float, help="seconds of load per client count (default 10; --quick: 2)")
+    speed.add_argument("--clients", default="1,8", help="concurrent keep-alive clients, one load run each")
+    speed.add_argument("--torch-threads", type=int, help="learner.torch_threads (default: 1 for the vector "
+                       "stream, every CPU for text)")
+    speed.add_argument("--profile", action="store_true", help="also profile a second in-process run of each stream")
     bench.set_defaults(func=cmd_bench)
     report = sub.add_parser("report", help="plots and a summary of continual evaluation from a checkpoint")
     report.add_argument("--checkpoint", required=True, help="the checkpoint folder (checkpoint.dir)")

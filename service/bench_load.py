@@ -1,0 +1,189 @@
+"""The speed bench's serving part: ``/v1/predict`` latency while the learner runs at full speed.
+
+The server side runs in the bench's process: the real HTTP app under uvicorn on a free loopback
+port, and the daemon's loop learning an endless replay of the stream (each pass with fresh ids, or
+they would be rejected as duplicates). The load generator is another process (this module's
+``main``, standard library only), so its threads do not share the server's interpreter lock:
+``clients`` threads, each with one keep-alive connection, post single-instance requests back to
+back (closed loop) for a warm-up and then the timed ``seconds``. It prints ``start`` when the timed
+window opens and a JSON summary when it ends, so the server side can count the events learned in
+exactly that window.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..stream.sources import Record, TopicPartition
+
+if TYPE_CHECKING:
+    from .bench_speed import SpeedOptions, StreamData
+
+
+class ReplaySource:
+    """The stream's events again and again, each with a fresh integer id; never exhausted."""
+
+    exhausted = False
+
+    def __init__(self, bodies: list[bytes]) -> None:
+        self._bodies = bodies
+        self._n = 0
+
+    def poll(self, max_records: int, timeout_s: float = 0.0) -> list[Record]:
+        out = []
+        for _ in range(max_records):
+            body = self._bodies[self._n % len(self._bodies)]
+            out.append(Record(b'{"id":%d,' % self._n + body, "replay", 0, self._n))
+            self._n += 1
+        return out
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def request_bodies(data: "StreamData", n: int = 512, seed: int = 1) -> list[str]:
+    """Single-instance /v1/predict bodies made of the stream's own inputs."""
+    rng = random.Random(seed)
+    picks = [data.bodies[rng.randrange(len(data.bodies))] for _ in range(min(n, len(data.bodies)))]
+    inputs = [json.loads(b"{" + body) for body in picks]
+    key = "features" if data.kind == "features" else "text"
+    return [json.dumps({"instances": [{key: e[key]}]}) for e in inputs]
+
+
+def run_http(data: "StreamData", opts: "SpeedOptions") -> dict[str, Any]:
+    """Serve ``data``'s model while learning it endlessly; one load level per entry of ``opts.clients``."""
+    import tempfile
+
+    import uvicorn
+
+    from .bench_kafka import free_port
+    from .bench_speed import close_service, settings_summary, speed_settings
+    from .runtime import Service, _Server
+
+    settings = speed_settings(data, opts, {"kind": "file", "path": "replay"})
+    service = Service(settings, source=ReplaySource(data.bodies))
+    port = free_port()
+    server = _Server(uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="bench-http", daemon=True)
+    levels = []
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as fh:
+        json.dump(request_bodies(data), fh)
+        fh.flush()
+        try:
+            thread.start()
+            service.loop.start()
+            _wait(lambda: server.started and service.holder.current is not None
+                  and bool(service.holder.current.classes), 300, "a served model")
+            for clients in opts.clients:
+                levels.append(_load_level(service, port, Path(fh.name), clients, opts.seconds()))
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            service.loop.stop()
+            close_service(service)
+    if service.loop.error is not None:
+        raise RuntimeError(f"the learning loop failed during the load test: {service.loop.error}")
+    return {"stream": data.name, "levels": levels, "settings": settings_summary(settings)}
+
+
+def _wait(check: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def _load_level(service: Any, port: int, bodies: Path, clients: int, seconds: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "lifelong.service.bench_load", "--port", str(port), "--bodies", str(bodies),
+           "--clients", str(clients), "--seconds", str(seconds)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "start":
+            raise RuntimeError(f"load generator failed to start: {line!r}")
+        learned0, t0 = service.loop.counters.learned, time.perf_counter()
+        result = json.loads(proc.stdout.readline())
+        learned1, t1 = service.loop.counters.learned, time.perf_counter()
+        proc.wait(60)
+    result["learned_per_s_during"] = (learned1 - learned0) / (t1 - t0)
+    return result
+
+
+# -- the load generator (its own process) ---------------------------------------------------------
+def _client(port: int, bodies: list[str], opens: float, closes: float, seed: int,
+            latencies: list[float], statuses: dict[int, int]) -> None:
+    rng = random.Random(seed)
+    headers = {"content-type": "application/json"}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    while (started := time.perf_counter()) < closes:
+        try:
+            conn.request("POST", "/v1/predict", rng.choice(bodies), headers)
+            resp = conn.getresponse()
+            resp.read()
+            status = resp.status
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            status = 0  # a connection error
+        if started >= opens:
+            latencies.append(time.perf_counter() - started)
+            statuses[status] = statuses.get(status, 0) + 1
+    conn.close()
+
+
+def summarise(latencies_s: list[float], statuses: dict[int, int], clients: int, seconds: float) -> dict[str, Any]:
+    lat = sorted(x * 1000 for x in latencies_s)
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+
+    return {"clients": clients, "seconds": seconds, "requests": len(lat), "ok": statuses.get(200, 0),
+            "errors": len(lat) - statuses.get(200, 0), "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "requests_per_s": len(lat) / seconds, "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+            "max_ms": lat[-1] if lat else float("nan"), "mean_ms": sum(lat) / len(lat) if lat else float("nan")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="closed-loop /v1/predict load generator (lifelong bench --speed)")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--bodies", required=True, help="JSON list of request bodies")
+    p.add_argument("--clients", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    args = p.parse_args(argv)
+    bodies = json.loads(Path(args.bodies).read_text())
+    opens = time.perf_counter() + args.warmup
+    closes = opens + args.seconds
+    latencies: list[list[float]] = [[] for _ in range(args.clients)]
+    statuses: list[dict[int, int]] = [{} for _ in range(args.clients)]
+    threads = [threading.Thread(target=_client, args=(args.port, bodies, opens, closes, i, latencies[i], statuses[i]))
+               for i in range(args.clients)]
+    for t in threads:
+        t.start()
+    time.sleep(max(0.0, opens - time.perf_counter()))
+    print("start", flush=True)
+    for t in threads:
+        t.join()
+    merged: dict[int, int] = {}
+    for s in statuses:
+        for k, v in s.items():
+            merged[k] = merged.get(k, 0) + v
+    summary = summarise([x for part in latencies for x in part], merged, args.clients, args.seconds)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
