@@ -92,6 +92,10 @@ def result_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{share:.1%}"
+
+
 def _verdict(met: bool | None) -> str:
     return "not run" if met is None else ("met" if met else "MISSED")
 
@@ -126,12 +130,16 @@ def markdown(doc: dict[str, Any]) -> str:
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in result_rows(doc)]
     profiles = doc.get("profiles") or {}
     missed = {t["part"] for t in doc["targets"] if t["met"] is False}
-    for key, rows in profiles.items():
+    for key, prof in profiles.items():
         flag = " (a target it serves is missed)" if key in missed else ""
         out += ["", f"## Where the in-process {key} pipeline spends its time{flag}", "",
-                "cProfile of a second run, own time per function (profiling slows it down):", "",
-                "| function | calls | own s | share |", "|---|---:|---:|---:|"]
-        out += [f"| `{r['function']}` | {r['calls']:,} | {r['tottime_s']:.3f} | {r['share']:.1%} |" for r in rows]
+                f"cProfile of a second run over {prof['events']:,} events (profiling slows it down: "
+                f"{_num(prof['events_per_s_profiled'])} events/s). The loop's stages, cumulative:", "",
+                "| stage | s | share of step |", "|---|---:|---:|"]
+        out += [f"| {s['stage']} | {s['seconds']:.3f} | {_pct(s['share'])} |" for s in prof["stages"]]
+        out += ["", "Functions by own time:", "", "| function | calls | own s | share |", "|---|---:|---:|---:|"]
+        out += [f"| `{r['function']}` | {r['calls']:,} | {r['tottime_s']:.3f} | {r['share']:.1%} |"
+                for r in prof["functions"]]
     opts = doc["options"]
     out += ["", "## Settings", "",
             f"Streams: {opts['vector_stream']} (vector, batch {opts['vector_batch_size']}) and {opts['text_stream']} "

@@ -204,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
     speed.add_argument("--bootstrap", help="an existing Kafka broker HOST:PORT (default: start a local one with "
                        "deploy/kafka/local-kafka)")
     speed.add_argument("--vector-events", type=int, help="events of the elec2 stream (default: all; --quick: 2000)")
-    speed.add_argument("--text-events", type=int, help="events of the clinc150 stream (default 3000; --quick: 128)")
+    speed.add_argument("--text-events", type=int, help="events of the clinc150 stream (default 1000; --quick: 128)")
     speed.add_argument("--seconds", type=float, help="seconds of load per client count (default 10; --quick: 2)")
     speed.add_argument("--clients", default="1,8", help="concurrent keep-alive clients, one load run each")
     speed.add_argument("--torch-threads", type=int, help="learner.torch_threads (default: 1 for the vector "

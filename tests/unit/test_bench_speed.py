@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lifelong.service.bench_load import ReplaySource, request_bodies, summarise
-from lifelong.service.bench_speed import finite, stream_data
+from lifelong.service.bench_speed import finite, stage_times, stream_data, top_functions
 from lifelong.service.bench_speed_report import TARGETS, evaluate_targets, markdown
 from lifelong.service.cli import main
 from lifelong.stream.benchmarks import builtin
@@ -139,3 +139,19 @@ def test_markdown_of_a_run_with_every_part_skipped() -> None:
     md = markdown({"quick": True, "started_at": "now", "total_seconds": 1.0, "load_seconds": 1.0, "machine": machine,
                    "options": options, "targets": evaluate_targets({})})
     assert md.count("| not run |") == len(TARGETS) and "## Where" not in md
+
+
+def test_profile_stages_and_top_functions() -> None:
+    stats = {("/x/service/daemon.py", 1, "step"): (2, 2, 0.1, 2.0, {}),
+             ("/x/service/daemon.py", 2, "_learn"): (2, 2, 0.2, 1.5, {}),
+             ("/x/learner/continual.py", 3, "encode"): (2, 2, 0.05, 0.3, {}),
+             ("/x/learner/encoders.py", 4, "encode"): (2, 2, 0.25, 0.25, {}),
+             ("/x/other/thing.py", 5, "encode"): (1, 1, 0.9, 0.9, {})}  # not one of the loop's stages
+    stages = {s["stage"]: s for s in stage_times(stats)}
+    assert stages["step (all)"]["seconds"] == 2.0
+    assert stages["predict-then-learn"]["seconds"] == 1.5 and stages["predict-then-learn"]["share"] == 0.75
+    assert stages["encode"]["seconds"] == 0.3  # the outer encode, not the encoder's inside it
+    assert stages["poll the source"]["seconds"] == 0.0
+    top = top_functions(stats, n=2)
+    assert [r["function"] for r in top] == ["other/thing.py:5(encode)", "learner/encoders.py:4(encode)"]
+    assert top[0]["share"] == pytest.approx(0.9 / 1.5)
