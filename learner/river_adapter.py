@@ -1,0 +1,253 @@
+"""A lifelong learner behind River's classifier API, for River pipelines and ``evaluate``.
+
+River hands a classifier one dict per event (``learn_one``) or a pandas
+DataFrame (``learn_many``); our learners take dense batches. The adapter fixes a
+feature order once and turns each dict into a vector:
+
+- the order is the sorted keys of the first event learned (or ``features``,
+  given up front). Keys outside it are ignored later on: the encoder's width is
+  fixed. A missing key, ``None`` or NaN counts as 0, River's sparse convention.
+- ``text="name"`` sends the string under that key through the frozen text
+  encoder instead (a missing one reads as ""); other keys are ignored.
+
+Labels keep their own type (bool, int, str ...): the learner sees them as
+"0", "1", ... in order of first appearance, and the adapter maps them back.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence
+
+import numpy as np
+from river import base
+
+from .continual import ContinualConfig, ContinualLearner
+from .encoders import FeatureEncoder, TextEncoder
+from .nmc import NMCLearner
+
+if TYPE_CHECKING:
+    import pandas as pd  # the _many methods take DataFrames; the _one path works without pandas
+
+# Hyper-parameters each learner takes through ``**options`` (seed and device have their own).
+OPTIONS = {"lifelong": {f.name for f in fields(ContinualConfig)} - {"seed", "device"},
+           "nmc": {"lr", "head_weight", "proto_scale"}}
+
+
+def _number(value: Any, key: Hashable) -> float:
+    if _missing(value):
+        return 0.0
+    if isinstance(value, str):
+        raise TypeError(f"feature {key!r} is a string: encode it upstream, or pass text={key!r} for free text")
+    return float(value)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def _schema(x: dict) -> tuple:
+    """The keys that carry a value, in an order that does not depend on the dict's order."""
+    keys = sorted((k for k, v in x.items() if not _missing(v)), key=repr)
+    for k in keys:
+        _number(x[k], k)  # a string fails here, before the schema is fixed
+    if not keys:
+        raise ValueError("the first event learned has no features: pass features=(...) to fix them up front")
+    return tuple(keys)
+
+
+class LifelongClassifier(base.MiniBatchClassifier):
+    """A lifelong learner (``lifelong`` or ``nmc``) as a River classifier.
+
+    Each ``learn_one`` is one learning step on a micro-batch of one event, so the
+    next prediction already reflects it; ``learn_many`` learns a DataFrame in
+    micro-batches of ``batch_size`` rows, in order (with ``batch_size=1`` it is a
+    ``learn_one`` loop exactly). Predictions use the live weights, not the EMA
+    snapshot the daemon serves.
+
+    Parameters
+    ----------
+    learner
+        "lifelong" (Online-LoRA adapter, cosine head, replay) or "nmc" (prototypes + linear head).
+    text
+        Key of a free-text feature to encode with all-MiniLM-L6-v2; None: numeric features.
+    features
+        The feature keys, in order; None: the sorted keys of the first event learned.
+    batch_size
+        Largest micro-batch ``learn_many`` hands the learner.
+    warmup_events
+        Events whose statistics standardise numeric features (then frozen).
+    max_tokens
+        Text is truncated to this many tokens.
+    seed
+        Random seed of the lifelong learner.
+    device
+        "cpu" or "cuda", for the text encoder and the lifelong learner.
+    options
+        The learner's hyper-parameters: ``ContinualConfig`` fields for "lifelong"
+        (``steps_per_batch``, ``replay_per_step``, ``memory_budget_bytes``, ``pq_m`` ...),
+        ``lr``, ``head_weight``, ``proto_scale`` for "nmc".
+
+    Examples
+    --------
+    >>> from river import datasets, evaluate, metrics, preprocessing
+    >>> from lifelong.learner.river_adapter import LifelongClassifier
+    >>> model = preprocessing.StandardScaler() | LifelongClassifier(learner="nmc")
+    >>> evaluate.progressive_val_score(datasets.Phishing(), model, metrics.Accuracy())
+    Accuracy: 88.15%
+
+    """
+
+    def __init__(self, learner: str = "lifelong", text: str | None = None, features: tuple | None = None,
+                 batch_size: int = 64, warmup_events: int = 1000, max_tokens: int = 128, seed: int = 0,
+                 device: str = "cpu", **options: Any) -> None:
+        if learner not in OPTIONS:
+            raise ValueError(f"learner must be one of {sorted(OPTIONS)}, not {learner!r}")
+        unknown = set(options) - OPTIONS[learner]
+        if unknown:
+            raise TypeError(f"{learner} takes no option(s) {sorted(unknown)}; it takes {sorted(OPTIONS[learner])}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        if features is not None and not features:
+            raise ValueError("features, when given, must name at least one feature")
+        self.learner, self.text, self.features = learner, text, features
+        self.batch_size, self.warmup_events, self.max_tokens = batch_size, warmup_events, max_tokens
+        self.seed, self.device, self.options = seed, device, options
+        self._schema: tuple | None = tuple(features) if features is not None else None
+        self._labels: list[Any] = []  # original labels; the learner knows label i as str(i)
+        self._label_ids: dict[Any, str] = {}
+        self._model: ContinualLearner | NMCLearner | None = None  # built at the first label
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        # Small enough for River's checks to run in seconds (one step of a few replayed items per event).
+        yield {"learner": "nmc", "batch_size": 1}
+        yield {"batch_size": 1, "steps_per_batch": 1, "replay_per_step": 8, "hard_buffer": 8,
+               "memory_budget_bytes": 20_000}
+
+    @property
+    def _multiclass(self) -> bool:
+        return True
+
+    def _unit_test_skips(self) -> set[str]:
+        # Larger micro-batches take one step per batch, not one per row (as River's linear models).
+        return set() if self.batch_size == 1 else {"check_learn_many_matches_learn_one"}
+
+    # -- building ---------------------------------------------------------------------
+    def _build(self) -> ContinualLearner | NMCLearner:
+        if self.text is not None:
+            encoder: Any = TextEncoder(max_tokens=self.max_tokens, device=self.device)
+        else:
+            assert self._schema is not None
+            encoder = FeatureEncoder(len(self._schema), warmup_events=self.warmup_events)
+        if self.learner == "nmc":
+            return NMCLearner(encoder, **self.options)
+        pq_m = self.options.get("pq_m", ContinualConfig.pq_m)
+        pq_m = pq_m if pq_m and encoder.dim % pq_m == 0 else 0  # as the service does: raw taps otherwise
+        return ContinualLearner(encoder, ContinualConfig(**(self.options | {"pq_m": pq_m}), seed=self.seed,
+                                                         device=self.device))
+
+    def _label_keys(self, ys: Sequence[Any]) -> list[str]:
+        for y in ys:
+            if y not in self._label_ids:
+                self._label_ids[y] = str(len(self._labels))
+                self._labels.append(y)
+        return [self._label_ids[y] for y in ys]
+
+    # -- inputs -----------------------------------------------------------------------
+    def _one(self, x: dict) -> Any:
+        if self.text is not None:
+            return [self._text(x.get(self.text))]
+        assert self._schema is not None
+        return np.array([[_number(x.get(k), k) for k in self._schema]])
+
+    def _many(self, X: pd.DataFrame) -> Any:
+        if self.text is not None:
+            column = X[self.text].tolist() if self.text in X.columns else [None] * len(X)
+            return [self._text(v) for v in column]
+        assert self._schema is not None
+        rows = X.reindex(columns=list(self._schema))
+        try:
+            values = rows.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):  # a string column: the per-row path names it
+            return np.array([[_number(v, k) for k, v in zip(self._schema, row)] for row in rows.itertuples(False)])
+        return np.where(np.isnan(values), 0.0, values)
+
+    def _text(self, value: Any) -> str:
+        if _missing(value):
+            return ""
+        if not isinstance(value, str):
+            raise TypeError(f"text feature {self.text!r} must be a string, not {type(value).__name__}")
+        return value
+
+    # -- learning ---------------------------------------------------------------------
+    def _learn(self, inputs: Any, ys: Sequence[Any]) -> None:
+        if self._model is None:
+            self._model = self._build()
+        self._model.learn_many(inputs, self._label_keys(ys))
+
+    def learn_one(self, x: dict, y: base.typing.ClfTarget, **kwargs: Any) -> None:
+        if self._schema is None and self.text is None:
+            self._schema = _schema(x)
+        self._learn(self._one(x), [y])
+
+    def learn_many(self, X: pd.DataFrame, y: pd.Series, **kwargs: Any) -> None:
+        if len(X) != len(y):
+            raise ValueError(f"{len(X)} rows but {len(y)} labels")
+        if not len(X):
+            return
+        if self._schema is None and self.text is None:
+            self._schema = _schema(X.iloc[0].to_dict())
+        labels = y.tolist()
+        for start in range(0, len(X), self.batch_size):
+            chunk = X.iloc[start:start + self.batch_size]
+            self._learn(self._many(chunk), labels[start:start + self.batch_size])
+
+    # -- predicting -------------------------------------------------------------------
+    def _probs(self, inputs: Any) -> np.ndarray:
+        assert self._model is not None
+        p = self._model.predict_proba_taps(self._model.encode(inputs)).astype(np.float64)
+        return p / p.sum(axis=1, keepdims=True)  # exact to float64 rounding, as River expects
+
+    def _classes(self) -> list[Any]:
+        return [self._labels[int(c)] for c in self._model.classes] if self._model is not None else []
+
+    def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[base.typing.ClfTarget, float]:
+        if self._model is None or not self._model.classes:
+            return {}
+        return dict(zip(self._classes(), self._probs(self._one(x))[0].tolist()))
+
+    def predict_one(self, x: dict, **kwargs: Any) -> base.typing.ClfTarget | None:
+        if self._model is None or not self._model.classes:
+            return None
+        return self._classes()[int(self._probs(self._one(x))[0].argmax())]
+
+    def predict_proba_many(self, X: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
+        import pandas as pd
+
+        if self._model is None or not self._model.classes:
+            return pd.DataFrame(index=X.index)
+        return pd.DataFrame(self._probs(self._many(X)), index=X.index, columns=self._classes())
+
+    def predict_many(self, X: pd.DataFrame, **kwargs: Any) -> pd.Series:
+        import pandas as pd
+
+        if self._model is None or not self._model.classes:
+            return pd.Series([None] * len(X), index=X.index, dtype=object)
+        classes = self._classes()
+        return pd.Series([classes[i] for i in self._probs(self._many(X)).argmax(axis=1)], index=X.index,
+                         dtype=object)
+
+    # -- pickling: the learner travels as its state_dict (it holds threads, FAISS and torch objects) --
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_model"] = None if self._model is None else self._model.state_dict()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        saved = state.pop("_model")
+        self.__dict__.update(state)
+        self._model = None
+        if saved is not None:
+            self._model = self._build()
+            self._model.load_state_dict(*saved)
