@@ -49,6 +49,9 @@ class ContinualConfig:
     ema_warmup_steps: int = 100
     ema_warm_decay: float = 0.9
     ema_decay: float = 0.99
+    # A class row's EMA averages only the steps since the class appeared (Adam-style bias
+    # correction), so a new class is served from its trained row, not its first guess.
+    ema_bias_correction: bool = True
     plateau_mean: float = 0.35
     plateau_var: float = 0.01
     loss_window: int = 5
@@ -83,6 +86,7 @@ class ContinualLearner:
         self._hard_loss = np.zeros(0, np.float32)
         self.ema_weight = torch.eye(d, device=self.device)
         self.ema_head = torch.zeros(0, d, device=self.device)
+        self.ema_mass = torch.zeros(0, device=self.device)  # per row: weight the EMA has gathered
         self.steps = 0
         self.version = 0
         self.events_learned = 0
@@ -118,7 +122,10 @@ class ContinualLearner:
                                      for lab in new]))
             state = self.opt.state.get(self.head, {})
             self.head = torch.nn.Parameter(torch.cat([self.head.detach(), rows]))
-            self.ema_head = torch.cat([self.ema_head, rows])
+            fresh = self.config.ema_bias_correction and self.config.ema
+            self.ema_head = torch.cat([self.ema_head, torch.zeros_like(rows) if fresh else rows])
+            self.ema_mass = torch.cat([self.ema_mass, torch.full((len(new),), 0.0 if fresh else 1.0,
+                                                                 device=self.device)])
             self._regrow_optimizer(state, len(new))
         return y, new
 
@@ -275,12 +282,18 @@ class ContinualLearner:
             weight = self.adapter.effective_weight() if c.lora else torch.eye(self.encoder.dim, device=self.device)
             self.ema_weight.mul_(decay).add_((1 - decay) * weight)
             self.ema_head.mul_(decay).add_((1 - decay) * self.head.detach())
+            self.ema_mass.mul_(decay).add_(1 - decay)
+
+    def served_head(self) -> torch.Tensor:
+        """The EMA head as served: each row divided by the weight its average has gathered."""
+        mass = self.ema_mass[:, None]
+        return torch.where(mass > 0, self.ema_head / mass.clamp(min=1e-12), self.head.detach())
 
     # -- serving and state -----------------------------------------------------------
     def snapshot(self) -> CosineSnapshot:
         return CosineSnapshot(self.version, self.classes, self.input_kind, self.input_dim, self.events_learned,
                               self.encoder.serving_copy(), self.ema_weight.cpu().numpy().copy(),
-                              self.ema_head.cpu().numpy().copy(), self.protos.frozen_copy(), self.config.cos_scale,
+                              self.served_head().cpu().numpy().copy(), self.protos.frozen_copy(), self.config.cos_scale,
                               self.config.proto_weight)
 
     def nbytes(self) -> int:

@@ -43,6 +43,7 @@ def dump(learner: "ContinualLearner") -> tuple[dict[str, np.ndarray], dict[str, 
         "adapter.omega_A": _np(a.omega_A), "adapter.omega_B": _np(a.omega_B),
         "adapter.gen": a._gen.get_state().numpy().copy(), "head": _np(learner.head),
         "ema.weight": _np(learner.ema_weight), "ema.head": _np(learner.ema_head),
+        "ema.mass": _np(learner.ema_mass),
         "hard.x": learner._hard_x.copy(), "hard.y": learner._hard_y.copy(), "hard.loss": learner._hard_loss.copy(),
     }
     opt_arrays, opt_steps = _adam_arrays(learner)
@@ -78,6 +79,8 @@ def load(learner: "ContinualLearner", arrays: dict[str, np.ndarray], meta: dict[
     learner.head = torch.nn.Parameter(learner._t(arrays["head"].copy()))
     learner.ema_weight = learner._t(arrays["ema.weight"].copy())
     learner.ema_head = learner._t(arrays["ema.head"].copy())
+    mass = arrays.get("ema.mass", np.ones(len(arrays["ema.head"]), np.float32))  # older states: plain EMA
+    learner.ema_mass = learner._t(mass.copy())
     learner._hard_x, learner._hard_y = arrays["hard.x"].copy(), arrays["hard.y"].copy()
     learner._hard_loss = arrays["hard.loss"].copy()
     learner._new_optimizer()
