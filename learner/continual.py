@@ -180,11 +180,16 @@ class ContinualLearner:
             return StepStats(0, 0.0, np.zeros(0), np.zeros(0, bool), (), self.version)
         taps = np.ascontiguousarray(taps, dtype=np.float32)
         known = len(self._classes)
-        before = self._probs(taps) if known else None
+        before = self._probs(taps) if known and self.config.proto_weight > 0 else None
         y, new = self._grow(labels, taps)
-        correct = np.zeros(len(y), bool) if before is None else np.pad(before, ((0, 0), (0, len(new)))).argmax(1) == y
         with torch.no_grad():
-            losses = F.cross_entropy(self._logits(self._t(taps)), self._t(y), reduction="none").cpu().numpy()
+            logits = self._logits(self._t(taps))
+            losses = F.cross_entropy(logits, self._t(y), reduction="none").cpu().numpy()
+            # Test-then-train: the prediction before learning, over the classes known before this
+            # batch (a cosine logit does not depend on the rows added since).
+            if before is None and known:
+                before = logits[:, :known].cpu().numpy()
+        correct = np.zeros(len(y), bool) if before is None else before.argmax(1) == y
         # A class never seen before is maximal surprise (loss >= ln C), although its
         # fresh head row, its own mean, already fits this batch: the drift window
         # and the reported loss must see the shift.
