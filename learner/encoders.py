@@ -144,7 +144,14 @@ class FeatureEncoder:
         return twin
 
 
-def make_encoder(kind: InputKind, *, feature_dim: int | None = None, **options: Any) -> Encoder:
+def make_encoder(kind: InputKind, *, feature_dim: int | None = None, encoder: str = "auto",
+                 **options: Any) -> Encoder:
+    """``encoder``: auto (text model or standardisation by ``kind``) or efficientnet-lite0 (images,
+    ``image_shape=...`` in ``options``)."""
+    if encoder == "efficientnet-lite0":
+        from .image_encoder import ImageEncoder  # torch model: loaded only when asked for
+
+        return ImageEncoder(**options)
     if kind == "text":
         return TextEncoder(**options)
     if feature_dim is None:

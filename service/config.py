@@ -60,6 +60,11 @@ class LearnerSettings(Section):
         "lifelong", description="lifelong: Online-LoRA adapter + cosine head + PQ replay + EMA serving; "
         "nmc: prototypes + linear head (baseline).")
     input_kind: Literal["text", "features"] = Field("text", description="What events carry.")
+    encoder: Literal["auto", "efficientnet-lite0"] = Field(
+        "auto", description="auto: all-MiniLM-L6-v2 for text, running standardisation for features; "
+        "efficientnet-lite0: frozen ImageNet CNN for images sent as pixel `features` (needs image_shape).")
+    image_shape: tuple[int, ...] | None = Field(None, description="(H, W) or (H, W, C) of an image event's "
+                                                "pixel vector (0..255, row-major) for an image encoder.")
     feature_dim: int | None = Field(None, ge=1, description="Feature vector width; required when "
                                     "input_kind is 'features'.")
     feature_warmup_events: int = Field(1000, ge=0, description="Events whose statistics standardise features.")
@@ -84,7 +89,11 @@ class LearnerSettings(Section):
 
     @model_validator(mode="after")
     def _dim_for_features(self) -> "LearnerSettings":
-        if self.input_kind == "features" and self.feature_dim is None:
+        if self.encoder == "efficientnet-lite0":
+            if self.input_kind != "features" or self.image_shape is None:
+                raise ValueError("learner.encoder efficientnet-lite0 needs learner.input_kind 'features' and "
+                                 "learner.image_shape")
+        elif self.input_kind == "features" and self.feature_dim is None:
             raise ValueError("learner.feature_dim is required when learner.input_kind is 'features'")
         return self
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine, then runs them all.
-#   apt: Java 17 + Maven (for the Kafka jars), prometheus (+ promtool), kcat
+#   apt: Java 17 + Maven (for the Kafka jars), prometheus (+ promtool), kcat, dataset-fashion-mnist
 #   Maven Central: Apache Kafka 4.x jars (deploy/kafka/local-kafka install; ~/.m2 caches them)
 #   PyPI: this package with its test extras (pip's cache makes a rerun fast)
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -m "not integration"`.
@@ -12,6 +12,7 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v kcat >/dev/null || missing+=(kcat)
+[ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

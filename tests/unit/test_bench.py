@@ -123,8 +123,6 @@ def test_stream_file_checks(tmp_path) -> None:
 
 
 def test_stream_names() -> None:
-    with pytest.raises(StreamError, match="not available yet"):
-        builtin("fashion-mnist")
     with pytest.raises(StreamError, match="unknown stream"):
         builtin("nope")
 
