@@ -1,9 +1,10 @@
 """``lifelong bench --stream``: run learners over a benchmark stream and score them continually.
 
 The frozen encoder runs once per stream (its taps are shared by every learner and cached per
-process; an image stream's taps also on disk, see ``tap_cache_dir``); each learner then learns the training events in stream order through ``learn_taps`` in
-micro-batches (a batch never spans a true boundary), prequentially (``StepStats.correct``). The
-models are scored on the test events of every segment seen so far:
+process; an image stream's taps also on disk, see ``tap_cache_dir``); each learner then learns the
+training events in stream order through ``learn_taps`` in micro-batches (a batch never spans a true
+boundary), prequentially (``StepStats.correct``). The models are scored on the test events of every
+segment seen so far:
 
 - *periodic*: every ``eval_every`` learned events; *boundary*: at the end of every true segment (the
   last one is the *final* evaluation, on the test events of all segments);
