@@ -165,6 +165,12 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("HTTP requests per second", "reqps",
               (("{{route}} {{code}}", rate("lifelong_http_requests_total", "route, code")),),
               "By route and status code.", width=12),
+        Panel("Predict micro-batch size", "short", (
+            ("mean", f'{rate("lifelong_predict_batch_instances_sum")} / '
+                     f'{rate("lifelong_predict_batch_instances_count")}'),
+            ("p99", quantile(0.99, "lifelong_predict_batch_instances"))),
+              "Instances per model call when concurrent /v1/predict requests are coalesced "
+              "(http.batch_max_instances, http.batch_wait_ms).", width=12),
     ]),
 ]
 

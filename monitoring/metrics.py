@@ -77,6 +77,9 @@ class Metrics:
 
         self.predict_latency = Histogram("lifelong_predict_latency_seconds", "Time to answer one /v1/predict.",
                                          buckets=PREDICT_BUCKETS, registry=r)
+        self.predict_batch_size = Histogram("lifelong_predict_batch_instances",
+                                            "Instances in one micro-batch of /v1/predict requests.",
+                                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.http_requests = Counter("lifelong_http_requests_total", "HTTP requests, by route and status code.",
                                      ["route", "code"], registry=r)
 

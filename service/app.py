@@ -1,27 +1,32 @@
 """The HTTP app. It reads the current serving snapshot and never touches the live learner.
 
 Routes: POST /v1/predict, POST /v1/feedback, GET /v1/model, /healthz, /readyz, /metrics.
-Bad input answers 4xx with the field and the reason.
+Bad input answers 4xx with the field and the reason. /v1/predict validates on
+the event loop, then awaits the micro-batcher (service/batcher.py), whose
+worker thread runs the model: the loop never blocks on the encoder.
 """
 from __future__ import annotations
 
-import hmac
+import asyncio
+import contextlib
 import os
 import time
-from typing import Any, Protocol
+from typing import Any, AsyncIterator, Protocol
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..learner.base import ServingModel
 from ..monitoring.metrics import HTTP_ROUTES, Metrics
 from ..stream.errors import InvalidEvent
 from ..stream.events import EventLimits, Inputs, LabelMessage, validate_inputs
+from .batcher import Answer, Overloaded, PredictBatcher
 from .config import Settings
 from .daemon import FeedbackQueueFull
+from .http_guard import HttpGuard
 from .snapshot import SnapshotHolder
 
 
@@ -40,17 +45,63 @@ class ServiceHandle(Protocol):
 
 
 class PredictRequest(BaseModel):
-    instances: list[dict[str, Any]] = Field(min_length=1, description="Each {'text': ...} or {'features': [...]}.")
+    model_config = ConfigDict(extra="forbid")
+
+    # Instances are checked one by one (service-side) so that a 422 names the
+    # instance, field and reason; the schema still documents their shape.
+    instances: list[dict[str, Any]] = Field(
+        min_length=1, description="Each {'text': ...} or {'features': [...]}, as the served model takes; at most "
+                    "http.max_instances.")
 
 
 class Prediction(BaseModel):
-    label: str | None
-    score: float
+    label: str | None = Field(description="The most likely class (null only if the model knows none).")
+    score: float = Field(description="Its probability.")
 
 
 class PredictResponse(BaseModel):
-    predictions: list[Prediction]
-    model_version: int
+    predictions: list[Prediction] = Field(description="One per instance, in order.")
+    model_version: int = Field(description="The snapshot every prediction in this answer came from.")
+
+
+class ErrorMessage(BaseModel):
+    detail: str = Field(description="Why the request was refused.")
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    version: str = Field(description="Package version.")
+    learner: str
+    input_kind: str
+    model_version: int | None = Field(description="Version of the served snapshot (null before the first).")
+    classes: list[str]
+    events_learned: int = Field(description="Events the served snapshot has learned.")
+    pending_labels: int
+    memory_bytes: dict[str, int]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_version: int | None
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorMessage, "description": description}
+
+
+AUTH = {401: _error("Missing or wrong bearer token (only when http.auth_token is set).")}
+TOO_LARGE = {400: _error("The body cannot be decoded (not UTF-8)."),
+             413: _error("Body over limits.max_record_bytes, or more than http.max_instances instances.")}
+PREDICT_ERRORS = {**AUTH, **TOO_LARGE,
+                  503: _error("No model yet, or too many instances queued (http.max_queued_instances; "
+                              "see Retry-After)."),
+                  504: _error("No answer within http.request_timeout_s.")}
+FEEDBACK_ERRORS = {**AUTH, **TOO_LARGE, 503: _error("Too many labels waiting (see Retry-After).")}
 
 
 def _rss_bytes() -> int:
@@ -59,6 +110,10 @@ def _rss_bytes() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return 0
+
+
+def _invalid(i: int, reason: str, field: str, detail: str) -> dict[str, Any]:
+    return {"loc": ["body", "instances", i] + ([field] if field else []), "msg": detail, "type": reason}
 
 
 def _validate(instances: list[dict[str, Any]], snap: ServingModel, limits: EventLimits) -> list[Inputs]:
@@ -73,67 +128,119 @@ def _validate(instances: list[dict[str, Any]], snap: ServingModel, limits: Event
                                    f"{len(inputs.features)} values, expected {snap.input_dim}")
             out.append(inputs)
         except InvalidEvent as exc:
-            loc = ["body", "instances", i] + ([exc.field] if exc.field else [])
-            errors.append({"loc": loc, "msg": exc.detail, "type": exc.reason})
+            errors.append(_invalid(i, exc.reason, exc.field, exc.detail))
     if errors:
         raise HTTPException(422, detail=errors)
     return out
 
 
+def _model_inputs(inputs: list[Inputs], input_kind: str) -> list[str] | np.ndarray:
+    if input_kind == "text":
+        return [x.text or "" for x in inputs]
+    with np.errstate(over="ignore"):
+        x = np.asarray([v.features for v in inputs], dtype=np.float32)
+    if not np.isfinite(x).all():  # finite as JSON, past float32's range once cast
+        bad = int(np.flatnonzero(~np.isfinite(x).all(1))[0])
+        raise HTTPException(422, detail=[_invalid(bad, "non_finite", "features",
+                                                  "values beyond the float32 range (about 3.4e38)")])
+    return x
+
+
+def _answer_json(answer: Answer) -> dict[str, Any]:
+    scores = answer.scores.tolist()
+    bad = [i for i, s in enumerate(scores) if s != s or s in (float("inf"), float("-inf"))]
+    if bad:
+        # Finite but extreme features can overflow inside the model; say which.
+        raise HTTPException(422, detail=[_invalid(i, "non_finite", "features",
+                                                  "the model cannot score these values (too large)") for i in bad])
+    return {"predictions": [{"label": lab, "score": s} for lab, s in zip(answer.labels, scores)],
+            "model_version": answer.model_version}
+
+
+def _instance_schema(settings: Settings) -> dict[str, Any]:
+    """The JSON schema of one instance for the configured model (the OpenAPI document states it exactly)."""
+    if settings.learner.input_kind == "text":
+        field = {"text": {"type": "string", "maxLength": settings.limits.max_text_chars}}
+    else:
+        top = float(np.finfo(np.float32).max)  # the model computes in float32
+        features: dict[str, Any] = {"type": "array", "items": {"type": "number", "minimum": -top, "maximum": top}}
+        if settings.learner.feature_dim is not None:
+            features.update(minItems=settings.learner.feature_dim, maxItems=settings.learner.feature_dim)
+        field = {"features": features}
+    return {"type": "object", "properties": field, "required": list(field), "additionalProperties": False}
+
+
+def _document(app: FastAPI, settings: Settings) -> None:
+    """Complete the generated OpenAPI document with what depends on settings."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = generate()
+        instances = doc["components"]["schemas"]["PredictRequest"]["properties"]["instances"]
+        instances.update(items=_instance_schema(settings), maxItems=settings.http.max_instances)
+        if settings.http.auth_token is not None:
+            doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, ops in doc["paths"].items():
+                for op in ops.values():
+                    if path.startswith("/v1/"):
+                        op["security"] = [{"bearer": []}]
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(service: ServiceHandle) -> FastAPI:
     settings = service.settings
     metrics = service.metrics
+    http = settings.http
     lim = settings.limits
     limits = EventLimits(lim.max_record_bytes, lim.max_text_chars, lim.max_features)
-    app = FastAPI(title="lifelong", version=__version__,
+    holder = service.holder
+    batcher = PredictBatcher(lambda: holder.current, max_instances=http.batch_max_instances,
+                             wait_s=http.batch_wait_ms / 1000, max_queued=http.max_queued_instances,
+                             on_batch=metrics.predict_batch_size.observe)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.open()
+        yield
+        # uvicorn has drained in-flight requests by now; answer anything left.
+        await asyncio.to_thread(batcher.close)
+
+    app = FastAPI(title="lifelong", version=__version__, lifespan=lifespan,
                   description="Predictions from a model that keeps learning from an event stream.")
+    app.state.batcher = batcher
+    token = http.auth_token.get_secret_value().encode() if http.auth_token else None
+    app.add_middleware(HttpGuard, token=token, max_body_bytes=lim.max_record_bytes, routes=HTTP_ROUTES,
+                       count=lambda route, code: metrics.http_requests.labels(route=route, code=str(code)).inc())
 
-    token = settings.http.auth_token.get_secret_value().encode() if settings.http.auth_token else None
-
-    def _authorised(request: Request) -> bool:
-        if token is None or not request.url.path.startswith("/v1/"):
-            return True
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
-
-    @app.middleware("http")
-    async def _count_and_bound(request: Request, call_next: Any) -> Response:
-        route = request.url.path if request.url.path in HTTP_ROUTES else "other"
-        length = request.headers.get("content-length")
-        if not _authorised(request):
-            response: Response = JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
-                                              headers={"WWW-Authenticate": "Bearer"})
-        elif length is not None and length.isdigit() and int(length) > lim.max_record_bytes:
-            response = JSONResponse(
-                {"detail": f"request body of {length} bytes exceeds limits.max_record_bytes={lim.max_record_bytes}"},
-                status_code=413)
-        else:
-            response = await call_next(request)
-        metrics.http_requests.labels(route=route, code=str(response.status_code)).inc()
-        return response
-
-    @app.post("/v1/predict", response_model=PredictResponse)
-    def predict(body: PredictRequest) -> PredictResponse:
+    @app.post("/v1/predict", response_model=PredictResponse, responses=PREDICT_ERRORS)
+    async def predict(body: PredictRequest) -> Response:
         started = time.perf_counter()
-        snap = service.holder.current
+        snap = holder.current
         if snap is None or not snap.classes:
             raise HTTPException(503, detail="no model yet: the learner has not learned a labelled event")
-        if len(body.instances) > settings.http.max_instances:
+        if len(body.instances) > http.max_instances:
             raise HTTPException(413, detail=f"{len(body.instances)} instances, limit http.max_instances="
-                                            f"{settings.http.max_instances}")
-        inputs = _validate(body.instances, snap, limits)
-        raw: list[str] | np.ndarray
-        if snap.input_kind == "text":
-            raw = [x.text or "" for x in inputs]
-        else:
-            raw = np.asarray([x.features for x in inputs], dtype=np.float32)
-        preds = snap.predict_many(raw)
+                                            f"{http.max_instances}")
+        raw = _model_inputs(_validate(body.instances, snap, limits), snap.input_kind)
+        try:
+            future = batcher.submit(raw)
+        except Overloaded as exc:
+            raise HTTPException(503, detail=str(exc), headers={"Retry-After": "1"}) from None
+        try:
+            answer = await asyncio.wait_for(asyncio.wrap_future(future), http.request_timeout_s)
+        except TimeoutError:
+            future.cancel()  # dropped unless its batch has started
+            raise HTTPException(504, detail=f"no answer within http.request_timeout_s="
+                                            f"{http.request_timeout_s:g} s") from None
+        body_json = _answer_json(answer)
         metrics.predict_latency.observe(time.perf_counter() - started)
-        return PredictResponse(
-            predictions=[Prediction(label=lab, score=float(s)) for lab, s in zip(preds.labels, preds.scores)],
-            model_version=snap.version)
+        return JSONResponse(body_json)
 
-    @app.post("/v1/feedback", status_code=202)
+    @app.post("/v1/feedback", status_code=202, responses=FEEDBACK_ERRORS)
     def feedback(body: LabelMessage) -> dict[str, str]:
         try:
             service.submit_feedback(body)
@@ -141,29 +248,34 @@ def create_app(service: ServiceHandle) -> FastAPI:
             raise HTTPException(503, detail=str(exc), headers={"Retry-After": "1"}) from None
         return {"status": "accepted", "id": str(body.id)}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", response_model=ModelInfo, responses=AUTH)
     def model() -> dict[str, Any]:
-        snap = service.holder.current
+        snap = holder.current
         info = service.describe()
         info["model_version"] = snap.version if snap else None
         info["classes"] = list(snap.classes) if snap else []
         info["memory_bytes"] = {"model": snap.nbytes() if snap else 0, "process_rss": _rss_bytes()}
         return info
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health,
+                                                                  "description": "The learning loop has stopped."}})
     def healthz() -> Response:
         ok = service.healthy()
         return JSONResponse({"status": "ok" if ok else "learning loop stopped"}, status_code=200 if ok else 503)
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "No model can answer yet."}})
     def readyz() -> Response:
-        snap = service.holder.current
+        snap = holder.current
         ready = snap is not None and bool(snap.classes)
         body = {"ready": ready, "model_version": snap.version if snap else None}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition."}})
     def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    _document(app, settings)
     return app

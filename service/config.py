@@ -104,6 +104,23 @@ class HttpSettings(Section):
     max_instances: int = Field(256, ge=1, description="Most instances in one /v1/predict request.")
     auth_token: SecretStr | None = Field(None, description="If set, /v1/* requires 'Authorization: Bearer <token>' "
                                          "(health, readiness and metrics stay open).")
+    batch_max_instances: int = Field(64, ge=1, description="Most instances the predict micro-batcher joins into one "
+                                     "model call (1: no coalescing; a larger request still runs, alone).")
+    batch_wait_ms: float = Field(0.0, ge=0, le=100, description="How long the batcher waits for more requests "
+                                 "to join a batch (0: none; requests already queued still join).")
+    max_queued_instances: int = Field(2048, ge=1, description="Instances waiting for prediction; past it "
+                                      "/v1/predict answers 503 with Retry-After.")
+    request_timeout_s: float = Field(10.0, gt=0, description="Longest a /v1/predict waits for its answer "
+                                     "(queue and model); past it 504.")
+    keep_alive_s: float = Field(5.0, gt=0, description="Idle keep-alive connections are closed after this long.")
+    graceful_shutdown_s: float = Field(10.0, gt=0, description="On SIGTERM, longest wait for in-flight requests "
+                                       "before the final checkpoint.")
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> "HttpSettings":
+        if self.max_queued_instances < self.max_instances:
+            raise ValueError("http.max_queued_instances must be at least http.max_instances")
+        return self
 
 
 class LimitSettings(Section):
