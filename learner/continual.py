@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ class ContinualConfig:
     memory_budget_bytes: int = 64 << 20
     pq_m: int = 96
     pq_train_size: int = 1000
+    # "full": keep exact taps while they fit in the budget and switch to PQ codes when it binds
+    # (exact replay is more accurate); "trained": switch as soon as the codebook is ready (REMIND).
+    compress_when: Literal["full", "trained"] = "full"
     ema_warmup_steps: int = 100
     ema_warm_decay: float = 0.9
     ema_decay: float = 0.99
@@ -235,22 +238,28 @@ class ContinualLearner:
     def _remember(self, taps: np.ndarray, y: np.ndarray) -> None:
         if not self.config.replay:
             return
-        self.memory.add(taps, y)
         codec = self.memory.codec
-        if codec is None or self.memory.compressed:
-            return
-        if self._codec_thread is None:
+        if codec is not None and not self.memory.compressed:
+            self._maybe_compress(len(y))
+        self.memory.add(taps, y)
+        if codec is not None and not self.memory.compressed and self._codec_thread is None:
             self._codec_sample.append(taps.copy())
             if sum(len(t) for t in self._codec_sample) >= codec.train_size:
                 sample = np.concatenate(self._codec_sample)[: codec.train_size]
                 self._codec_thread = threading.Thread(target=codec.train, args=(sample,), daemon=True)
                 self._codec_thread.start()
                 self._codec_due = self.events_learned + 2 * codec.train_size
-        elif self.events_learned >= self._codec_due:
-            # Codebook training runs beside learning; joining at a fixed event
-            # count keeps runs with the same seed identical.
-            self._codec_thread.join()
-            self.memory.compress()
+
+    def _maybe_compress(self, incoming: int) -> None:
+        # Codebook training runs beside learning; joining at a fixed event count (and a
+        # deterministic fill level) keeps runs with the same seed identical.
+        if self._codec_thread is None or self.events_learned < self._codec_due or not self._budget_binds(incoming):
+            return
+        self._codec_thread.join()
+        self.memory.compress()
+
+    def _budget_binds(self, incoming: int) -> bool:
+        return self.config.compress_when == "trained" or self.memory.n + incoming > self.memory.capacity
 
     def _drift(self, loss: float, errors: np.ndarray) -> tuple[str, ...]:
         signals = []
