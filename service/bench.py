@@ -125,6 +125,10 @@ def _text_taps(texts: list[str], device: str, progress: bool) -> tuple[np.ndarra
         _TEXT_ENCODERS[device] = TextEncoder(device=device)
     enc = _TEXT_ENCODERS[device]
     key = (device, hashlib.sha1("\x00".join(texts).encode()).hexdigest())
+    folder = tap_cache_dir()  # MiniLM takes minutes on a CPU: keep the taps between runs too
+    path = folder / f"text-{enc.name}-{device}-{key[1][:16]}.npy" if folder else None
+    if key not in _TAP_CACHE and path is not None and path.exists():
+        _TAP_CACHE[key] = np.load(path)
     if key not in _TAP_CACHE:
         # Similar lengths share a batch: less padding, the same embeddings.
         order = np.argsort([len(t) for t in texts], kind="stable")
@@ -134,6 +138,8 @@ def _text_taps(texts: list[str], device: str, progress: bool) -> tuple[np.ndarra
                 idx = order[i:i + step]
                 taps[idx] = enc.encode([texts[j] for j in idx])
                 bar.update(len(idx))
+        if path is not None:
+            _save_atomic(path, taps)
         _TAP_CACHE[key] = taps
     return _TAP_CACHE[key], enc
 
