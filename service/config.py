@@ -85,7 +85,8 @@ class LearnerSettings(Section):
                                "(nmc).")
     proto_scale: float = Field(16.0, gt=0, description="Softmax temperature (inverse) over prototype similarities "
                                "(nmc).")
-    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; None keeps torch's default.")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; None: 1 for feature vectors "
+                                      "(tiny products), torch's default otherwise.")
 
     @model_validator(mode="after")
     def _dim_for_features(self) -> "LearnerSettings":
