@@ -8,10 +8,10 @@ three times, resizes to ``side`` x ``side`` (bilinear), scales as the weights we
 ``efficientnet-lite-pytorch``: nothing is downloaded at run time.
 
 Defaults, measured on Fashion-MNIST (frozen taps of 2,000 training and 1,000 test images; the
-table is in docs/benchmarks/fashion-mnist-split/encoder.md): ``side=96`` is as good as 128
-(nearest class mean 0.77-0.78, logistic regression 0.84) at about half its cost; 64 loses 2-3
-points, 32 loses 10. L2-normalised taps (the text encoder's too) help Euclidean prototypes a
-little and change nothing for cosine heads.
+table is in docs/benchmarks/fashion-mnist-split/encoder.md): ``side=96`` gives nearest class mean
+0.76 and logistic regression 0.845; 64 is 1.5-2 points worse at a third of the cost, 128 a point
+better at twice the cost, 224 four points better at seven times. L2-normalised taps (the text
+encoder's too) help Euclidean prototypes a little and change nothing for cosine heads.
 """
 from __future__ import annotations
 

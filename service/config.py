@@ -65,6 +65,8 @@ class LearnerSettings(Section):
         "efficientnet-lite0: frozen ImageNet CNN for images sent as pixel `features` (needs image_shape).")
     image_shape: tuple[int, ...] | None = Field(None, description="(H, W) or (H, W, C) of an image event's "
                                                 "pixel vector (0..255, row-major) for an image encoder.")
+    image_side: int = Field(96, ge=32, le=512, multiple_of=32, description="Images are resized to this square "
+                            "side for the image encoder (64: about 2.5x faster, 1-2 points less accurate).")
     feature_dim: int | None = Field(None, ge=1, description="Feature vector width; required when "
                                     "input_kind is 'features'.")
     feature_warmup_events: int = Field(1000, ge=0, description="Events whose statistics standardise features.")

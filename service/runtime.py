@@ -41,7 +41,8 @@ def build_learner(settings: Settings) -> Learner:
         torch.set_num_threads(1)
     device = ls.device if ls.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if ls.encoder == "efficientnet-lite0":
-        encoder = make_encoder("features", encoder=ls.encoder, image_shape=ls.image_shape, device=device)
+        encoder = make_encoder("features", encoder=ls.encoder, image_shape=ls.image_shape, side=ls.image_side,
+                               device=device)
     elif ls.input_kind == "text":
         encoder = make_encoder("text", max_tokens=ls.max_tokens, device=device)
     else:

@@ -150,15 +150,18 @@ def test_settings_for_an_image_stream(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(learner={"input_kind": "features", "encoder": "efficientnet-lite0"})
     with pytest.raises(ValidationError, match="input_kind"):
         Settings(learner={"encoder": "efficientnet-lite0", "image_shape": [28, 28]})
+    with pytest.raises(ValidationError, match="multiple of 32"):
+        Settings(learner={"input_kind": "features", "encoder": "efficientnet-lite0", "image_shape": [28, 28],
+                          "image_side": 48})
     monkeypatch.setenv("LIFELONG_LEARNER__IMAGE_SHAPE", "[28, 28]")
     s = Settings(learner={"name": "nmc", "input_kind": "features", "encoder": "efficientnet-lite0",
-                          "device": "cpu"})
+                          "device": "cpu", "image_side": 32})
     assert s.learner.image_shape == (28, 28) and s.learner.feature_dim is None
 
     from lifelong.service.runtime import build_learner
 
     learner = build_learner(s)
-    assert isinstance(learner.encoder, ImageEncoder) and learner.input_dim == 784
+    assert isinstance(learner.encoder, ImageEncoder) and learner.input_dim == 784 and learner.encoder.side == 32
     learner.learn_many(images(4, (28, 28)), ["a", "b", "a", "b"])
     assert learner.snapshot().input_dim == 784  # requests are checked against the pixel width
 
