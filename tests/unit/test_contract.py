@@ -1,7 +1,9 @@
 """One contract suite over every learner (River's ``checks`` idea).
 
 Each test runs against ``nmc`` and ``lifelong`` plus the ablations of
-``lifelong`` (no replay, no LoRA, no EMA, no consolidation), on a
+``lifelong`` (no replay, no LoRA, no EMA, no consolidation), and against
+``lifelong-mlp`` (the MLP base-initialised encoder; with and without the fast
+expert) and ``lifelong-fast`` (lifelong with the fast expert), on a
 class-incremental stream of Gaussian blobs: 16-d, six classes arriving one
 after the other, micro-batches of 20. A new learner kind joins the suite by
 adding one entry to ``VARIANTS``.
@@ -21,9 +23,11 @@ import pytest
 import torch
 
 from lifelong.learner.base import Predictions, StepStats
+from lifelong.learner.base_init import BaseInitConfig, BaseInitLearner
 from lifelong.learner.continual import ContinualConfig, ContinualLearner
 from lifelong.learner.encoders import FeatureEncoder
 from lifelong.learner.nmc import NMCLearner
+from lifelong.learner.recency import RecencyMixture
 from lifelong.memory.persistence import load_state, save_state
 
 DIM, N_CLASSES, PER_CLASS, BATCH = 16, 6, 160, 20
@@ -46,12 +50,23 @@ class Variant:
     name: str
     build: Callable[..., Any]  # build(warmup=0, **config_overrides) -> learner
     replay: bool = False  # has a replay memory (and a PQ codec thread)
+    tap_dim: int = DIM  # width of what the replay memory stores
 
 
 def _lifelong(**flags: Any) -> Callable[..., ContinualLearner]:
     def build(warmup: int = 0, **overrides: Any) -> ContinualLearner:
         config = ContinualConfig(**(BASE | flags | overrides))
         return ContinualLearner(FeatureEncoder(DIM, warmup_events=warmup), config)
+    return build
+
+
+def _mlp(recency: bool) -> Callable[..., Any]:
+    """The MLP base-initialised learner: switches at 100 events, so both phases are exercised; its
+    continual learner sees 16 + 8 = 24-d taps (the standardised input and the hidden layer)."""
+    def build(warmup: int = 0, **overrides: Any) -> Any:
+        learner = BaseInitLearner(FeatureEncoder(DIM, warmup_events=warmup),
+                                  BaseInitConfig(base_events=100, widths=(32, 8)), ContinualConfig(**(BASE | overrides)))
+        return RecencyMixture(learner) if recency else learner
     return build
 
 
@@ -66,6 +81,9 @@ VARIANTS = [
     Variant("lifelong-no-lora", _lifelong(lora=False), replay=True),
     Variant("lifelong-no-ema", _lifelong(ema=False), replay=True),
     Variant("lifelong-no-consolidation", _lifelong(consolidation=False), replay=True),
+    Variant("lifelong-mlp", _mlp(recency=True), replay=True, tap_dim=24),
+    Variant("lifelong-mlp-no-fast", _mlp(recency=False), replay=True, tap_dim=24),
+    Variant("lifelong-fast", lambda warmup=0, **kw: RecencyMixture(_lifelong()(warmup, **kw)), replay=True),
 ]
 if torch.cuda.is_available():  # the same contracts on the GPU path, whenever a GPU is there to test on
     VARIANTS.append(Variant("lifelong-cuda", _lifelong(device="cuda"), replay=True))
@@ -272,8 +290,10 @@ def test_same_seed_same_data_same_results(variant: Variant) -> None:
 
 # -- (d) bounded memory ----------------------------------------------------------------------
 def test_memory_stays_within_budget(variant: Variant) -> None:
-    # Raw capacity 20_000 // 68 = 294 items; with codes (20_000 - 16_384) // 8 = 452 items.
-    budget = 20_000
+    # 16-d taps: raw capacity 20_000 // 68 = 294 items; with codes (20_000 - 16_384) // 8 = 452 items.
+    # Wider taps get the room their 256-centroid codebook takes on top.
+    codebook = 256 * 4 * variant.tap_dim
+    budget = 20_000 + codebook - 16_384
     learner = variant.build(memory_budget_bytes=budget)
     stream = blob_stream()
     for step, (x, y) in enumerate(stream):
@@ -285,7 +305,7 @@ def test_memory_stays_within_budget(variant: Variant) -> None:
     assert learner.nbytes() == size  # full: more events no longer grow the model
     if variant.replay:
         memory = learner.memory
-        assert memory.compressed and memory.n == memory.capacity == (budget - 16_384) // 8
+        assert memory.compressed and memory.n == memory.capacity == (budget - codebook) // 8
         counts = memory.class_counts()
         assert len(counts) == N_CLASSES
         # Within 2, not 1: when the arriving class ties for largest, the victim may come from
