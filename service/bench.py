@@ -39,7 +39,8 @@ from ..stream.benchmarks import BenchStream
 
 NAN = float("nan")
 LEARNERS = ("lifelong", "lifelong-live", "nmc", "finetune", "er", "river-logreg", "river-arf",
-            "lifelong-no-replay", "lifelong-no-lora", "lifelong-no-ema", "lifelong-no-consolidation")
+            "lifelong-no-replay", "lifelong-no-lora", "lifelong-no-ema", "lifelong-no-consolidation",
+            "lifelong-mlp", "lifelong-mlp-no-fast", "lifelong-fast")
 DEFAULT_LEARNERS = ("lifelong", "nmc", "finetune", "er")
 Predict = Callable[[np.ndarray], Sequence[str | None]]
 
@@ -228,6 +229,25 @@ ABLATIONS = {"lifelong-no-replay": {"replay": False}, "lifelong-no-lora": {"lora
              "lifelong-no-ema": {"ema": False}, "lifelong-no-consolidation": {"consolidation": False}}
 
 
+# As the service's learner.encoder mlp (feature streams) and learner.fast_expert.
+DRIFT = ("lifelong-mlp", "lifelong-mlp-no-fast", "lifelong-fast")
+
+
+def _drift(name: str, encoder: Any, seed: int, budget: int | None) -> Any:
+    from ..learner.base_init import BaseInitConfig, BaseInitLearner, tap_width
+    from ..learner.continual import ContinualConfig
+    from ..learner.recency import RecencyMixture
+
+    if name.startswith("lifelong-mlp"):
+        base = BaseInitConfig(seed=seed)
+        pq_m = ContinualConfig.pq_m if tap_width(encoder.dim, base) % ContinualConfig.pq_m == 0 else 0
+        extra = {"memory_budget_bytes": budget} if budget else {}
+        lr = BaseInitLearner(encoder, base, ContinualConfig(seed=seed, pq_m=pq_m, **extra))
+    else:
+        lr = _continual(encoder, seed, budget)
+    return lr if name == "lifelong-mlp-no-fast" else RecencyMixture(lr)
+
+
 Run = tuple[str, Any, dict[str, Callable[[], Predict]], set[str]]
 
 
@@ -258,6 +278,8 @@ def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: i
             lr = _continual(encoder, seed, budget, pq_m=0, lora=False, consolidation=False, ema=False)
         elif name in ABLATIONS:
             lr = _continual(encoder, seed, budget, **ABLATIONS[name])
+        elif name in DRIFT:
+            lr = _drift(name, encoder, seed, budget)
         else:
             from river import forest, linear_model, multiclass, preprocessing
 
@@ -271,7 +293,7 @@ def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: i
                                   | multiclass.OneVsRestClassifier(linear_model.LogisticRegression()))
             runs.append((name, lr, {name: (lambda lr=lr: lr.predict_taps_labels)}, set()))
             continue
-        ema = name in ABLATIONS and name != "lifelong-no-ema"
+        ema = (name in ABLATIONS and name != "lifelong-no-ema") or name in DRIFT
         runs.append((name, lr, {name: served(lr)}, {name} if ema else set()))
     return runs
 

@@ -60,9 +60,17 @@ class LearnerSettings(Section):
         "lifelong", description="lifelong: Online-LoRA adapter + cosine head + PQ replay + EMA serving; "
         "nmc: prototypes + linear head (baseline).")
     input_kind: Literal["text", "features"] = Field("text", description="What events carry.")
-    encoder: Literal["auto", "efficientnet-lite0"] = Field(
+    encoder: Literal["auto", "efficientnet-lite0", "mlp"] = Field(
         "auto", description="auto: all-MiniLM-L6-v2 for text, running standardisation for features; "
-        "efficientnet-lite0: frozen ImageNet CNN for images sent as pixel `features` (needs image_shape).")
+        "efficientnet-lite0: frozen ImageNet CNN for images sent as pixel `features` (needs image_shape); "
+        "mlp: features only, standardised then a small MLP trained on the first base_init_events events, "
+        "its bottom then frozen (lifelong).")
+    base_init_events: int = Field(2000, ge=1, description="Labelled events that train the mlp encoder before "
+                                  "its bottom freezes.")
+    fast_expert: bool = Field(False, description="Mix a per-event softmax regression on the taps (learned "
+                              "event by event inside each batch) into every prediction, weighted by Hedge, at most "
+                              "half the vote (lifelong): higher prequential accuracy on autocorrelated drifting "
+                              "streams, lower accuracy on old concepts.")
     image_shape: tuple[int, ...] | None = Field(None, description="(H, W) or (H, W, C) of an image event's "
                                                 "pixel vector (0..255, row-major) for an image encoder.")
     image_side: int = Field(96, ge=32, le=512, multiple_of=32, description="Images are resized to this square "
@@ -89,6 +97,14 @@ class LearnerSettings(Section):
                                "(nmc).")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; None: 1 for feature vectors "
                                       "(tiny products), torch's default otherwise.")
+
+    @model_validator(mode="after")
+    def _mlp_for_lifelong_features(self) -> "LearnerSettings":
+        if self.encoder == "mlp" and (self.input_kind != "features" or self.name != "lifelong"):
+            raise ValueError("learner.encoder mlp needs learner.input_kind 'features' and learner.name 'lifelong'")
+        if self.fast_expert and self.name != "lifelong":
+            raise ValueError("learner.fast_expert needs learner.name 'lifelong'")
+        return self
 
     @model_validator(mode="after")
     def _dim_for_features(self) -> "LearnerSettings":

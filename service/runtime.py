@@ -12,7 +12,9 @@ import uvicorn
 from .. import __version__
 from ..learner.base import Learner
 from ..learner.encoders import make_encoder
+from ..learner.base_init import BaseInitConfig, BaseInitLearner, tap_width
 from ..learner.continual import ContinualConfig, ContinualLearner
+from ..learner.recency import RecencyMixture
 from ..learner.nmc import NMCLearner
 from ..monitoring.metrics import Metrics
 from ..stream.demo import demo_path
@@ -51,10 +53,15 @@ def build_learner(settings: Settings) -> Learner:
     if ls.name == "nmc":
         learner = NMCLearner(encoder, lr=ls.lr, head_weight=ls.head_weight, proto_scale=ls.proto_scale)
     else:
-        pq_m = ls.pq_m if ls.pq_m and encoder.dim % ls.pq_m == 0 else 0
-        learner = ContinualLearner(encoder, ContinualConfig(
+        base = BaseInitConfig(base_events=ls.base_init_events, seed=ls.seed) if ls.encoder == "mlp" else None
+        width = tap_width(encoder.dim, base) if base else encoder.dim
+        pq_m = ls.pq_m if ls.pq_m and width % ls.pq_m == 0 else 0
+        config = ContinualConfig(
             memory_budget_bytes=ls.memory_budget_bytes, pq_m=pq_m, steps_per_batch=ls.steps_per_batch,
-            replay_per_step=ls.replay_per_step, rank=ls.rank, ema_decay=ls.ema_decay, seed=ls.seed, device=device))
+            replay_per_step=ls.replay_per_step, rank=ls.rank, ema_decay=ls.ema_decay, seed=ls.seed, device=device)
+        learner = BaseInitLearner(encoder, base, config) if base else ContinualLearner(encoder, config)
+        if ls.fast_expert:
+            learner = RecencyMixture(learner)
     # An image event carries pixels, not taps: events and requests are checked against the
     # encoder's input width (H * W * C), which differs from its output width.
     learner.input_dim = getattr(encoder, "input_dim", learner.input_dim)

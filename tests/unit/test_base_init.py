@@ -166,3 +166,18 @@ def test_configuration_and_state_mismatches_raise() -> None:
         plain.load_state_dict(*learner.state_dict())
     with pytest.raises(ValueError, match="widths"):
         build(widths=(16, 4)).load_state_dict(*learner.state_dict())
+
+
+def test_the_service_builds_it_from_settings() -> None:
+    from lifelong.learner.recency import RecencyMixture
+    from lifelong.service.config import Settings
+    from lifelong.service.runtime import build_learner
+
+    features = {"input_kind": "features", "feature_dim": DIM, "device": "cpu"}
+    learner = build_learner(Settings(learner=features | {"encoder": "mlp", "base_init_events": 300}))
+    assert isinstance(learner, BaseInitLearner) and learner.config.base_events == 300 and learner.input_dim == DIM
+    assert learner.continual.pq_m == 0  # 96 does not divide the 6 + 64 tap
+    mixed_in = build_learner(Settings(learner=features | {"encoder": "mlp", "fast_expert": True}))
+    assert isinstance(mixed_in, RecencyMixture) and isinstance(mixed_in.inner, BaseInitLearner)
+    with pytest.raises(ValueError, match="mlp"):
+        Settings(learner={"encoder": "mlp"})  # text
