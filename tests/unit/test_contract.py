@@ -40,7 +40,8 @@ BATCHES_PER_CLASS = PER_CLASS // BATCH  # 8
 # (0-based), so the memory holds codes after 39 batches.
 COMPRESSED_AFTER = 39
 # Small but realistic: a 256-centroid codebook needs >= 256 training taps.
-BASE = dict(memory_budget_bytes=200_000, pq_m=4, pq_train_size=256, steps_per_batch=2, replay_per_step=32, seed=0)
+BASE = dict(memory_budget_bytes=200_000, pq_m=4, pq_train_size=256, steps_per_batch=2, replay_per_step=32, seed=0,
+            compress_when="trained")  # reach PQ codes within a short stream
 
 Batch = tuple[np.ndarray, list[str]]
 
