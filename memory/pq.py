@@ -11,6 +11,15 @@ import faiss
 import numpy as np
 
 
+def subquantizers(dim: int, m: int) -> int:
+    """The most sub-quantisers, at most ``m``, that split ``dim`` evenly (0 if ``m`` is 0).
+
+    >>> subquantizers(384, 96), subquantizers(1280, 96), subquantizers(6, 96), subquantizers(384, 0)
+    (96, 80, 6, 0)
+    """
+    return max((k for k in range(1, min(m, dim) + 1) if dim % k == 0), default=0)
+
+
 class PQCodec:
     def __init__(self, dim: int, m: int = 48, nbits: int = 8, train_size: int = 2000, seed: int = 0) -> None:
         if dim % m:

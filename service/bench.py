@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..learner.river_models import RiverLearner
+from ..memory.pq import subquantizers
 from ..stream.benchmarks import BenchStream
 
 NAN = float("nan")
@@ -220,7 +221,7 @@ def _continual(encoder: Any, seed: int, budget: int | None, **flags: Any) -> Any
     from ..learner.continual import ContinualConfig, ContinualLearner
 
     pq_m = flags.pop("pq_m", ContinualConfig.pq_m)
-    pq_m = pq_m if pq_m and encoder.dim % pq_m == 0 else 0  # as the service does (runtime.build_learner)
+    pq_m = subquantizers(encoder.dim, pq_m)  # as the service does (runtime.build_learner)
     extra = {"memory_budget_bytes": budget} if budget else {}
     return ContinualLearner(encoder, ContinualConfig(seed=seed, pq_m=pq_m, **extra, **flags))
 
@@ -240,7 +241,7 @@ def _drift(name: str, encoder: Any, seed: int, budget: int | None) -> Any:
 
     if name.startswith("lifelong-mlp"):
         base = BaseInitConfig(seed=seed)
-        pq_m = ContinualConfig.pq_m if tap_width(encoder.dim, base) % ContinualConfig.pq_m == 0 else 0
+        pq_m = subquantizers(tap_width(encoder.dim, base), ContinualConfig.pq_m)
         extra = {"memory_budget_bytes": budget} if budget else {}
         lr = BaseInitLearner(encoder, base, ContinualConfig(seed=seed, pq_m=pq_m, **extra))
     else:

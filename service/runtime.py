@@ -16,6 +16,7 @@ from ..learner.base_init import BaseInitConfig, BaseInitLearner, tap_width
 from ..learner.continual import ContinualConfig, ContinualLearner
 from ..learner.recency import RecencyMixture
 from ..learner.nmc import NMCLearner
+from ..memory.pq import subquantizers
 from ..monitoring.metrics import Metrics
 from ..stream.demo import demo_path
 from ..stream.errors import REASONS
@@ -55,7 +56,7 @@ def build_learner(settings: Settings) -> Learner:
     else:
         base = BaseInitConfig(base_events=ls.base_init_events, seed=ls.seed) if ls.encoder == "mlp" else None
         width = tap_width(encoder.dim, base) if base else encoder.dim
-        pq_m = ls.pq_m if ls.pq_m and width % ls.pq_m == 0 else 0
+        pq_m = subquantizers(width, ls.pq_m)  # e.g. 80 for EfficientNet's 1280-d taps
         config = ContinualConfig(
             memory_budget_bytes=ls.memory_budget_bytes, pq_m=pq_m, steps_per_batch=ls.steps_per_batch,
             replay_per_step=ls.replay_per_step, rank=ls.rank, ema_decay=ls.ema_decay, seed=ls.seed, device=device)

@@ -315,3 +315,9 @@ def test_class_regions_stay_exact_under_growth_and_eviction() -> None:
     # class-balanced: every present class drawn, none more than ~3x its fair share
     drawn = np.bincount(y, minlength=max(store.class_counts()) + 1)[list(store.class_counts())]
     assert drawn.min() > 0 and drawn.max() < 3 * 2000 / len(drawn)
+
+
+def test_subquantizers_take_the_largest_even_split() -> None:
+    from lifelong.memory.pq import subquantizers
+
+    assert [subquantizers(d, m) for d, m in [(384, 96), (1280, 96), (6, 96), (384, 0), (7, 4)]] == [96, 80, 6, 0, 1]
