@@ -87,3 +87,24 @@ class Learner(Protocol):
     def gauges(self) -> dict[str, float]:
         """Numbers for monitoring (replay items and bytes, PQ error, merges, prototypes)."""
         ...
+
+
+class TapsLearner:
+    """The raw-input verbs, written once on top of ``encode`` and the ``_taps`` verbs."""
+
+    def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
+        raise NotImplementedError
+
+    def predict_taps(self, taps: np.ndarray) -> Predictions:
+        raise NotImplementedError
+
+    def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats:
+        if len(inputs) != len(labels):
+            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
+        return self.learn_taps(self.encode(inputs, learning=True), labels)
+
+    def predict_many(self, inputs: RawInputs) -> Predictions:
+        return self.predict_taps(self.encode(inputs))

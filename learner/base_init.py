@@ -15,12 +15,12 @@ at the switch at the latest (the bottom was trained on its statistics).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from .base import InputKind, Predictions, RawInputs, StepStats
+from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .continual import ContinualConfig, ContinualLearner
 from .encoders import Encoder
 from .head import softmax
@@ -91,7 +91,7 @@ def _part(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
 
 
-class BaseInitLearner:
+class BaseInitLearner(TapsLearner):
     name = "lifelong-mlp"
 
     def __init__(self, encoder: Encoder, config: BaseInitConfig = BaseInitConfig(),
@@ -148,14 +148,8 @@ class BaseInitLearner:
     def predict_taps(self, taps: np.ndarray) -> Predictions:
         return to_predictions(self.predict_proba_taps(taps), self.classes, self.version)
 
-    def predict_many(self, inputs: RawInputs) -> Predictions:
-        return self.predict_taps(self.encode(inputs))
 
     # -- learning --------------------------------------------------------------------------
-    def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats:
-        if len(inputs) != len(labels):
-            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
-        return self.learn_taps(self.encode(inputs, learning=True), labels)
 
     def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
         if len(taps) != len(labels):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..memory.pq import PQCodec
 from ..memory.prototypes import PrototypeIndex
 from ..memory.replay import ReplayStore
-from .base import InputKind, Predictions, RawInputs, StepStats
+from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .drift import LossWindow, RiverDetector
 from .encoders import Encoder
 from .head import softmax
@@ -66,7 +66,7 @@ class ContinualConfig:
     lora: bool = True
 
 
-class ContinualLearner:
+class ContinualLearner(TapsLearner):
     name = "lifelong"
 
     def __init__(self, encoder: Encoder, config: ContinualConfig = ContinualConfig()) -> None:
@@ -167,13 +167,7 @@ class ContinualLearner:
     def predict_taps(self, taps: np.ndarray) -> Predictions:
         return to_predictions(self.predict_proba_taps(taps), self._classes, self.version)
 
-    def predict_many(self, inputs: RawInputs) -> Predictions:
-        return self.predict_taps(self.encode(inputs))
 
-    def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats:
-        if len(inputs) != len(labels):
-            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
-        return self.learn_taps(self.encode(inputs, learning=True), labels)
 
     # -- learning ------------------------------------------------------------------
     def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:

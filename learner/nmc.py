@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..memory.prototypes import PrototypeIndex
-from .base import InputKind, Predictions, RawInputs, StepStats
+from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .encoders import Encoder
 from .head import LinearHead, softmax
 from .serving import SnapshotInfo, to_predictions, unit
@@ -49,7 +49,7 @@ class NMCSnapshot(SnapshotInfo):
         return int(self.head.weight.nbytes + self.head.bias.nbytes + self.protos.nbytes())
 
 
-class NMCLearner:
+class NMCLearner(TapsLearner):
     name = "nmc"
 
     def __init__(self, encoder: Encoder, *, lr: float = 0.5, head_weight: float = 0.5,
@@ -109,13 +109,7 @@ class NMCLearner:
     def predict_taps(self, taps: np.ndarray) -> Predictions:
         return to_predictions(self.predict_proba_taps(taps), self._classes, self.version)
 
-    def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats:
-        if len(inputs) != len(labels):
-            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
-        return self.learn_taps(self.encode(inputs, learning=True), labels)
 
-    def predict_many(self, inputs: RawInputs) -> Predictions:
-        return self.predict_taps(self.encode(inputs))
 
     def snapshot(self) -> NMCSnapshot:
         head = LinearHead(self.head.dim, lr=self.head.lr)

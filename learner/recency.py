@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import Predictions, RawInputs, StepStats
+from .base import Predictions, RawInputs, StepStats, TapsLearner
 from .head import softmax
 from .serving import SnapshotInfo, to_predictions
 
@@ -101,7 +101,7 @@ class MixtureSnapshot(SnapshotInfo):
         return int(self.slow.nbytes() + self.fast_weight.nbytes + self.fast_bias.nbytes)
 
 
-class RecencyMixture:
+class RecencyMixture(TapsLearner):
     """``learner`` (its snapshot: the slow expert) + a per-event fast head, mixed by Hedge."""
 
     def __init__(self, learner: Any, config: RecencyConfig = RecencyConfig()) -> None:
@@ -142,13 +142,7 @@ class RecencyMixture:
     def predict_taps(self, taps: np.ndarray) -> Predictions:
         return self.snapshot().predict_taps(taps)
 
-    def predict_many(self, inputs: RawInputs) -> Predictions:
-        return self.predict_taps(self.encode(inputs))
 
-    def learn_many(self, inputs: RawInputs, labels: Sequence[str]) -> StepStats:
-        if len(inputs) != len(labels):
-            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
-        return self.learn_taps(self.encode(inputs, learning=True), labels)
 
     def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
         if len(taps) != len(labels):

@@ -176,7 +176,7 @@ def test_the_service_builds_it_from_settings() -> None:
     features = {"input_kind": "features", "feature_dim": DIM, "device": "cpu"}
     learner = build_learner(Settings(learner=features | {"encoder": "mlp", "base_init_events": 300}))
     assert isinstance(learner, BaseInitLearner) and learner.config.base_events == 300 and learner.input_dim == DIM
-    assert learner.continual.pq_m == 0  # 96 does not divide the 6 + 64 tap
+    assert learner.continual.pq_m == 70  # the most sub-quantisers (<= 96) that split the 6 + 64 tap
     mixed_in = build_learner(Settings(learner=features | {"encoder": "mlp", "fast_expert": True}))
     assert isinstance(mixed_in, RecencyMixture) and isinstance(mixed_in.inner, BaseInitLearner)
     with pytest.raises(ValueError, match="mlp"):

@@ -6,7 +6,6 @@ a few hundred feature-vector events, so /v1/predict reaches the model.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
