@@ -8,6 +8,7 @@ import sys
 import yaml
 from pydantic import ValidationError
 
+from ..stream.benchmarks import STREAMS
 from .config import Settings, load_settings, settings_reference
 
 
@@ -176,7 +177,7 @@ def parser() -> argparse.ArgumentParser:
                            "checkpoint benchmark (--checkpoint) or the speed benchmark (--speed)")
     bench.add_argument("--checkpoint", action="store_true", help="checkpoint size and write/restore time")
     bench.add_argument("--items", type=int, default=100_000, help="replay items in the checkpoint benchmark")
-    bench.add_argument("--stream", help="built-in stream: clinc150, youtube-spam, elec2, weather, digits-split")
+    bench.add_argument("--stream", help=f"built-in stream: {', '.join(STREAMS)}")
     bench.add_argument("--stream-file", help="JSONL stream: {id, text|features, label, segment?, split?} a line")
     bench.add_argument("--learners", help="comma-separated: lifelong, lifelong-live, nmc, finetune, er, river-logreg, "
                        "river-arf, lifelong-no-{replay,lora,ema,consolidation} (default: lifelong,nmc,finetune,er)")
