@@ -7,6 +7,9 @@ single-instance requests over keep-alive connections for ``--seconds`` and
 prints latency percentiles, throughput and the server's batch sizes.
 
     python -m lifelong.service.bench_http --kind text --concurrency 8 --seconds 20 --wait-ms 0
+
+Compare ``--max-batch 1`` (no coalescing) with the default, and ``--wait-ms``;
+``--events N`` learns only N events, so the run measures serving alone.
 """
 from __future__ import annotations
 
@@ -66,9 +69,16 @@ def _config(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         cfg["learner"]["torch_threads"] = args.threads
     if args.kind == "features":
         path = workdir / "features.jsonl"
-        _feature_stream(path, args.events, args.dim)
+        _feature_stream(path, args.events or 300_000, args.dim)
         cfg["source"] = {"kind": "file", "path": str(path)}
         cfg["learner"].update({"input_kind": "features", "feature_dim": args.dim})
+    elif args.events:
+        from ..stream.demo import demo_path
+
+        path = workdir / "text.jsonl"
+        with gzip.open(demo_path(), "rt") as fh:
+            path.write_text("".join(line for _, line in zip(range(args.events), fh)))
+        cfg["source"] = {"kind": "file", "path": str(path)}
     return cfg
 
 
@@ -113,6 +123,12 @@ def _batch_sizes(port: int) -> tuple[float, float]:
     return mean, values.get("lifelong_events_learned_total", float("nan"))
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -127,6 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             _wait_ready(port, proc)
             bodies = _bodies(args.kind, args.dim)
             learned_before = _batch_sizes(port)[1]
+            cpu_before = _cpu_s(proc.pid)
             out: list[tuple[float, int]] = []
             stop = threading.Event()
             threads = [threading.Thread(target=_client, args=(port, bodies, stop, out, i))
@@ -137,6 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             stop.set()
             for t in threads:
                 t.join()
+            server_cpu = _cpu_s(proc.pid) - cpu_before
             mean_batch, learned_after = _batch_sizes(port)
         finally:
             proc.terminate()
@@ -145,14 +163,16 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     ok = sum(1 for _, code in out if code == 200)
     return {"requests": len(out), "ok": ok, "rps": len(out) / args.seconds, "p50_ms": float(np.percentile(lat, 50)),
             "p90_ms": float(np.percentile(lat, 90)), "p99_ms": float(np.percentile(lat, 99)),
-            "max_ms": float(lat.max()), "mean_batch": mean_batch, "learned_during": learned_after - learned_before}
+            "max_ms": float(lat.max()), "mean_batch": mean_batch, "learned_during": learned_after - learned_before,
+            "server_cpu_ms_per_request": 1000 * server_cpu / max(len(out), 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kind", choices=("text", "features"), default="features")
     p.add_argument("--dim", type=int, default=64, help="feature width (features)")
-    p.add_argument("--events", type=int, default=300_000, help="events in the generated stream (features)")
+    p.add_argument("--events", type=int, default=None, help="events to learn: the generated stream's length "
+                   "(features; default 300,000) or the first N of the demo stream (text; default all 15,000)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--wait-ms", type=float, default=0.0, help="http.batch_wait_ms")

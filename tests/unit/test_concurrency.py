@@ -67,7 +67,8 @@ def _batches(metrics: Any) -> tuple[float, float]:
 
 
 def test_no_torn_or_unknown_predictions_while_learning(tmp_path: Path) -> None:
-    events = stream_file(tmp_path / "events.jsonl", int(max(20_000, 2_000 * SOAK_S)))
+    n_events = int(max(20_000, 5_000 * SOAK_S))  # more than the loop learns in SOAK_S: it learns throughout
+    events = stream_file(tmp_path / "events.jsonl", n_events)
     settings = Settings(source={"kind": "file", "path": events, "batch_size": 32, "poll_timeout_s": 0.05},
                         learner={"input_kind": "features", "feature_dim": 4, "feature_warmup_events": 100,
                                  "pq_m": 0, "steps_per_batch": 2, "replay_per_step": 32, "device": "cpu"},
@@ -101,11 +102,9 @@ def test_no_torn_or_unknown_predictions_while_learning(tmp_path: Path) -> None:
     versions = Counter(a["model_version"] for _, a in answers)
     batches, instances = _batches(service.metrics)
     requests_answered = len(answers)
-    print(f"\n{SOAK_S:g} s: {requests_answered} requests answered ({sum(len(REQUESTS[k]) for k, _ in answers)} "
-          f"instances) in {batches:.0f} batches, from {len(versions)} of {len(published)} published versions; "
-          f"{service.loop.counters.learned} events learned; 0 failed, 0 torn")
     assert len(answers) > 50 and len(versions) > 5, (len(answers), len(versions))
     assert batches < requests_answered  # some batch held more than one request
+    assert instances == sum(len(REQUESTS[k]) for k, _ in answers)  # every answer went through the batcher once
     expected: dict[tuple[int, int], Any] = {}
     for k, answer in answers:
         version = answer["model_version"]
@@ -117,3 +116,6 @@ def test_no_torn_or_unknown_predictions_while_learning(tmp_path: Path) -> None:
         assert [p["label"] for p in answer["predictions"]] == want.labels
         # Alone or inside a larger batch, a row's scores are the same up to float32 rounding.
         np.testing.assert_allclose([p["score"] for p in answer["predictions"]], want.scores, rtol=1e-5)
+    print(f"\n{SOAK_S:g} s: {requests_answered} requests answered ({instances:.0f} instances) in {batches:.0f} "
+          f"batches, from {len(versions)} of {len(published)} published versions; "
+          f"{service.loop.counters.learned} of {n_events} events learned; none failed or torn")
