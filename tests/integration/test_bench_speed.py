@@ -8,8 +8,14 @@ import pytest
 from harness import Broker
 
 from lifelong.service.bench_speed import SpeedOptions, run_speed
+from lifelong.stream.benchmarks import data_dir
 
-pytestmark = pytest.mark.integration
+# The speed bench reads the real elec2 and CLINC150 files from shared/data beside the checkout.
+needs_data = pytest.mark.skipif(
+    not ((data_dir() / "tabular" / "elec2_skmf.csv").exists() and (data_dir() / "text" / "clinc150").exists()),
+    reason=f"benchmark data not found at {data_dir()} (set LIFELONG_DATA_DIR)")
+
+pytestmark = [pytest.mark.integration, needs_data]
 
 
 def test_speed_through_kafka_learns_every_produced_event(kafka_broker: Broker, tmp_path: Path) -> None:
