@@ -322,7 +322,7 @@ class ContinualLearner(TapsLearner):
     def gauges(self) -> dict[str, float]:
         codec = self.memory.codec
         return {"replay_items": self.memory.n, "replay_bytes": self.memory.nbytes(),
-                "pq_error": codec.reconstruction_error if codec and self.memory.compressed else float("nan"),
+                "pq_error": codec.reconstruction_error if codec and codec.trained else float("nan"),
                 "adapters_merged": self.adapter.merges, "prototypes": self.protos.num_classes}
 
     def describe(self) -> dict[str, Any]:
