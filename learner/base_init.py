@@ -102,7 +102,7 @@ class BaseInitLearner(TapsLearner):
             raise ValueError(f"pq_m {continual.pq_m} does not divide the tap width {tap_width(encoder.dim, config)}")
         self.encoder, self.config, self.continual = encoder, config, continual
         self.input_kind: InputKind = "features"
-        self.input_dim: int | None = encoder.dim
+        self.input_dim: int | None = encoder.input_dim
         self.inner: ContinualLearner | None = None
         self._base_phase()
         self.version = 0

@@ -72,7 +72,7 @@ class ContinualLearner(TapsLearner):
     def __init__(self, encoder: Encoder, config: ContinualConfig = ContinualConfig()) -> None:
         self.encoder, self.config = encoder, config
         self.input_kind: InputKind = encoder.kind
-        self.input_dim: int | None = encoder.dim if encoder.kind == "features" else None
+        self.input_dim: int | None = encoder.input_dim
         d = encoder.dim
         self.device = torch.device(config.device)
         self.adapter = LoRALinear(torch.eye(d), config.rank, config.alpha, seed=config.seed).to(self.device)

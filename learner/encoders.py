@@ -17,7 +17,8 @@ from .base import InputKind, RawInputs
 
 class Encoder(Protocol):
     kind: InputKind
-    dim: int
+    dim: int  # width of a tap (the encoder's output)
+    input_dim: int | None  # width of an event's feature vector (None for text); checked on the way in
     name: str
 
     def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray: ...
@@ -36,6 +37,7 @@ class TextEncoder:
 
     kind: InputKind = "text"
     name = "all-MiniLM-L6-v2"
+    input_dim = None
 
     def __init__(self, max_tokens: int = 128, batch_size: int = 64, device: str = "cpu") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,7 +104,7 @@ class FeatureEncoder:
     name = "standardize"
 
     def __init__(self, dim: int, warmup_events: int = 1000) -> None:
-        self.dim = dim
+        self.dim = self.input_dim = dim
         self.warmup_events = warmup_events
         self._n = 0
         self._mean = np.zeros(dim)

@@ -43,6 +43,7 @@ class MLPEncoder:
         dims = [standardiser.dim, *widths]
         self.layers = [(np.zeros((o, i), np.float32), np.zeros(o, np.float32)) for i, o in zip(dims, dims[1:])]
         self.dim = int(dims[-1] + (standardiser.dim if keep_input else 0))
+        self.input_dim = standardiser.input_dim
 
     @classmethod
     def from_layers(cls, standardiser: Encoder, layers: Sequence[tuple[np.ndarray, np.ndarray]],

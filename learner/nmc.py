@@ -56,7 +56,7 @@ class NMCLearner(TapsLearner):
                  proto_scale: float = 16.0) -> None:
         self.encoder = encoder
         self.input_kind: InputKind = encoder.kind
-        self.input_dim: int | None = encoder.dim if encoder.kind == "features" else None
+        self.input_dim: int | None = encoder.input_dim
         self.head_weight = head_weight
         self.proto_scale = proto_scale
         self.head = LinearHead(encoder.dim, lr=lr)

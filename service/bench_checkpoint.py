@@ -20,6 +20,10 @@ class _Taps(FeatureEncoder):
     kind: InputKind = "text"
     name = "taps"
 
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.input_dim = None  # as the text encoder it stands in for
+
     def encode(self, inputs: Any, *, learning: bool = False) -> np.ndarray:
         return np.asarray(inputs, dtype=np.float32)
 

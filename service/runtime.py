@@ -63,9 +63,6 @@ def build_learner(settings: Settings) -> Learner:
         learner = BaseInitLearner(encoder, base, config) if base else ContinualLearner(encoder, config)
         if ls.fast_expert:
             learner = RecencyMixture(learner)
-    # An image event carries pixels, not taps: events and requests are checked against the
-    # encoder's input width (H * W * C), which differs from its output width.
-    learner.input_dim = getattr(encoder, "input_dim", learner.input_dim)
     return learner
 
 

@@ -45,8 +45,9 @@ def _fast_parse(raw: bytes, limits: EventLimits) -> ParsedEvent | None:
         return None
     if type(obj) is not dict or not obj.keys() <= _KEYS:
         return None
-    event_id, label = _name(obj.get("id")), obj.get("label")
-    if event_id is None or (label is not None and _name(label) is None):
+    raw_label = obj.get("label")
+    event_id, label = _name(obj.get("id")), None if raw_label is None else _name(raw_label)
+    if event_id is None or (raw_label is not None and label is None):
         return None
     segment = obj.get("segment")
     if (type(obj.get("ts")) not in (int, float, type(None)) or obj.get("split") not in (None, "train", "test")
@@ -67,7 +68,7 @@ def _fast_parse(raw: bytes, limits: EventLimits) -> ParsedEvent | None:
         except (TypeError, OverflowError):
             return None
     ts = obj.get("ts")
-    return ParsedEvent(event_id, text, features, None if label is None else _name(label),
+    return ParsedEvent(event_id, text, features, label,
                        None if ts is None else float(ts))
 
 
