@@ -128,10 +128,10 @@ def test_fashion_mnist_split_stream() -> None:
 
 @needs_fashion
 def test_bench_encodes_image_streams_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lifelong.service import bench
+    from lifelong.service import bench, bench_encode
 
     monkeypatch.setenv("LIFELONG_TAP_CACHE", str(tmp_path))
-    monkeypatch.setattr(bench, "_TAP_CACHE", {})
+    monkeypatch.setattr(bench_encode, "_TAP_CACHE", {})
     stream = builtin("fashion-mnist-split").limited(10)
     enc = bench.encode_stream(stream, progress=False)
     assert enc.train.shape == (10, 1280) and enc.test.shape == (10, 1280)
@@ -139,7 +139,7 @@ def test_bench_encodes_image_streams_once(tmp_path: Path, monkeypatch: pytest.Mo
     files = list(tmp_path.glob("fashion-mnist-split-*.npy"))
     assert len(files) == 1
     np.save(files[0], np.load(files[0]) + 1.0)  # a second run (empty process cache) reads the file
-    monkeypatch.setattr(bench, "_TAP_CACHE", {})
+    monkeypatch.setattr(bench_encode, "_TAP_CACHE", {})
     np.testing.assert_allclose(bench.encode_stream(stream, progress=False).train, enc.train + 1.0)
     bench.encode_stream(builtin("fashion-mnist-split").limited(5), progress=False)
     assert len(list(tmp_path.glob("*.npy"))) == 2  # other pixels, another entry
