@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -76,3 +76,13 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
 @pytest.fixture
 def metric() -> Callable[..., float]:
     return metric_value
+
+
+@pytest.fixture
+def services() -> Iterator[Any]:
+    """Services for the learning-loop tests, their sources closed at the end (see loop_harness)."""
+    from loop_harness import Services
+
+    made = Services()
+    yield made
+    made.close()

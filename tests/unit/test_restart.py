@@ -1,4 +1,4 @@
-"""Restart semantics: checkpoint, crash, restore, replay; outputs; revokes.
+"""Restart semantics: checkpoint, crash, restore, replay; pending labels; revokes.
 
 A "crash" is dropping a Service without a checkpoint; the next Service with
 the same settings restores the checkpoint and re-reads the file from its
@@ -11,145 +11,20 @@ import gc
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from lifelong.service.checkpoint import Checkpointer
-from lifelong.service.config import Settings
-from lifelong.service.runtime import Service, build_source
-from lifelong.stream.sinks import MemorySink, SinkError
+from lifelong.service.runtime import build_source
+from lifelong.stream.sinks import MemorySink
 from lifelong.stream.sources import FileSource
-
-DIM = 4
-CENTERS = {"a": [5.0, 0.0, 0.0, 0.0], "b": [0.0, 5.0, 0.0, 0.0], "c": [0.0, 0.0, 5.0, 0.0]}
-PROBE = np.array([[4.0, 0.5, 0.0, 0.0], [0.0, 4.5, 1.0, 0.0], [0.5, 0.0, 4.0, 1.0], [1.0, 1.0, 1.0, 1.0]],
-                 np.float32)
-PREDICTIONS = "lifelong-predictions"
-DEAD_LETTERS = "lifelong-dead-letters"
-
-
-def labelled(i: int, rng: np.random.Generator) -> dict[str, Any]:
-    label = "abc"[i % 3]
-    x = np.array(CENTERS[label]) + rng.normal(0, 0.4, DIM)
-    return {"id": f"e{i}", "features": [round(float(v), 4) for v in x], "label": label}
-
-
-def stream_lines(n: int = 60, seed: int = 0) -> list[Any]:
-    """``n`` labelled events with unlabelled events, bad records and a true duplicate mixed in."""
-    rng = np.random.default_rng(seed)
-    lines: list[Any] = [labelled(i, rng) for i in range(n)]
-    extras: list[tuple[int, Any]] = [
-        (3, "this is not json"),
-        (9, {"id": "u0", "features": CENTERS["a"]}),
-        (13, {"id": "w", "features": [1, 2, 3], "label": "a"}),          # wrong dimension
-        (22, {"id": "u1", "features": [0.2, 4.8, 0.1, 0.0]}),
-        (27, {"id": "e2", "features": [9, 9, 9, 9], "label": "c"}),        # duplicate of a checkpointed id
-        (33, {"id": "t", "text": "hello", "label": "b"}),                  # wrong input kind
-        (41, {"id": "e15", "features": [1, 1, 1, 1], "label": "a"}),       # duplicate of a replayed id
-        (50, {"id": "u2", "features": [0.0, 0.3, 5.1, 0.0]}),
-        (58, ""),                                                          # blank: skipped, still a line
-        (62, {"id": "u3", "features": [4.9, 0.2, 0.0, 0.1]}),
-    ]
-    for at, line in extras:
-        lines.insert(at, line)
-    return lines
-
-
-def valid_labelled_ids(lines: list[Any]) -> list[str]:
-    seen: set[str] = set()
-    out = []
-    for line in lines:
-        if isinstance(line, dict) and "label" in line and len(line.get("features") or []) == DIM:
-            if line["id"] not in seen:
-                out.append(line["id"])
-            seen.add(line["id"])
-    return out
-
-
-def write_lines(path: Path, lines: list[Any]) -> Path:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
-    return path
-
-
-def make_settings(path: Path, ckpt_dir: Path | None, **overrides: Any) -> Settings:
-    base: dict[str, Any] = {
-        "source": {"kind": "file", "path": str(path), "batch_size": 8, "poll_timeout_s": 0.001},
-        "learner": {"name": "nmc", "input_kind": "features", "feature_dim": DIM, "feature_warmup_events": 20},
-        "evaluation": {"holdout_fraction": 0.0},
-        "checkpoint": {"dir": str(ckpt_dir) if ckpt_dir else None, "every_s": 3600.0, "every_events": 16},
-        "debug": {"track_learned_ids": True},
-        "publish_every_events": 1,
-    }
-    for key, value in overrides.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
-    return Settings(**base)
-
-
-class Services:
-    """Builds services and closes their sources at the end of a test."""
-
-    def __init__(self) -> None:
-        self.made: list[Service] = []
-
-    def __call__(self, settings: Settings, **kwargs: Any) -> Service:
-        service = Service(settings, **kwargs)
-        self.made.append(service)
-        return service
-
-    def close(self) -> None:
-        for service in self.made:
-            service.loop.close()
-
-
-@pytest.fixture
-def services() -> Iterator[Services]:
-    made = Services()
-    yield made
-    made.close()
-
-
-def run_to_end(service: Service, max_steps: int = 200) -> None:
-    for _ in range(max_steps):
-        service.loop.step()
-        if service.loop.source.exhausted:
-            return
-    raise AssertionError("source never exhausted")
-
-
-def crash(service: Service) -> None:
-    """Lose everything since the last checkpoint (the file handle is closed, nothing is saved)."""
-    service.loop.close()
-
-
-def probe_scores(service: Service) -> tuple[np.ndarray, list[str | None], int]:
-    snap = service.holder.current
-    assert snap is not None
-    preds = snap.predict_many(PROBE)
-    return preds.scores.copy(), list(preds.labels), preds.model_version
-
-
-def metrics_text(service: Service) -> str:
-    return service.metrics.exposition().decode()
-
-
-def sent_to(sink: MemorySink, topic: str) -> list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]]:
-    return [m for m in sink.sent if m[0] == topic]
-
-
-def predictions_by_id(sink: MemorySink) -> dict[str, dict[str, Any]]:
-    return {json.loads(m[1])["id"]: json.loads(m[1]) for m in sent_to(sink, PREDICTIONS)}
-
-
-def assert_same_learner_state(got: Service, want: Service) -> None:
-    got_arrays, got_meta = got.learner.state_dict()
-    want_arrays, want_meta = want.learner.state_dict()
-    assert got_meta == want_meta
-    assert set(got_arrays) == set(want_arrays)
-    for key in want_arrays:
-        np.testing.assert_array_equal(got_arrays[key], want_arrays[key], err_msg=key)
+from loop_harness import (
+    CENTERS, PROBE, DEAD_LETTERS, labelled, stream_lines, valid_labelled_ids, write_lines, make_settings,
+    Services, run_to_end, crash, probe_scores, metrics_text, sent_to, predictions_by_id,
+    assert_same_learner_state)
 
 
 # -- crash and restore -------------------------------------------------------------------------------
@@ -321,108 +196,6 @@ def test_checkpoint_contents_match_the_loop(tmp_path: Path, services: Services) 
     assert sorted(ckpt.parts["learned_ids"][1]["counts"]) == sorted(
         k for k, v in (service.loop.learned_ids or {}).items() if v)
     assert service.loop.source.committed == 16  # type: ignore[attr-defined]
-
-
-# -- outputs ---------------------------------------------------------------------------------------
-
-def test_dead_letters_and_predictions_go_to_the_sink(tmp_path: Path, services: Services) -> None:
-    rng = np.random.default_rng(1)
-    lines: list[Any] = [labelled(i, rng) for i in range(30)]
-    lines += ["{broken", {"id": "w", "features": [1, 2, 3], "label": "a"},
-              {"id": "u-a", "features": CENTERS["a"]}, {"id": "u-c", "features": [0.1, 0.0, 4.7, 0.3]}]
-    path = write_lines(tmp_path / "events.jsonl", lines)
-    sink = MemorySink()
-    service = services(make_settings(path, tmp_path / "state", source={"batch_size": 64}), sink=sink)
-    assert service.loop.step() == 34
-
-    dead = sent_to(sink, DEAD_LETTERS)
-    assert [(m[1], m[2]) for m in dead] == [(b"{broken", None), (json.dumps(lines[31]).encode(), None)]
-    assert dead[0][3] == [
-        ("lifelong.reason", b"not_json"),
-        ("lifelong.field", b""),
-        ("lifelong.detail", dead[0][3][2][1]),
-        ("lifelong.source.topic", b"events.jsonl"),
-        ("lifelong.source.partition", b"0"),
-        ("lifelong.source.offset", b"30"),
-    ]
-    headers = dict(dead[1][3])
-    assert headers["lifelong.reason"] == b"wrong_dimension"
-    assert headers["lifelong.field"] == b"features"
-    assert headers["lifelong.detail"] == b"3 values, expected 4"
-    assert headers["lifelong.source.offset"] == b"31"
-
-    preds = sent_to(sink, PREDICTIONS)
-    assert [m[2] for m in preds] == [b"u-a", b"u-c"]  # keyed by event id
-    assert all(m[3] == [] for m in preds)
-    values = [json.loads(m[1]) for m in preds]
-    version = service.learner.version
-    assert values[0]["id"] == "u-a" and values[0]["label"] == "a"
-    assert values[1]["id"] == "u-c" and values[1]["label"] == "c"
-    assert all(v["model_version"] == version and 0.0 < v["score"] <= 1.0 for v in values)
-    assert len(sink.sent) == 4
-    assert len(service.loop.pending) == 2
-
-
-@pytest.mark.parametrize("outputs, want_topics", [
-    ({"predictions_topic": None, "dead_letter_topic": None}, []),
-    ({"predictions_topic": None}, [DEAD_LETTERS]),
-    ({"dead_letter_topic": None}, [PREDICTIONS]),
-    ({"predictions_topic": "preds", "dead_letter_topic": "dlq"}, ["dlq", "preds"]),
-])
-def test_outputs_are_sent_only_to_configured_topics(tmp_path: Path, services: Services,
-                                                    outputs: dict[str, Any], want_topics: list[str]) -> None:
-    rng = np.random.default_rng(2)
-    lines: list[Any] = [labelled(i, rng) for i in range(6)] + ["nope", {"id": "u", "features": CENTERS["b"]}]
-    path = write_lines(tmp_path / "events.jsonl", lines)
-    sink = MemorySink()
-    service = services(make_settings(path, tmp_path / "state", outputs=outputs), sink=sink)
-    service.loop.step()
-    assert [m[0] for m in sink.sent] == want_topics
-    # counted and parked for a label whatever is configured
-    assert service.loop.counters.rejected == 1
-    assert "u" in service.loop.pending
-
-
-def test_without_a_sink_nothing_is_sent_but_everything_is_counted(tmp_path: Path, services: Services) -> None:
-    rng = np.random.default_rng(3)
-    path = write_lines(tmp_path / "events.jsonl", [labelled(i, rng) for i in range(6)] + ["nope"])
-    service = services(make_settings(path, tmp_path / "state"))  # file source: build_sink gives None
-    service.loop.step()
-    assert service.loop.sink is None
-    assert service.loop.counters.rejected == 1
-
-
-class FlakySink(MemorySink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.failing = True
-        self.flushes = 0
-
-    def flush(self, timeout_s: float) -> None:
-        self.flushes += 1
-        if self.failing:
-            raise SinkError("broker away")
-
-
-def test_a_failed_flush_postpones_the_checkpoint_and_the_commit(tmp_path: Path, services: Services,
-                                                                metric: Callable[..., float]) -> None:
-    path = write_lines(tmp_path / "events.jsonl", stream_lines())
-    sink = FlakySink()
-    service = services(make_settings(path, tmp_path / "state"), sink=sink)
-    service.loop.step()
-    service.loop.step()  # due: the flush fails
-    assert sink.flushes == 1
-    assert service.loop.counters.checkpoints == 0
-    assert Checkpointer(tmp_path / "state").load() is None
-    assert service.loop.source.committed == 0  # type: ignore[attr-defined]
-    assert metric(metrics_text(service), "lifelong_checkpoint_failures_total") == 1.0
-    sink.failing = False
-    service.loop.step()  # still due: retried
-    assert service.loop.counters.checkpoints == 1
-    assert service.loop.source.committed == 24  # type: ignore[attr-defined]
-    ckpt = Checkpointer(tmp_path / "state").load()
-    assert ckpt is not None and ckpt.offsets == service.loop.positions
-    assert metric(metrics_text(service), "lifelong_checkpoints_total") == 1.0
 
 
 # -- pending labels across a restart ------------------------------------------------------------------
