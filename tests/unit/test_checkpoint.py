@@ -11,7 +11,7 @@ import pytest
 
 import lifelong.service.checkpoint as checkpoint_module
 from lifelong import __version__
-from lifelong.memory.persistence import META, TENSORS
+from lifelong.memory.persistence import MANIFEST, META, TENSORS
 from lifelong.service.checkpoint import LATEST, Checkpoint, Checkpointer, Part
 from lifelong.stream.label_join import PendingStore
 
@@ -71,7 +71,7 @@ def test_round_trip_of_parts_and_offsets(tmp_path: Path) -> None:
                for (t, p), o in loaded.offsets.items())
     assert before <= loaded.created_at <= time.time()
     assert ckpt.path == tmp_path / "state" / LATEST
-    assert sorted(p.name for p in ckpt.path.iterdir()) == sorted([TENSORS, META])
+    assert sorted(p.name for p in ckpt.path.iterdir()) == sorted([TENSORS, META, MANIFEST])
     meta = json.loads((ckpt.path / META).read_text())
     assert meta["lifelong_version"] == __version__
     assert meta["offsets"] == [["events", 0, 42], ["events", 1, 17], ["labels", 0, 0]]

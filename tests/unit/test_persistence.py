@@ -1,13 +1,15 @@
 """save_state / load_state: atomic folder writes of arrays and JSON metadata."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lifelong.memory.persistence import FORMAT_VERSION, META, TENSORS, load_state, save_state
+from lifelong.memory.persistence import (FORMAT_VERSION, MANIFEST, META, TENSORS, DamagedState, load_state,
+                                         save_state)
 
 
 def arrays(seed: int) -> dict[str, np.ndarray]:
@@ -33,7 +35,20 @@ def test_round_trip(tmp_path: Path) -> None:
     got, meta = load_state(target)
     assert_same(got, want)
     assert meta == {"classes": ["a", "b"], "version": 7, "format_version": FORMAT_VERSION}
-    assert sorted(p.name for p in target.iterdir()) == sorted([TENSORS, META])
+    assert FORMAT_VERSION == 2
+    assert sorted(p.name for p in target.iterdir()) == sorted([TENSORS, META, MANIFEST])
+
+
+def test_the_manifest_lists_each_file_with_its_size_and_sha256(tmp_path: Path) -> None:
+    target = tmp_path / "state"
+    written = save_state(target, arrays(0), {"v": 1})
+    manifest = json.loads((target / MANIFEST).read_text())
+    assert manifest["format_version"] == 2
+    assert sorted(manifest["files"]) == [META, TENSORS]
+    for name, entry in manifest["files"].items():
+        data = (target / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert written == sum(f.stat().st_size for f in target.iterdir())
 
 
 def test_non_contiguous_arrays_are_saved(tmp_path: Path) -> None:
@@ -99,9 +114,107 @@ def test_load_missing_path_raises_file_not_found(tmp_path: Path) -> None:
         load_state(tmp_path / "nothing-here")
 
 
+def rewrite(folder: Path, name: str, data: bytes) -> None:
+    """Replace one file and update the manifest to match (a consistent folder, as another version might write)."""
+    (folder / name).write_bytes(data)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def damage(target: Path) -> str:
+    with pytest.raises(DamagedState) as caught:
+        load_state(target)
+    assert caught.value.folder == target
+    assert str(target) in str(caught.value)
+    return str(caught.value)
+
+
 def test_load_rejects_other_format_version(tmp_path: Path) -> None:
     target = tmp_path / "state"
     save_state(target, arrays(0), {})
-    (target / META).write_text(json.dumps({"format_version": FORMAT_VERSION + 1}))
-    with pytest.raises(ValueError):
-        load_state(target)
+    rewrite(target, META, json.dumps({"format_version": FORMAT_VERSION + 1}).encode())
+    assert "format_version 3" in damage(target)
+    assert isinstance(DamagedState(target, META, "x"), ValueError)  # callers that caught ValueError still do
+
+
+def test_a_changed_byte_fails_the_checksum_before_parsing(tmp_path: Path) -> None:
+    target = tmp_path / "state"
+    save_state(target, arrays(0), {})
+    data = bytearray((target / TENSORS).read_bytes())
+    data[-1] ^= 0x01  # one bit of one float: safetensors would load it without complaint
+    (target / TENSORS).write_bytes(bytes(data))
+    message = damage(target)
+    assert f"{TENSORS}: sha256 checksum mismatch" in message
+
+
+@pytest.mark.parametrize("name", [TENSORS, META])
+def test_a_truncated_file_is_named_with_its_sizes(tmp_path: Path, name: str) -> None:
+    target = tmp_path / "state"
+    save_state(target, arrays(0), {"k": "v"})
+    data = (target / name).read_bytes()
+    (target / name).write_bytes(data[: len(data) // 2])
+    assert f"{name}: size {len(data) // 2} bytes, manifest says {len(data)}" in damage(target)
+
+
+@pytest.mark.parametrize("name", [TENSORS, META, MANIFEST])
+def test_a_missing_file_is_named(tmp_path: Path, name: str) -> None:
+    target = tmp_path / "state"
+    save_state(target, arrays(0), {})
+    (target / name).unlink()
+    assert f"{name}: missing" in damage(target)
+
+
+def test_unparsable_files_that_match_the_manifest_are_damaged_too(tmp_path: Path) -> None:
+    target = tmp_path / "state"
+    save_state(target, arrays(0), {})
+    rewrite(target, META, b"{not json")
+    assert f"{META}: unparsable JSON" in damage(target)
+    rewrite(target, META, b"[1, 2]")
+    assert f"{META}: not a JSON object but list" in damage(target)
+    rewrite(target, META, json.dumps({"format_version": 2}).encode())
+    rewrite(target, TENSORS, b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
+    assert f"{TENSORS}: unparsable safetensors" in damage(target)
+
+
+@pytest.mark.parametrize("manifest", [b"", b"{\"format_version\": 2", b"[]", b'{"format_version": 9, "files": {}}',
+                                      b'{"format_version": 2, "files": {"meta.json": {"size": "1"}}}',
+                                      b'{"format_version": 2, "files": {}}'])
+def test_a_garbled_manifest_is_damage(tmp_path: Path, manifest: bytes) -> None:
+    target = tmp_path / "state"
+    save_state(target, arrays(0), {})
+    (target / MANIFEST).write_bytes(manifest)
+    assert f"{MANIFEST}: " in damage(target)
+
+
+def test_format_1_folders_without_a_manifest_still_load(tmp_path: Path) -> None:
+    # the layout written before manifests: the same two files, format_version 1
+    target = tmp_path / "state"
+    save_state(target, arrays(4), {"version": 3})
+    (target / MANIFEST).unlink()
+    (target / META).write_text(json.dumps({"format_version": 1, "version": 3}))
+    got, meta = load_state(target)
+    assert_same(got, arrays(4))
+    assert meta == {"format_version": 1, "version": 3}
+    # but nothing checks them: parsing is the only test a format 1 folder gets
+    (target / META).write_text("{")
+    assert f"{META}: unparsable JSON" in damage(target)
+
+
+def test_a_format_2_folder_without_its_manifest_is_damaged(tmp_path: Path) -> None:
+    target = tmp_path / "state"
+    save_state(target, arrays(0), {})
+    (target / MANIFEST).unlink()
+    assert f"{MANIFEST}: missing (format_version 2 requires one)" in damage(target)
+    (target / META).unlink()
+    assert f"{MANIFEST}: missing" in damage(target)
+
+
+def test_a_symlinked_state_is_read_through_one_resolution(tmp_path: Path) -> None:
+    save_state(tmp_path / "a", arrays(0), {"v": "a"})
+    (tmp_path / "link").symlink_to("a")
+    assert load_state(tmp_path / "link")[1]["v"] == "a"
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to("gone")
+    with pytest.raises(FileNotFoundError):
+        load_state(tmp_path / "link")
