@@ -71,21 +71,55 @@ def test_round_trip_of_parts_and_offsets(tmp_path: Path) -> None:
                for (t, p), o in loaded.offsets.items())
     assert before <= loaded.created_at <= time.time()
     assert ckpt.path == tmp_path / "state" / LATEST
+    assert loaded.path == tmp_path / "state" / "ckpt-000000000001"
+    assert loaded.skipped == ()
     assert sorted(p.name for p in ckpt.path.iterdir()) == sorted([TENSORS, META, MANIFEST])
     meta = json.loads((ckpt.path / META).read_text())
     assert meta["lifelong_version"] == __version__
     assert meta["offsets"] == [["events", 0, 42], ["events", 1, 17], ["labels", 0, 0]]
 
 
-def test_a_new_save_replaces_the_old_one_and_a_new_checkpointer_reads_it(tmp_path: Path) -> None:
+def test_a_new_checkpointer_continues_the_numbering_and_reads_the_newest(tmp_path: Path) -> None:
     Checkpointer(tmp_path).save(sample_parts(0), {("t", 0): 1})
     Checkpointer(tmp_path).save(sample_parts(1), {("t", 0): 9})
     loaded = Checkpointer(tmp_path).load()
     assert loaded is not None
     assert_parts_equal(loaded.parts, sample_parts(1))
     assert loaded.offsets == {("t", 0): 9}
-    # only the latest folder is left (no temporary or old siblings)
-    assert [p.name for p in tmp_path.iterdir()] == [LATEST]
+    assert loaded.path == tmp_path / "ckpt-000000000002"
+    # both numbered folders and the symlink, no temporary or old siblings
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000000001", "ckpt-000000000002", LATEST]
+    assert (tmp_path / LATEST).is_symlink()
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_keep_leaves_the_newest_folders_and_latest_points_at_the_newest(tmp_path: Path, keep: int) -> None:
+    ckpt = Checkpointer(tmp_path, keep=keep)
+    for seed in range(6):
+        ckpt.save(sample_parts(seed), {("t", 0): seed})
+    want = [f"ckpt-{seq:012d}" for seq in range(7 - keep, 7)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(want + [LATEST])
+    assert (tmp_path / LATEST).readlink() == Path(want[-1])  # relative: the folder can be moved whole
+    assert json.loads((tmp_path / LATEST / META).read_text())["offsets"] == [["t", 0, 5]]
+    for seq, name in zip(range(6 - keep, 6), want):  # each kept folder holds its own save
+        assert json.loads((tmp_path / name / META).read_text())["offsets"] == [["t", 0, seq]]
+
+
+def test_numbering_continues_from_the_highest_folder_on_disk(tmp_path: Path) -> None:
+    (tmp_path / "ckpt-000000000041").mkdir()  # even an empty (damaged) one reserves its number
+    (tmp_path / "ckpt-7").mkdir()  # not ours: ignored, never deleted
+    ckpt = Checkpointer(tmp_path, keep=1)
+    ckpt.save(sample_parts(), {("t", 0): 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000000042", "ckpt-7", LATEST]
+    loaded = ckpt.load()
+    assert loaded is not None and loaded.offsets == {("t", 0): 3}
+
+
+def test_bad_constructor_arguments_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="keep"):
+        Checkpointer(tmp_path, keep=0)
+    with pytest.raises(ValueError, match="on_unrecoverable"):
+        Checkpointer(tmp_path, on_unrecoverable="ignore")  # type: ignore[arg-type]
 
 
 def test_empty_parts_and_offsets(tmp_path: Path) -> None:
