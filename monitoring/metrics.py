@@ -50,6 +50,17 @@ class Metrics:
         self.pending_oldest_age = Gauge("lifelong_pending_oldest_age_seconds",
                                         "Age of the oldest event waiting for a label.", registry=r)
         self.pending_labels = Gauge("lifelong_pending_labels", "Unlabelled events waiting for a label.", registry=r)
+        self.early_labels = Gauge("lifelong_early_labels", "Labels waiting for their event (read before it).",
+                                  registry=r)
+        self.redelivered = Counter("lifelong_records_redelivered_total",
+                                   "Records read again at an offset this state has already taken (after a "
+                                   "rejoin or a failed commit); skipped, not learned twice.", registry=r)
+        self.dead_letters_truncated = Counter("lifelong_dead_letters_truncated_total",
+                                              "Dead letters whose payload was cut to fit outputs.max_message_bytes.",
+                                              registry=r)
+        self.dead_letters_dropped = Counter("lifelong_dead_letters_dropped_total",
+                                            "Dead letters given up after outputs.dead_letter_attempts deliveries "
+                                            "(logged; they never hold a checkpoint back).", registry=r)
 
         self.prequential_accuracy = Gauge("lifelong_prequential_accuracy",
                                           "Test-then-train accuracy over the last window of labelled events.",
@@ -89,8 +100,12 @@ class Metrics:
                                          "Kafka partitions this replica consumes now.", registry=r)
         self.checkpoints = Counter("lifelong_checkpoints_total", "Checkpoints written.", registry=r)
         self.checkpoint_failures = Counter("lifelong_checkpoint_failures_total",
-                                           "Checkpoints postponed because outputs were not acknowledged.",
+                                           "Checkpoints postponed (outputs not acknowledged) or failed (write "
+                                           "error, disk full); the last good one stays and it is retried.",
                                            registry=r)
+        self.checkpoint_fallbacks = Counter("lifelong_checkpoint_restore_fallbacks_total",
+                                            "Damaged checkpoints skipped at start for an older valid one.",
+                                            registry=r)
         self.checkpoint_seconds = Histogram("lifelong_checkpoint_seconds", "Time to write one checkpoint.",
                                             buckets=LEARN_BUCKETS, registry=r)
         self.checkpoint_bytes = Gauge("lifelong_checkpoint_bytes", "Size of the latest checkpoint.", registry=r)

@@ -29,9 +29,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Client libraries narrate every connection at INFO; keep their warnings.
         for name in ("kafka", "faiss.loader", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    from .checkpoint import CheckpointError, UnrecoverableCheckpoint
+    from .daemon import CheckpointMismatch
     from .runtime import Service  # heavy imports (torch) only when running
 
-    return Service(settings).serve()
+    try:
+        service = Service(settings)
+    except (CheckpointError, UnrecoverableCheckpoint, CheckpointMismatch) as exc:
+        # The state cannot be trusted or kept: say so and stop, never start empty silently.
+        logging.getLogger("lifelong").error("cannot start: %s", exc)
+        raise SystemExit(f"lifelong: cannot start: {exc}") from None
+    return service.serve()
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:

@@ -134,6 +134,10 @@ class HttpSettings(Section):
     keep_alive_s: float = Field(5.0, gt=0, description="Idle keep-alive connections are closed after this long.")
     graceful_shutdown_s: float = Field(10.0, gt=0, description="On SIGTERM, longest wait for in-flight requests "
                                        "before the final checkpoint.")
+    header_timeout_s: float = Field(10.0, gt=0, description="Longest a client may take to send a request's "
+                                    "headers; past it the connection is answered 408 and closed.")
+    body_timeout_s: float = Field(30.0, gt=0, description="Longest a client may take to send a request's body; "
+                                  "past it 408.")
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> "HttpSettings":
@@ -146,12 +150,17 @@ class LimitSettings(Section):
     max_record_bytes: int = Field(1_000_000, ge=64, description="Largest record or request body accepted.")
     max_text_chars: int = Field(10_000, ge=1, description="Longest text accepted.")
     max_features: int = Field(65_536, ge=1, description="Widest feature vector accepted.")
+    max_json_depth: int = Field(64, ge=2, le=1000, description="Deepest nesting of JSON arrays and objects in a "
+                                "record or request; deeper is rejected as too_deep.")
+    max_id_chars: int = Field(256, ge=1, le=4096, description="Longest event id or label accepted (events, label "
+                              "messages and /v1/feedback alike).")
     dedup_window: int = Field(100_000, ge=0, description="Recent event ids remembered to reject duplicates.")
 
 
 class LabelSettings(Section):
     max_pending: int = Field(100_000, ge=1, description="Unlabelled events kept waiting for a label.")
-    max_wait_s: float = Field(3600.0, gt=0, description="A label later than this after its event is dropped.")
+    max_wait_s: float = Field(3600.0, gt=0, description="A label later than this after its event is dropped; "
+                              "a label that arrives first waits as long for its event.")
     max_queued_feedback: int = Field(10_000, ge=1, description="Labels from HTTP queued for the loop; "
                                      "past it /v1/feedback answers 503.")
 
@@ -163,6 +172,12 @@ class OutputSettings(Section):
         "lifelong-dead-letters", description="Kafka topic for rejected records with the reason in headers (None: off).")
     flush_timeout_s: float = Field(10.0, gt=0, description="Longest wait for outputs to be acknowledged "
                                    "before a checkpoint.")
+    max_message_bytes: int = Field(1_000_000, ge=1024, description="Largest output message the producer sends "
+                                   "(its max_request_size); a dead letter over it carries a truncated payload with "
+                                   "the original size and sha256 in headers.")
+    dead_letter_attempts: int = Field(5, ge=1, description="Deliveries tried for one dead letter before it is "
+                                      "logged, counted (lifelong_dead_letters_dropped_total) and dropped; it never "
+                                      "holds the checkpoint back.")
 
 
 class CheckpointSettings(Section):
@@ -170,6 +185,11 @@ class CheckpointSettings(Section):
                              "offsets are then committed after each batch).")
     every_s: float = Field(30.0, gt=0, description="Longest time between checkpoints.")
     every_events: int = Field(10_000, ge=1, description="Most records between checkpoints.")
+    keep: int = Field(3, ge=1, le=100, description="Checkpoints kept; a damaged newest one is skipped for the next "
+                      "valid one at start.")
+    on_unrecoverable: Literal["refuse", "start_empty"] = Field(
+        "refuse", description="When checkpoints exist but none is valid: refuse to start (naming the files), or "
+        "start from nothing.")
 
 
 class EvaluationSettings(Section):

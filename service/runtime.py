@@ -85,7 +85,7 @@ def build_source(settings: Settings, offsets: dict[TopicPartition, int],
         client_options=dict(k.client_options)), offsets, on_revoke)
 
 
-def build_sink(settings: Settings) -> Sink | None:
+def build_sink(settings: Settings, metrics: Metrics) -> Sink | None:
     out = settings.outputs
     if settings.source.kind != "kafka" or not (out.predictions_topic or out.dead_letter_topic
                                                 or settings.source.kafka.labels_topic):
@@ -93,9 +93,15 @@ def build_sink(settings: Settings) -> Sink | None:
     from ..stream.kafka_source import retry_with_backoff
     from ..stream.sinks import KafkaSink
 
+    def dropped(topic: str) -> None:
+        if topic == out.dead_letter_topic:
+            metrics.dead_letters_dropped.inc()
+
     k = settings.source.kafka
-    return retry_with_backoff(lambda: KafkaSink(k.bootstrap_servers, dict(k.client_options)), what="producer",
-                              timeout_s=k.startup_timeout_s, initial_s=0.5, max_s=10.0)
+    return retry_with_backoff(
+        lambda: KafkaSink(k.bootstrap_servers, dict(k.client_options), max_message_bytes=out.max_message_bytes,
+                          max_attempts=out.dead_letter_attempts, on_drop=dropped),
+        what="producer", timeout_s=k.startup_timeout_s, initial_s=0.5, max_s=10.0)
 
 
 class Service:
@@ -111,10 +117,13 @@ class Service:
         factory = (lambda offsets, on_revoke: source) if source is not None else (
             lambda offsets, on_revoke: build_source(settings, offsets, on_revoke))
         ckpt = settings.checkpoint
-        checkpointer = Checkpointer(ckpt.dir, ckpt.every_s, ckpt.every_events) if ckpt.dir else None
+        checkpointer = Checkpointer(ckpt.dir, ckpt.every_s, ckpt.every_events, keep=ckpt.keep,
+                                    on_unrecoverable=ckpt.on_unrecoverable) if ckpt.dir else None
+        if checkpointer is not None:
+            checkpointer.check_writable()  # now, not at the first checkpoint minutes later
         # Sources and sinks connect in the loop's thread (that may retry for a
         # while); HTTP health answers meanwhile.
-        sink_factory = (lambda: sink) if sink is not None else (lambda: build_sink(settings))
+        sink_factory = (lambda: sink) if sink is not None else (lambda: build_sink(settings, self.metrics))
         self.loop = LearningLoop(settings, self.learner, factory, self.metrics, self.holder,
                                  sink=sink_factory, checkpointer=checkpointer)
         self.restored = self.loop.restore()
@@ -128,10 +137,11 @@ class Service:
             if sink is None:
                 raise FeedbackQueueFull("not connected to Kafka yet; retry shortly")
             # Through the labels topic, the label is as durable as any event
-            # and is joined exactly once, even across a crash.
-            sink.send(topic, message.model_dump_json().encode(), str(message.id).encode())
+            # and is joined exactly once, even across a crash. Acknowledged
+            # before the 202, so an accepted label is never lost.
             try:
-                sink.flush(self.settings.outputs.flush_timeout_s)
+                sink.send_now(topic, message.model_dump_json().encode(), str(message.id).encode(),
+                              self.settings.outputs.flush_timeout_s)
             except SinkError as exc:
                 raise FeedbackQueueFull(f"label not stored: {exc}") from None
             return
@@ -146,8 +156,8 @@ class Service:
         return {"version": __version__, "learner": self.learner.name, "input_kind": self.learner.input_kind,
                 "events_learned": served.events_learned if served else 0,
                 "events_rejected": self.loop.counters.rejected,
-                "pending_labels": len(self.loop.pending), "source": self.settings.source.kind,
-                "restored_from_checkpoint": self.restored}
+                "pending_labels": len(self.loop.join), "early_labels": len(self.loop.join.early),
+                "source": self.settings.source.kind, "restored_from_checkpoint": self.restored}
 
     def serve(self) -> int:
         """Run until SIGINT/SIGTERM or a learning-loop failure; returns the exit code.

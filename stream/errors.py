@@ -18,6 +18,9 @@ Reason = Literal[
     "oversized",
     "duplicate_id",
     "wrong_input_kind",
+    "too_deep",  # JSON nested past limits.max_json_depth
+    "bad_text",  # text or an id that is not encodable UTF-8 (e.g. a lone surrogate)
+    "internal_error",  # the record made encoding or learning fail; detail names the exception class
 ]
 REASONS: tuple[str, ...] = get_args(Reason)
 

@@ -58,9 +58,9 @@ class Event(Inputs):
     @classmethod
     def _id_str(cls, v: str | int) -> str:
         s = str(v)
-        if not 0 < len(s) <= 256:
-            raise ValueError("id must be 1 to 256 characters")
-        return s
+        if not s:
+            raise ValueError("id must not be empty")
+        return s  # the length limit (limits.max_id_chars) is checked by check_limits
 
     @field_validator("label")
     @classmethod
@@ -95,6 +95,13 @@ class EventLimits:
     max_record_bytes: int = 1_000_000
     max_text_chars: int = 10_000
     max_features: int = 65_536
+    max_json_depth: int = 64
+    max_id_chars: int = 256
+
+    @classmethod
+    def of(cls, limits: Any) -> "EventLimits":
+        """From anything with these attributes (the ``limits`` settings section)."""
+        return cls(**{name: getattr(limits, name) for name in cls.__dataclass_fields__})
 
 
 def _reason_for(err: dict[str, Any]) -> Reason:
@@ -125,20 +132,69 @@ def _from_validation_error(exc: ValidationError) -> InvalidEvent:
     return InvalidEvent(reason, field, msg)
 
 
+def check_name(value: str | None, field: str, limits: EventLimits) -> None:
+    """An id or label within limits.max_id_chars (the same bound for events, label messages and HTTP)."""
+    if value is not None and len(value) > limits.max_id_chars:
+        reason: Reason = "bad_label" if field == "label" else "schema"
+        raise InvalidEvent(reason, field, f"{len(value)} characters, limit limits.max_id_chars={limits.max_id_chars}")
+
+
 def check_limits(inputs: Inputs, limits: EventLimits) -> None:
     if inputs.text is not None and len(inputs.text) > limits.max_text_chars:
         raise InvalidEvent("text_too_long", "text", f"{len(inputs.text)} characters, limit {limits.max_text_chars}")
     if inputs.features is not None and len(inputs.features) > limits.max_features:
         raise InvalidEvent("wrong_dimension", "features", f"{len(inputs.features)} values, limit {limits.max_features}")
+    for field in ("id", "label"):
+        check_name(getattr(inputs, field, None), field, limits)
+
+
+def _bad_string(value: str) -> bool:
+    # json.loads turns the escape "\ud800" into a lone surrogate: a str that no
+    # UTF-8 encoder (tokenizer, Kafka, the HTTP answer) can take.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_tree(obj: Any, limits: EventLimits) -> None:
+    """Nesting within limits.max_json_depth and every string encodable UTF-8, checked without recursion.
+
+    ``field`` in the error is the top-level key under which the problem sits.
+    """
+    stack: list[tuple[Any, int, str]] = [(obj, 1, "")]
+    while stack:
+        value, depth, field = stack.pop()
+        if isinstance(value, str):
+            if _bad_string(value):
+                raise InvalidEvent("bad_text", field, "not valid UTF-8 text (a lone surrogate escape?)")
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > limits.max_json_depth:
+            raise InvalidEvent("too_deep", field, f"nested deeper than limits.max_json_depth={limits.max_json_depth}")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _bad_string(key):
+                    raise InvalidEvent("bad_text", field, "a key is not valid UTF-8 text")
+                stack.append((item, depth + 1, field or key))
+        else:
+            stack.extend((item, depth + 1, field) for item in value if isinstance(item, (str, dict, list)))
 
 
 def load_json(raw: bytes | str, limits: EventLimits) -> Any:
+    """Parse one record: within the size and depth limits, every string valid UTF-8."""
     if len(raw) > limits.max_record_bytes:
         raise InvalidEvent("oversized", "", f"{len(raw)} bytes, limit {limits.max_record_bytes}")
     try:
-        return json.loads(raw)
+        obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidEvent("not_json", "", str(exc)) from None
+    except RecursionError:  # the C parser recurses per nesting level
+        raise InvalidEvent("too_deep", "", f"nested deeper than limits.max_json_depth={limits.max_json_depth}") from None
+    check_tree(obj, limits)
+    return obj
 
 
 def decode_event(raw: bytes | str, limits: EventLimits = EventLimits()) -> Event:
@@ -170,10 +226,20 @@ def decode_label(raw: bytes | str, limits: EventLimits = EventLimits()) -> Label
     obj = load_json(raw, limits)
     if not isinstance(obj, dict):
         raise InvalidEvent("schema", "", "a label message is a JSON object")
+    return validate_label(obj, limits)
+
+
+def validate_label(obj: Any, limits: EventLimits = EventLimits()) -> LabelMessage:
+    """A parsed label message (events' id and label limits apply) or :class:`InvalidEvent`."""
     try:
-        return LabelMessage.model_validate(obj)
+        message = LabelMessage.model_validate(obj)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         field = _field_of(err)
         reason: Reason = "bad_label" if field == "label" else "schema"
         raise InvalidEvent(reason, field, str(err.get("msg", ""))) from None
+    if not str(message.id):
+        raise InvalidEvent("schema", "id", "id must not be empty")
+    check_name(str(message.id), "id", limits)
+    check_name(str(message.label), "label", limits)
+    return message

@@ -1,8 +1,9 @@
-"""Joins delayed labels to earlier unlabelled events.
+"""Joins delayed labels to their events, in whichever order the two arrive.
 
 The pending store keeps what the learner needs later (tap features, not raw
-text) keyed by event id. It is bounded in count and in age: the oldest entry
-goes when it is full, and entries older than ``max_age_s`` expire.
+text) keyed by event id; the early-label store keeps labels whose event has
+not been read yet. Both are bounded in count and in age: the oldest entry goes
+when one is full, and entries older than ``max_age_s`` expire.
 """
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class PendingStore:
 
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._items
+
+    def mark_joined(self, event_id: str) -> None:
+        """Record that ``event_id`` was joined without being parked (its label came first)."""
+        self._mark(event_id, "joined")
 
     def _mark(self, event_id: str, outcome: JoinOutcome) -> None:
         self._done[event_id] = outcome
@@ -111,3 +116,60 @@ class PendingStore:
         self._done = OrderedDict((i, o) for i, o in meta["done"])
         self.evicted = int(meta["evicted"])
         self.expired = int(meta["expired"])
+
+
+class EarlyLabels:
+    """Labels read before their event, waiting for it (the order-free half of the join).
+
+    After a restart with a backlog on both topics, or with producers that do not
+    order the two, a label can arrive first. It waits here, bounded like the
+    pending events (``max_items`` and ``max_age_s``), and joins when its event
+    comes. One that waits out its limit, or is pushed out when the store is
+    full, ends as ``unknown_id``: what it would have been without the wait.
+    """
+
+    def __init__(self, max_items: int = 100_000, max_age_s: float = 3600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_items = max_items
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._items: OrderedDict[str, Pending] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._items
+
+    def add(self, event_id: str, label: str) -> int:
+        """Park ``label`` (the first label of an id wins: check ``in`` first); returns how many were pushed out."""
+        if event_id in self._items:
+            return 0
+        self._items[event_id] = Pending(label, self._clock())
+        evicted = 0
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+            evicted += 1
+        return evicted
+
+    def take(self, event_id: str) -> str | None:
+        """The label waiting for ``event_id`` (removed), or None."""
+        entry = self._items.pop(event_id, None)
+        return None if entry is None else str(entry.payload)
+
+    def expire(self) -> int:
+        """Drop labels that waited longer than ``max_age_s``; returns how many went."""
+        cutoff = self._clock() - self.max_age_s
+        n = 0
+        while self._items and next(iter(self._items.values())).added_at < cutoff:
+            self._items.popitem(last=False)
+            n += 1
+        return n
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        now = self._clock()
+        return {}, {"items": [[i, str(p.payload), now - p.added_at] for i, p in self._items.items()]}
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        now = self._clock()
+        self._items = OrderedDict((str(i), Pending(str(label), now - float(age))) for i, label, age in meta["items"])

@@ -26,19 +26,23 @@ class ParsedEvent:
     ts: float | None = None
 
 
-def _name(value: Any) -> str | None:
-    """An id or label as a string: str (1-256 chars) or int, not bool; None if it is neither."""
+def _name(value: Any, max_chars: int) -> str | None:
+    """An id or label as a string: str (1 to max_chars) or int, not bool; None if it is neither."""
     kind = type(value)
     if kind is int:
-        return str(value)
-    if kind is str and 0 < len(value) <= 256:
+        name = str(value)
+        return name if len(name) <= max_chars else None
+    if kind is str and 0 < len(value) <= max_chars:
         return value
     return None
 
 
 def _fast_parse(raw: bytes, limits: EventLimits) -> ParsedEvent | None:
     """The common well-formed record, checked without pydantic (~10x faster); None means "not sure":
-    the caller then runs the full validation, which accepts or names the exact reason."""
+    the caller then runs the full validation, which accepts or names the exact reason.
+
+    orjson refuses what the full check must name (lone surrogates, nesting past 1024), so a
+    record this accepts is valid UTF-8 throughout; its shape is at most two levels deep."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -46,7 +50,8 @@ def _fast_parse(raw: bytes, limits: EventLimits) -> ParsedEvent | None:
     if type(obj) is not dict or not obj.keys() <= _KEYS:
         return None
     raw_label = obj.get("label")
-    event_id, label = _name(obj.get("id")), None if raw_label is None else _name(raw_label)
+    event_id = _name(obj.get("id"), limits.max_id_chars)
+    label = None if raw_label is None else _name(raw_label, limits.max_id_chars)
     if event_id is None or (raw_label is not None and label is None):
         return None
     segment = obj.get("segment")
@@ -101,6 +106,10 @@ class RecentIds:
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
         return False
+
+    def discard(self, event_id: str) -> None:
+        """Give an id back (its event was rejected after validation), so a corrected resend is accepted."""
+        self._ids.pop(event_id, None)
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {}, {"ids": list(self._ids)}

@@ -53,7 +53,7 @@ def test_dead_letters_and_predictions_go_to_the_sink(tmp_path: Path, services: S
     assert values[1]["id"] == "u-c" and values[1]["label"] == "c"
     assert all(v["model_version"] == version and 0.0 < v["score"] <= 1.0 for v in values)
     assert len(sink.sent) == 4
-    assert len(service.loop.pending) == 2
+    assert len(service.loop.join.pending) == 2
 
 
 @pytest.mark.parametrize("outputs, want_topics", [
@@ -73,7 +73,7 @@ def test_outputs_are_sent_only_to_configured_topics(tmp_path: Path, services: Se
     assert [m[0] for m in sink.sent] == want_topics
     # counted and parked for a label whatever is configured
     assert service.loop.counters.rejected == 1
-    assert "u" in service.loop.pending
+    assert "u" in service.loop.join.pending
 
 
 def test_without_a_sink_nothing_is_sent_but_everything_is_counted(tmp_path: Path, services: Services) -> None:

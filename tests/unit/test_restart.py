@@ -164,7 +164,8 @@ def test_no_checkpoint_means_no_restore(tmp_path: Path, services: Services) -> N
     assert service.restored is False
     assert service.holder.current is None
     assert service.loop.positions == {}
-    assert not (tmp_path / "state").exists()
+    # the folder is made (and proved writable) at start, but holds no state yet
+    assert list((tmp_path / "state").iterdir()) == []
 
 
 def test_without_a_checkpoint_dir_offsets_are_committed_after_every_batch(tmp_path: Path,
@@ -189,7 +190,8 @@ def test_checkpoint_contents_match_the_loop(tmp_path: Path, services: Services) 
     service.loop.step()
     ckpt = Checkpointer(tmp_path / "state").load()
     assert ckpt is not None
-    assert set(ckpt.parts) == {"learner", "pending", "dedup", "prequential", "evaluator", "eval_log", "learned_ids"}
+    assert set(ckpt.parts) == {"learner", "pending", "early_labels", "dedup", "prequential", "evaluator", "eval_log",
+                              "learned_ids"}
     assert ckpt.offsets == service.loop.positions
     assert ckpt.parts["learner"][1]["events_learned"] == service.learner.events_learned
     assert ckpt.parts["pending"][1]["ids"] == ["u0"]
@@ -210,14 +212,14 @@ def test_a_pending_label_survives_a_restart(tmp_path: Path, services: Services,
     first = services(settings)
     assert first.loop.step() == 31
     assert first.loop.counters.checkpoints == 1
-    tap = first.loop.pending._items["u1"].payload.copy()
+    tap = first.loop.join.pending._items["u1"].payload.copy()
     crash(first)
 
     second = services(settings)
     assert second.restored
-    assert len(second.loop.pending) == 1 and "u1" in second.loop.pending
-    np.testing.assert_array_equal(second.loop.pending._items["u1"].payload, tap)
-    assert second.loop.pending.oldest_age_s() >= 0.0
+    assert len(second.loop.join.pending) == 1 and "u1" in second.loop.join.pending
+    np.testing.assert_array_equal(second.loop.join.pending._items["u1"].payload, tap)
+    assert second.loop.join.pending.oldest_age_s() >= 0.0
     run_to_end(second)  # nothing left to read
     assert second.learner.events_learned == 30
     version = second.learner.version
@@ -233,7 +235,7 @@ def test_a_pending_label_survives_a_restart(tmp_path: Path, services: Services,
     assert second.loop.learned_ids is not None
     assert second.loop.learned_ids["u1"] == 1
     assert set(second.loop.learned_ids.values()) == {1}
-    assert len(second.loop.pending) == 0
+    assert len(second.loop.join.pending) == 0
 
     # once more: a duplicate, learned once
     assert client.post("/v1/feedback", json={"id": "u1", "label": "b"}).status_code == 202
@@ -247,8 +249,8 @@ def test_a_pending_label_survives_a_restart(tmp_path: Path, services: Services,
     third = services(settings)
     assert third.learner.events_learned == 31
     assert third.loop.learned_ids is not None and third.loop.learned_ids["u1"] == 1
-    assert len(third.loop.pending) == 0
-    assert third.loop.pending.take("u1") == ("duplicate", None)
+    assert len(third.loop.join.pending) == 0
+    assert third.loop.join.pending.take("u1") == ("duplicate", None)
 
 
 def test_a_label_joined_while_the_stream_is_idle_is_checkpointed_within_every_s(

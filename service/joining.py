@@ -1,0 +1,77 @@
+"""The order-free label join of the learning loop: events waiting for labels, labels waiting for events.
+
+Outcomes are counted once, when they are final (``lifelong_labels_total``):
+``joined`` when a label meets its event in either order, ``duplicate`` for a
+second label of an id, ``expired`` for a label later than the wait limit after
+its event, ``unknown_id`` for a label whose event never came within the wait
+limit (or that was pushed out of a full early-label store).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..monitoring.metrics import Metrics
+from ..stream.label_join import EarlyLabels, PendingStore
+
+Part = tuple[dict[str, np.ndarray], dict[str, Any]]
+
+
+class LabelJoin:
+    def __init__(self, max_items: int, max_wait_s: float, metrics: Metrics) -> None:
+        self.pending = PendingStore(max_items, max_wait_s)
+        self.early = EarlyLabels(max_items, max_wait_s)
+        self.metrics = metrics
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def _count(self, outcome: str, n: int = 1) -> None:
+        if n:
+            self.metrics.labels.labels(outcome=outcome).inc(n)
+
+    def park(self, event_id: str, tap: np.ndarray) -> str | None:
+        """An unlabelled event arrived: its early label if one waits (then it is learned now), else parked."""
+        label = self.early.take(event_id)
+        if label is not None:
+            self.pending.mark_joined(event_id)
+            self._count("joined")
+            return label
+        self.metrics.pending_expired.inc(self.pending.add(event_id, tap))
+        return None
+
+    def labelled_event(self, event_id: str) -> None:
+        """An event arrived with its own label: a label for it, before or after, is a second one."""
+        self.pending.mark_joined(event_id)
+        if self.early.take(event_id) is not None:
+            self._count("duplicate")
+
+    def label(self, event_id: str, label: str) -> np.ndarray | None:
+        """A label arrived: the tap of its waiting event (joined), or None (it waits, or is counted)."""
+        outcome, tap = self.pending.take(event_id)
+        if outcome == "joined":
+            self._count("joined")
+            return tap  # type: ignore[no-any-return]
+        if outcome != "unknown_id":
+            self._count(outcome)
+        elif event_id in self.early:
+            self._count("duplicate")  # the first label that arrived wins
+        else:
+            self._count("unknown_id", self.early.add(event_id, label))  # those pushed out of a full store
+        return None
+
+    def expire(self) -> None:
+        self.metrics.pending_expired.inc(self.pending.expire())
+        self._count("unknown_id", self.early.expire())
+        self.metrics.pending_labels.set(len(self.pending))
+        self.metrics.pending_oldest_age.set(self.pending.oldest_age_s())
+        self.metrics.early_labels.set(len(self.early))
+
+    def state_parts(self) -> dict[str, Part]:
+        return {"pending": self.pending.state_dict(), "early_labels": self.early.state_dict()}
+
+    def load_parts(self, parts: dict[str, Part]) -> None:
+        self.pending.load_state_dict(*parts["pending"])
+        if "early_labels" in parts:  # checkpoints before the order-free join have none
+            self.early.load_state_dict(*parts["early_labels"])
