@@ -9,7 +9,7 @@ import pytest
 
 with warnings.catch_warnings():  # kafka-python's import is noisy with DeprecationWarnings
     warnings.simplefilter("ignore", DeprecationWarning)
-    from kafka.errors import KafkaConfigurationError, KafkaConnectionError
+    from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaConnectionError, KafkaTimeoutError
     from kafka.structs import OffsetAndMetadata
     from kafka.structs import TopicPartition as KafkaTP
 
@@ -107,6 +107,8 @@ class FakeConsumer:
         self.listener: Any = None
         self.topics: list[str] = []
         self.closed: dict[str, Any] | None = None
+        self.commit_errors: list[Exception] = []
+        self.commit_timeouts: list[int | None] = []
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self.topics, self.listener = topics, listener
@@ -114,7 +116,10 @@ class FakeConsumer:
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[KafkaTP, list[Any]]:
         return self.batches.pop(0) if self.batches else {}
 
-    def commit(self, offsets: dict[KafkaTP, OffsetAndMetadata]) -> None:
+    def commit(self, offsets: dict[KafkaTP, OffsetAndMetadata], timeout_ms: int | None = None) -> None:
+        self.commit_timeouts.append(timeout_ms)
+        if self.commit_errors:
+            raise self.commit_errors.pop(0)
         self.committed.append(offsets)
 
     def close(self, autocommit: bool = True) -> None:
@@ -158,9 +163,9 @@ def test_kafka_poll_drops_records_below_the_checkpointed_offset(kafka: Callable[
 
 def test_kafka_commit_revoke_and_close(kafka: Callable[..., Any]) -> None:
     source, consumer, revoked = kafka()
-    source.commit({})
+    assert source.commit({}) is True
     assert consumer.committed == []
-    source.commit({("events", 1): 7})
+    assert source.commit({("events", 1): 7}) is True
     assert consumer.committed == [{KafkaTP("events", 1): OffsetAndMetadata(7, "", -1)}]
     consumer.listener.on_partitions_revoked([])
     assert revoked == []
@@ -169,3 +174,87 @@ def test_kafka_commit_revoke_and_close(kafka: Callable[..., Any]) -> None:
     consumer.listener.on_partitions_assigned([KafkaTP("events", 0)])
     source.close()
     assert consumer.closed == {"autocommit": False}
+
+
+def test_kafka_poll_skips_records_redelivered_after_a_rejoin(kafka: Callable[..., Any]) -> None:
+    # A failed commit, then the group is joined again: the consumer restarts at
+    # the committed offset (2), behind what this state has taken (up to 4).
+    source, consumer, _ = kafka()
+    tp = KafkaTP("events", 0)
+    consumer.batches = [{tp: [consumer_record(i) for i in range(5)]},
+                        {tp: [consumer_record(i) for i in range(2, 7)]}]
+    assert [r.offset for r in source.poll(100, 0.1)] == [0, 1, 2, 3, 4]
+    assert [r.offset for r in source.poll(100, 0.1)] == [5, 6]
+    assert source.skipped == 3
+    assert source.floors == {("events", 0): 7}
+
+
+def test_kafka_commit_failure_returns_false_and_backs_off(kafka: Callable[..., Any], fake_time: FakeTime) -> None:
+    source, consumer, _ = kafka()
+    consumer.commit_errors = [KafkaTimeoutError(), KafkaConnectionError(), CommitFailedError()]
+    assert source.commit({("events", 0): 3}) is False  # broker away: not acknowledged, no exception
+    assert consumer.commit_timeouts == [3000]
+    fake_time.now += 0.4
+    assert source.commit({("events", 0): 4}) is False  # within the 0.5 s backoff: not even tried
+    assert len(consumer.commit_timeouts) == 1
+    fake_time.now += 0.2
+    assert source.commit({("events", 0): 4}) is False  # tried (with a short timeout), failed again
+    assert consumer.commit_timeouts == [3000, 1000]
+    fake_time.now += 0.9
+    assert source.commit({("events", 0): 5}) is False  # the backoff doubled to 1 s
+    assert len(consumer.commit_timeouts) == 2
+    fake_time.now += 0.2
+    assert source.commit({("events", 0): 5}) is False  # a rebalance fenced the commit
+    fake_time.now += 2.1
+    assert source.commit({("events", 0): 6}) is True
+    assert consumer.committed == [{KafkaTP("events", 0): OffsetAndMetadata(6, "", -1)}]
+    assert source.commit_failures == 3
+    assert source.commit({("events", 0): 7}) is True  # success reset the backoff and the timeout
+    assert consumer.commit_timeouts[-1] == 3000
+
+
+def test_kafka_commit_backoff_is_capped(kafka: Callable[..., Any], fake_time: FakeTime) -> None:
+    source, consumer, _ = kafka()
+    consumer.commit_errors = [KafkaTimeoutError() for _ in range(100)]
+    tries = 0
+    for _ in range(400):  # 40 s in 0.1 s steps
+        fake_time.now += 0.1
+        before = len(consumer.commit_timeouts)
+        source.commit({("events", 0): 1})
+        tries += len(consumer.commit_timeouts) - before
+    # 0.5, 1, 2, 4, then every 5 s: about 10 tries in 40 s, never a busy loop
+    assert 8 <= tries <= 11
+
+
+def test_kafka_lag_is_unknown_without_a_request_while_commits_fail(kafka: Callable[..., Any],
+                                                                     fake_time: FakeTime) -> None:
+    source, consumer, _ = kafka()
+    consumer.assignment = lambda: {KafkaTP("events", 0)}  # type: ignore[method-assign]
+
+    def end_offsets(partitions: list[KafkaTP], timeout_ms: int) -> dict[KafkaTP, int]:
+        raise AssertionError("no request while the broker is known to be away")
+
+    consumer.end_offsets = end_offsets  # type: ignore[attr-defined]
+    consumer.commit_errors = [KafkaTimeoutError()]
+    assert source.commit({("events", 0): 1}) is False
+    assert source.lag() is None
+
+
+def test_kafka_client_settings_favour_a_quick_comeback(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[dict[str, Any]] = []
+
+    class Recorder(FakeConsumer):
+        def __init__(self, **config: Any) -> None:
+            super().__init__()
+            made.append(config)
+
+    monkeypatch.setattr(kafka_source, "KafkaConsumer", Recorder)
+    KafkaSource(KafkaSourceOptions("a:1,b:2", ("events",), session_timeout_s=9,
+                                   client_options={"security_protocol": "SSL", "request_timeout_ms": 20000}))
+    config = made[0]
+    assert config["bootstrap_servers"] == ["a:1", "b:2"]
+    assert config["reconnect_backoff_max_ms"] == 1000  # kafka-python's default is 30 s
+    assert config["session_timeout_ms"] == 9000 and config["heartbeat_interval_ms"] == 3000
+    assert config["enable_auto_commit"] is False
+    assert config["request_timeout_ms"] == 20000  # client_options win over the defaults
+    assert config["security_protocol"] == "SSL"
