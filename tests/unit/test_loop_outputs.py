@@ -116,3 +116,33 @@ def test_a_failed_flush_postpones_the_checkpoint_and_the_commit(tmp_path: Path, 
     ckpt = Checkpointer(tmp_path / "state").load()
     assert ckpt is not None and ckpt.offsets == service.loop.positions
     assert metric(metrics_text(service), "lifelong_checkpoints_total") == 1.0
+
+
+def test_a_failed_checkpoint_write_keeps_the_loop_going_and_is_retried(tmp_path: Path, services: Services,
+                                                                       metric: Callable[..., float],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifelong.service.checkpoint import CheckpointWriteError
+
+    path = write_lines(tmp_path / "events.jsonl", stream_lines())
+    service = services(make_settings(path, tmp_path / "state"))
+    ckpt = service.loop.checkpointer
+    assert ckpt is not None
+    real_save = ckpt.save
+
+    def full_disk(*args: object, **kwargs: object) -> object:
+        raise CheckpointWriteError("could not write a checkpoint: [Errno 28] No space left on device")
+
+    monkeypatch.setattr(ckpt, "save", full_disk)
+    service.loop.step()
+    service.loop.step()  # due: the write fails
+    assert service.loop.counters.checkpoints == 0
+    assert service.loop.source.committed == 0  # type: ignore[attr-defined]
+    assert metric(metrics_text(service), "lifelong_checkpoint_failures_total") == 1.0
+    learned = service.loop.counters.learned
+    service.loop.step()  # still learning meanwhile
+    assert service.loop.counters.learned > learned
+    monkeypatch.setattr(ckpt, "save", real_save)
+    ckpt._failed_at = None  # type: ignore[attr-defined]  # do not wait out the retry pause in a test
+    service.loop.step()
+    assert service.loop.counters.checkpoints == 1
+    assert service.loop.source.committed == service.loop.positions[("events.jsonl", 0)]  # type: ignore[attr-defined]
