@@ -73,8 +73,12 @@ class FirstRecordClock:
             self.first = time.perf_counter()
         return records
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.source.commit(offsets)
+    @property
+    def skipped(self) -> int:
+        return self.source.skipped
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> bool:
+        return self.source.commit(offsets)
 
     def close(self) -> None:
         self.source.close()

@@ -32,6 +32,7 @@ class ReplaySource:
     """The stream's events again and again, each with a fresh integer id; never exhausted."""
 
     exhausted = False
+    skipped = 0
 
     def __init__(self, bodies: list[bytes]) -> None:
         self._bodies = bodies
@@ -45,8 +46,8 @@ class ReplaySource:
             self._n += 1
         return out
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        pass
+    def commit(self, offsets: dict[TopicPartition, int]) -> bool:
+        return True
 
     def close(self) -> None:
         pass

@@ -78,6 +78,7 @@ class LearningLoop:
         self._revoked = threading.Event()
         self._uncommitted: dict[TopicPartition, int] | None = None  # checkpointed, commit not acknowledged
         self._last_commit_try = 0.0
+        self._skipped = 0
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -215,6 +216,8 @@ class LearningLoop:
         if not polled and self.source.exhausted:
             self._stop.wait(src.poll_timeout_s)
         self.metrics.events_consumed.inc(len(polled))
+        skipped, self._skipped = self.source.skipped - self._skipped, self.source.skipped
+        self.metrics.redelivered.inc(skipped)  # those the source dropped itself
         records = self._fresh(polled)
         self.intake.events([r for r in records if r.topic != self._labels_topic])
         labels = [r for r in records if r.topic == self._labels_topic]

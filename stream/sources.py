@@ -24,6 +24,10 @@ class Record:
 
 
 class Source(Protocol):
+    # Records read again below what was handed out already (a rejoin at an
+    # older committed offset) and dropped by the source itself.
+    skipped: int
+
     @property
     def exhausted(self) -> bool:
         """True when a finite source has nothing left (never for Kafka)."""
@@ -31,7 +35,9 @@ class Source(Protocol):
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]: ...
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+    def commit(self, offsets: dict[TopicPartition, int]) -> bool:
+        """Commit ``offsets``; False when it did not hold (the caller tries again later)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -55,6 +61,7 @@ class FileSource:
         self._fh: io.BufferedIOBase = opener(self.path, "rb")  # type: ignore[assignment]
         self._offset = 0
         self._done = False
+        self.skipped = 0  # a file is never read twice
         self.committed = start_offset
         for _ in range(start_offset):
             if not self._fh.readline():
@@ -78,10 +85,11 @@ class FileSource:
             self._offset += 1
         return out
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         for (topic, _), offset in offsets.items():
             if topic == self.name:
                 self.committed = max(self.committed, offset)
+        return True
 
     def close(self) -> None:
         self._fh.close()

@@ -26,6 +26,7 @@ class TopicsSource:
         self.commits: list[dict[TopicPartition, int]] = []
         self.commit_ok = True
         self.order: list[str] = []  # which topic each produced record went to, in order
+        self.skipped = 0
 
     @property
     def exhausted(self) -> bool:
