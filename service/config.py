@@ -154,6 +154,8 @@ class LimitSettings(Section):
                                 "record or request; deeper is rejected as too_deep.")
     max_id_chars: int = Field(256, ge=1, le=4096, description="Longest event id or label accepted (events, label "
                               "messages and /v1/feedback alike).")
+    max_classes: int = Field(10_000, ge=2, description="Most classes the model learns; an event with a new "
+                             "label past it is rejected as too_many_classes (memory grows with every class).")
     dedup_window: int = Field(100_000, ge=0, description="Recent event ids remembered to reject duplicates.")
 
 

@@ -63,6 +63,7 @@ class Intake:
         self._outputs = settings.outputs
         self._labels_topic = labels_topic
         lim = settings.limits
+        self._max_classes = lim.max_classes
         self.validator = EventValidator(learner.input_kind, learner.input_dim, EventLimits.of(lim), lim.dedup_window)
         self.join = LabelJoin(settings.labels.max_pending, settings.labels.max_wait_s, metrics)
         self.prequential = PrequentialAccuracy(settings.prequential_window)
@@ -193,7 +194,23 @@ class Intake:
                 early.append(item)
 
     def _learn(self, items: Sequence[Item]) -> None:
-        isolate(items, self._learn_batch, self._reject)
+        isolate(self._within_classes(items), self._learn_batch, self._reject)
+
+    def _within_classes(self, items: Sequence[Item]) -> list[Item]:
+        """Reject events that would add a class past limits.max_classes (in stream order)."""
+        if not items:
+            return []
+        known = set(self.learner.classes)
+        kept = []
+        for item in items:
+            if item.label not in known:
+                if len(known) >= self._max_classes:
+                    self._reject(item, InvalidEvent("too_many_classes", "label", f"a new class past "
+                                                    f"limits.max_classes={self._max_classes}"))
+                    continue
+                known.add(str(item.label))
+            kept.append(item)
+        return kept
 
     def _learn_batch(self, items: Sequence[Item]) -> None:
         started = time.perf_counter()

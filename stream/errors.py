@@ -21,6 +21,7 @@ Reason = Literal[
     "too_deep",  # JSON nested past limits.max_json_depth
     "bad_text",  # text or an id that is not encodable UTF-8 (e.g. a lone surrogate)
     "internal_error",  # the record made encoding or learning fail; detail names the exception class
+    "too_many_classes",  # a new label past limits.max_classes (the model's memory grows per class)
 ]
 REASONS: tuple[str, ...] = get_args(Reason)
 

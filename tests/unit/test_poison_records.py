@@ -170,3 +170,15 @@ def test_an_oversized_dead_letter_is_cut_to_fit_and_says_so() -> None:
     assert h["lifelong.truncated"] == b"1" and h["lifelong.reason"] == b"oversized"
     small, _, small_headers = dead_letter(Record(b"{x", EVENTS), InvalidEvent("not_json", "", "x"), 1_000_000)
     assert small == b"{x" and "lifelong.truncated" not in dict(small_headers)
+
+
+def test_new_classes_past_the_limit_are_rejected(tmp_path: Path) -> None:
+    source = TopicsSource()
+    source.produce(EVENTS, [{"id": f"c{i}", "features": [float(i), 1.0, 0.0, 0.0], "label": f"class-{i}"}
+                            for i in range(5)] + [{"id": "again", "features": [0.0, 1.0, 0.0, 0.0], "label": "class-1"}])
+    sink = MemorySink()
+    service = Service(topics_settings(tmp_path / "state", limits={"max_classes": 3}), source=source, sink=sink)
+    service.loop.step()
+    assert reasons(sink) == ["too_many_classes", "too_many_classes"]
+    assert sorted(service.learner.classes) == ["class-0", "class-1", "class-2"]
+    assert service.loop.learned_ids == {"c0": 1, "c1": 1, "c2": 1, "again": 1}  # a known class still learns
