@@ -1,7 +1,8 @@
 """The HTTP app. It reads the current serving snapshot and never touches the live learner.
 
 Routes: POST /v1/predict, POST /v1/feedback, GET /v1/model, /healthz, /readyz, /metrics.
-Bad input answers 4xx with the field and the reason. /v1/predict validates on
+Bad input answers 4xx with the field and the reason (bodies are read and
+checked in service/http_body.py, never by FastAPI). /v1/predict validates on
 the event loop, then awaits the micro-batcher (service/batcher.py), whose
 worker thread runs the model: the loop never blocks on the encoder.
 """
@@ -14,19 +15,22 @@ import time
 from typing import Any, AsyncIterator, Protocol
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Response
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..learner.base import ServingModel
 from ..monitoring.metrics import HTTP_ROUTES, Metrics
 from ..stream.errors import InvalidEvent
-from ..stream.events import EventLimits, Inputs, LabelMessage, validate_inputs
+from ..stream.events import EventLimits, Inputs, LabelMessage, validate_inputs, validate_label
 from .batcher import Answer, Overloaded, PredictBatcher
 from .config import Settings
 from .daemon import FeedbackQueueFull
+from .http_body import (ERROR_HANDLERS, SafeJSONResponse, ValidationErrors, invalid_item, read_json, schema_items,
+                        unprocessable)
 from .http_guard import HttpGuard
+from .http_protocol import header_timeout_protocol
 from .snapshot import SnapshotHolder
 
 
@@ -95,13 +99,16 @@ def _error(description: str) -> dict[str, Any]:
 
 
 AUTH = {401: _error("Missing or wrong bearer token (only when http.auth_token is set).")}
-TOO_LARGE = {400: _error("The body cannot be decoded (not UTF-8)."),
-             413: _error("Body over limits.max_record_bytes, or more than http.max_instances instances.")}
-PREDICT_ERRORS = {**AUTH, **TOO_LARGE,
+BAD_BODY = {400: _error("The body is not UTF-8."),
+            408: _error("The body took longer than http.body_timeout_s to arrive (the connection is closed)."),
+            413: _error("Body over limits.max_record_bytes, or more than http.max_instances instances."),
+            422: {"model": ValidationErrors, "description": "Not JSON, nested deeper than limits.max_json_depth, "
+                  "text that is not UTF-8, or not the documented shape: each item names the field and the reason."}}
+PREDICT_ERRORS = {**AUTH, **BAD_BODY,
                   503: _error("No model yet, or too many instances queued (http.max_queued_instances; "
                               "see Retry-After)."),
                   504: _error("No answer within http.request_timeout_s.")}
-FEEDBACK_ERRORS = {**AUTH, **TOO_LARGE, 503: _error("Too many labels waiting (see Retry-After).")}
+FEEDBACK_ERRORS = {**AUTH, **BAD_BODY, 503: _error("Too many labels waiting (see Retry-After).")}
 
 
 def _rss_bytes() -> int:
@@ -114,6 +121,26 @@ def _rss_bytes() -> int:
 
 def _invalid(i: int, reason: str, field: str, detail: str) -> dict[str, Any]:
     return {"loc": ["body", "instances", i] + ([field] if field else []), "msg": detail, "type": reason}
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its body itself: the docs still show the model."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _predict_request(body: Any) -> PredictRequest:
+    try:
+        return PredictRequest.model_validate(body)
+    except ValidationError as exc:
+        raise unprocessable(schema_items(exc, ["body"])) from None
+
+
+def _label_message(body: Any, limits: EventLimits) -> LabelMessage:
+    try:
+        return validate_label(body, limits)  # the id and label limits of events
+    except InvalidEvent as exc:
+        raise unprocessable([invalid_item(["body", exc.field] if exc.field else ["body"], exc)]) from None
 
 
 def _validate(instances: list[dict[str, Any]], snap: ServingModel, limits: EventLimits) -> list[Inputs]:
@@ -178,8 +205,14 @@ def _document(app: FastAPI, settings: Settings) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         doc = generate()
-        instances = doc["components"]["schemas"]["PredictRequest"]["properties"]["instances"]
+        schemas = doc["components"]["schemas"]
+        for model in (PredictRequest, LabelMessage):  # bodies read by the routes themselves
+            schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        instances = schemas["PredictRequest"]["properties"]["instances"]
         instances.update(items=_instance_schema(settings), maxItems=settings.http.max_instances)
+        label = schemas["LabelMessage"]["properties"]
+        label["id"]["anyOf"][0].update(minLength=1, maxLength=settings.limits.max_id_chars)
+        label["label"]["anyOf"][0].update(maxLength=settings.limits.max_id_chars)
         if settings.http.auth_token is not None:
             doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             for path, ops in doc["paths"].items():
@@ -196,7 +229,7 @@ def create_app(service: ServiceHandle) -> FastAPI:
     metrics = service.metrics
     http = settings.http
     lim = settings.limits
-    limits = EventLimits(lim.max_record_bytes, lim.max_text_chars, lim.max_features)
+    limits = EventLimits.of(lim)
     holder = service.holder
     batcher = PredictBatcher(lambda: holder.current, max_instances=http.batch_max_instances,
                              wait_s=http.batch_wait_ms / 1000, max_queued=http.max_queued_instances,
@@ -209,16 +242,26 @@ def create_app(service: ServiceHandle) -> FastAPI:
         # uvicorn has drained in-flight requests by now; answer anything left.
         await asyncio.to_thread(batcher.close)
 
-    app = FastAPI(title="lifelong", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="lifelong", version=__version__, lifespan=lifespan, default_response_class=SafeJSONResponse,
+                  exception_handlers=ERROR_HANDLERS,
                   description="Predictions from a model that keeps learning from an event stream.")
     app.state.batcher = batcher
     token = http.auth_token.get_secret_value().encode() if http.auth_token else None
-    app.add_middleware(HttpGuard, token=token, max_body_bytes=lim.max_record_bytes, routes=HTTP_ROUTES,
-                       count=lambda route, code: metrics.http_requests.labels(route=route, code=str(code)).inc())
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=PREDICT_ERRORS)
-    async def predict(body: PredictRequest) -> Response:
-        started = time.perf_counter()
+    def count(route: str, code: int) -> None:
+        metrics.http_requests.labels(route=route, code=str(code)).inc()
+
+    app.add_middleware(HttpGuard, token=token, max_body_bytes=lim.max_record_bytes,
+                       body_timeout_s=http.body_timeout_s, routes=HTTP_ROUTES, count=count)
+    # The other half of the front door, for the server: uvicorn.Config(http=app.state.http_protocol)
+    # bounds the time to send request headers (no ASGI app runs before they are complete).
+    app.state.http_protocol = header_timeout_protocol(http.header_timeout_s, lambda: count("other", 408))
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=PREDICT_ERRORS,
+              openapi_extra=_body_schema(PredictRequest))
+    async def predict(request: Request) -> Response:
+        body = _predict_request(await read_json(request, limits))
+        started = time.perf_counter()  # as before, from a parsed body: a slow upload is not model latency
         snap = holder.current
         if snap is None or not snap.classes:
             raise HTTPException(503, detail="no model yet: the learner has not learned a labelled event")
@@ -238,12 +281,14 @@ def create_app(service: ServiceHandle) -> FastAPI:
                                             f"{http.request_timeout_s:g} s") from None
         body_json = _answer_json(answer)
         metrics.predict_latency.observe(time.perf_counter() - started)
-        return JSONResponse(body_json)
+        return SafeJSONResponse(body_json)
 
-    @app.post("/v1/feedback", status_code=202, responses=FEEDBACK_ERRORS)
-    def feedback(body: LabelMessage) -> dict[str, str]:
+    @app.post("/v1/feedback", status_code=202, responses=FEEDBACK_ERRORS, openapi_extra=_body_schema(LabelMessage))
+    async def feedback(request: Request) -> dict[str, str]:
+        body = _label_message(await read_json(request, limits), limits)
         try:
-            service.submit_feedback(body)
+            # In a thread, as before: with Kafka, submitting waits for the broker's acknowledgement.
+            await run_in_threadpool(service.submit_feedback, body)
         except FeedbackQueueFull as exc:
             raise HTTPException(503, detail=str(exc), headers={"Retry-After": "1"}) from None
         return {"status": "accepted", "id": str(body.id)}
@@ -261,7 +306,7 @@ def create_app(service: ServiceHandle) -> FastAPI:
                                                                   "description": "The learning loop has stopped."}})
     def healthz() -> Response:
         ok = service.healthy()
-        return JSONResponse({"status": "ok" if ok else "learning loop stopped"}, status_code=200 if ok else 503)
+        return SafeJSONResponse({"status": "ok" if ok else "learning loop stopped"}, status_code=200 if ok else 503)
 
     @app.get("/readyz", response_model=Readiness,
              responses={503: {"model": Readiness, "description": "No model can answer yet."}})
@@ -269,7 +314,7 @@ def create_app(service: ServiceHandle) -> FastAPI:
         snap = holder.current
         ready = snap is not None and bool(snap.classes)
         body = {"ready": ready, "model_version": snap.version if snap else None}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return SafeJSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},

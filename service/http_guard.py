@@ -1,11 +1,14 @@
-"""The HTTP front door: bearer-token auth, body-size limit and request counting.
+"""The HTTP front door: bearer-token auth, body size and read-time limits, request counting.
 
 Plain ASGI rather than ``@app.middleware("http")``: no extra task or body copy
 per request on the predict path, and the body limit holds for chunked bodies
-too (no Content-Length), counted as they stream in.
+too (no Content-Length), counted as they stream in. The body deadline is here,
+where the app reads the body; the header deadline is in the uvicorn protocol
+(service/http_protocol.py), as no ASGI app runs before headers are complete.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import Any, Awaitable, Callable, MutableMapping
@@ -23,6 +26,13 @@ def _too_large(size: str, limit: int) -> str:
     return f"request body of {size} bytes exceeds limits.max_record_bytes={limit}"
 
 
+def _too_slow(limit_s: float) -> HTTPException:
+    # connection: close makes uvicorn close the connection after answering: the
+    # rest of the body may still be on its way, so the connection cannot be reused.
+    return HTTPException(408, detail=f"request body not received within http.body_timeout_s={limit_s:g}",
+                         headers={"connection": "close"})
+
+
 async def _send_json(send: Send, status: int, body: dict[str, Any],
                      headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     raw = json.dumps(body).encode()
@@ -33,13 +43,15 @@ async def _send_json(send: Send, status: int, body: dict[str, Any],
 
 
 class HttpGuard:
-    """Answers 401 (when a token is set) and 413 before the app runs; counts every response by route and code."""
+    """Answers 401 (when a token is set) and 413 before the app runs, 408 for a body not received within
+    ``body_timeout_s`` of the app's first read; counts every response by route and code."""
 
-    def __init__(self, app: ASGIApp, *, token: bytes | None, max_body_bytes: int, routes: tuple[str, ...],
-                 count: Callable[[str, int], None]) -> None:
+    def __init__(self, app: ASGIApp, *, token: bytes | None, max_body_bytes: int, body_timeout_s: float,
+                 routes: tuple[str, ...], count: Callable[[str, int], None]) -> None:
         self.app = app
         self.token = token
         self.max_body = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.routes = routes
         self.count = count
 
@@ -77,14 +89,25 @@ class HttpGuard:
 
     def _limited(self, receive: Receive) -> Receive:
         received = 0
+        deadline: float | None = None  # one budget for the whole body, from the app's first read
+        complete = False  # later reads wait for a disconnect, which is not the client's to hurry
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, complete
+            if complete:
+                return await receive()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):  # cancels this task's wait, no extra task
+                    message = await receive()
+            except TimeoutError:
+                # FastAPI re-raises an HTTPException met while reading the body.
+                raise _too_slow(self.body_timeout_s) from None
             if message["type"] == "http.request":
+                complete = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    # FastAPI re-raises an HTTPException met while reading the body.
                     raise HTTPException(413, detail=_too_large(f"over {self.max_body}", self.max_body))
             return message
 

@@ -168,7 +168,8 @@ class Service:
         http = self.settings.http
         server = _Server(uvicorn.Config(self.app, host=http.host, port=http.port, log_level="warning",
                                         access_log=False, timeout_keep_alive=http.keep_alive_s,
-                                        timeout_graceful_shutdown=http.graceful_shutdown_s))
+                                        timeout_graceful_shutdown=http.graceful_shutdown_s,
+                                        http=self.app.state.http_protocol))  # h11, with a header deadline
         previous = {sig: signal.signal(sig, lambda *_: server.request_exit()) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.loop.on_failure = server.request_exit
         self.loop.start()

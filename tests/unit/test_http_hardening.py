@@ -1,10 +1,12 @@
-"""Timeouts, overload, chunked bodies, the OpenAPI document and a graceful SIGTERM, over real HTTP."""
+"""Timeouts (answer, header and body deadlines), overload, chunked bodies, the OpenAPI document and a graceful
+SIGTERM, over real HTTP."""
 from __future__ import annotations
 
 import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -213,3 +215,128 @@ def test_predictions_are_the_snapshot_predictions(tmp_path: Path) -> None:
     assert [p["label"] for p in body["predictions"]] == want.labels == ["c1", "c0"]
     assert [p["score"] for p in body["predictions"]] == pytest.approx(want.scores.tolist())
     assert body["model_version"] == want.model_version
+
+
+# -- read deadlines: headers (the uvicorn protocol) and body (the ASGI guard) -----------------------
+
+PREDICT_HEAD = b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+ONE = json.dumps({"instances": [{"features": [1.0, 1.0]}]}).encode()
+
+
+def timed_service(tmp_path: Path) -> tuple[Service, dict[str, Any]]:
+    """A service with short read deadlines, and the uvicorn options the daemon serves it with."""
+    service, gated = make_service(tmp_path, header_timeout_s=0.5, body_timeout_s=1.0)
+    gated.gate.set()
+    return service, {"http": service.app.state.http_protocol}
+
+
+def connect(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection (a test timeout if it never does)."""
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, Any]:
+    """One response with a Content-Length, the connection left open."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        raw += sock.recv(65536)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                  if line.startswith(b"content-length"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, json.loads(body)
+
+
+def answer(raw: bytes) -> tuple[int, bytes, Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), head.lower(), json.loads(body)
+
+
+def test_the_daemon_serves_with_the_header_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from lifelong.service import runtime
+
+    service, _ = timed_service(tmp_path)
+    seen: list[Any] = []
+    monkeypatch.setattr(runtime._Server, "run", lambda self, sockets=None: seen.append(self.config.http))
+    assert service.serve() == 0
+    (protocol,) = seen
+    assert protocol is service.app.state.http_protocol and issubclass(protocol, H11Protocol)
+    assert protocol.header_timeout_s == 0.5
+
+
+@pytest.mark.parametrize("sent", [b"", PREDICT_HEAD[:30], PREDICT_HEAD])
+def test_headers_not_sent_in_time_are_408_and_the_connection_closed(tmp_path: Path, sent: bytes,
+                                                                     metric: Any) -> None:
+    service, options = timed_service(tmp_path)
+    with serving(service.app, **options) as base:
+        sock = connect(base)
+        started = time.monotonic()
+        sock.sendall(sent)  # then nothing: the head never completes
+        assert post(base, 1, timeout=5)[0] == 200  # others are answered meanwhile
+        code, head, body = answer(read_all(sock))
+        waited = time.monotonic() - started
+        metrics = service.metrics.exposition().decode()
+    assert code == 408 and b"connection: close" in head and "header_timeout_s=0.5" in body["detail"]
+    assert 0.4 < waited < 3
+    assert metric(metrics, "lifelong_http_requests_total", {"route": "other", "code": "408"}) == 1
+
+
+def test_a_body_trickled_past_the_deadline_is_408_and_the_connection_closed(tmp_path: Path, metric: Any) -> None:
+    service, options = timed_service(tmp_path)
+    with serving(service.app, **options) as base:
+        sock = connect(base)
+        sock.sendall(PREDICT_HEAD + b"Content-Length: 1000\r\n\r\n")
+        started = time.monotonic()
+        stop = threading.Event()
+
+        def trickle() -> None:  # a byte every 0.2 s: 200 s for the whole body
+            while not stop.wait(0.2):
+                try:
+                    sock.send(b" ")
+                except OSError:
+                    return
+
+        thread = threading.Thread(target=trickle)
+        thread.start()
+        assert post(base, 1, timeout=5)[0] == 200  # others are answered meanwhile
+        try:
+            code, head, body = answer(read_all(sock))
+        finally:
+            stop.set()
+            thread.join(5)
+        waited = time.monotonic() - started
+        metrics = service.metrics.exposition().decode()
+    assert code == 408 and b"connection: close" in head and "body_timeout_s=1" in body["detail"]
+    assert 0.9 < waited < 4
+    assert metric(metrics, "lifelong_http_requests_total", {"route": "/v1/predict", "code": "408"}) == 1
+
+
+def test_a_slow_client_within_the_deadlines_is_answered_and_kept_alive(tmp_path: Path) -> None:
+    service, options = timed_service(tmp_path)
+    with serving(service.app, **options) as base:
+        sock = connect(base)
+        for _ in range(2):  # the second request reuses the connection, after an idle pause past header_timeout_s
+            for piece in (PREDICT_HEAD[:20], PREDICT_HEAD[20:], f"Content-Length: {len(ONE)}\r\n\r\n".encode()):
+                sock.sendall(piece)
+                time.sleep(0.1)  # 0.3 s for the head: within 0.5
+            for i in range(0, len(ONE), len(ONE) // 4 + 1):
+                sock.sendall(ONE[i:i + len(ONE) // 4 + 1])
+                time.sleep(0.15)  # 0.6 s for the body: within 1
+            head, body = read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200") and len(body["predictions"]) == 1
+            time.sleep(0.8)  # idle keep-alive is uvicorn's timeout_keep_alive (5 s), not a header deadline
+        sock.sendall(PREDICT_HEAD)  # a later request on the connection has the header deadline again
+        code, _, body = answer(read_all(sock))
+    assert code == 408 and "header_timeout_s" in body["detail"]
+
