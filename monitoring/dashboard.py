@@ -64,6 +64,12 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("events expired unlabelled", rate("lifelong_pending_expired_total"))),
               "Labels from the labels topic or POST /v1/feedback, joined to a waiting event or not; waiting "
               "events dropped unlabelled (wait limit or store full)."),
+        Panel("Delivery faults per second", "cps", (
+            ("re-delivered, skipped", rate("lifelong_records_redelivered_total")),
+            ("dead letters truncated", rate("lifelong_dead_letters_truncated_total")),
+            ("dead letters dropped", rate("lifelong_dead_letters_dropped_total"))),
+              "Records read again after a rejoin (skipped, not learned twice); dead letters cut to fit "
+              "outputs.max_message_bytes; dead letters given up after outputs.dead_letter_attempts refusals."),
         Panel("Consumer lag", "short", (("{{instance}}", "lifelong_consumer_lag_records"),),
               "Records between each replica's position and the log end of its partitions.", width=12),
         Panel("Assigned partitions", "short", (("{{instance}}", "lifelong_assigned_partitions"),),
@@ -93,8 +99,12 @@ ROWS: list[tuple[str, list[Panel]]] = [
               "Size of the micro-batches the learner takes."),
         Panel("Checkpoints per second", "cps", (
             ("written", rate("lifelong_checkpoints_total")),
-            ("postponed (outputs not acknowledged)", rate("lifelong_checkpoint_failures_total"))),
-              "State and offsets are saved together; offsets are committed only after a checkpoint."),
+            ("postponed or failed", rate("lifelong_checkpoint_failures_total"))),
+              "State and offsets are saved together; offsets are committed only after a checkpoint. Postponed: "
+              "outputs not acknowledged; failed: disk full or a write error (the last good one stays)."),
+        Panel("Damaged checkpoints skipped at start", "short",
+              (("{{instance}}", "lifelong_checkpoint_restore_fallbacks_total"),),
+              "Checkpoints that failed their checksums at the last start, skipped for an older valid one."),
         Panel("Checkpoint duration", "s", (
             ("p50", quantile(0.5, "lifelong_checkpoint_seconds")),
             ("p99", quantile(0.99, "lifelong_checkpoint_seconds"))),
@@ -144,8 +154,11 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("prototypes {{instance}}", "lifelong_prototypes"),
             ("classes served {{instance}}", "lifelong_model_classes")),
               "Class prototypes in the index and classes the served model knows."),
-        Panel("Events waiting for a label", "short", (("{{instance}}", "lifelong_pending_labels"),),
-              "Unlabelled events whose tap features wait for a delayed label (at most labels.max_pending)."),
+        Panel("Events waiting for a label, labels waiting for an event", "short", (
+            ("events {{instance}}", "lifelong_pending_labels"),
+            ("labels {{instance}}", "lifelong_early_labels")),
+              "Unlabelled events whose tap features wait for a delayed label, and labels read before their "
+              "event (each at most labels.max_pending)."),
         Panel("Oldest pending event", "s", (("{{instance}}", "lifelong_pending_oldest_age_seconds"),),
               "Age of the oldest event waiting for a label (labels.max_wait_s drops it)."),
     ]),

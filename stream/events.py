@@ -189,8 +189,8 @@ def load_json(raw: bytes | str, limits: EventLimits) -> Any:
         raise InvalidEvent("oversized", "", f"{len(raw)} bytes, limit {limits.max_record_bytes}")
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent("not_json", "", str(exc)) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer past 4,300 digits
+        raise InvalidEvent("not_json", "", str(exc)[:500]) from None
     except RecursionError:  # the C parser recurses per nesting level
         raise InvalidEvent("too_deep", "", f"nested deeper than limits.max_json_depth={limits.max_json_depth}") from None
     check_tree(obj, limits)

@@ -50,6 +50,7 @@ BAD_EVENTS: list[tuple[bytes, str]] = [
     (b'{"id": "none", "label": "a"}', "missing_input"),
     (b'{"id": "str", "features": "1,2,3,4"}', "schema"),
     (b'{"id": "", ' + OK.encode() + b"}", "schema"),
+    (b'{"id": 1' + b"1" * 5000 + b", " + OK.encode() + b"}", "not_json"),  # past Python's int digits limit
     (b'{"id": "big2", "features": [' + b"1.0, " * 300_000 + b"1.0]}", "oversized"),
 ]
 
