@@ -75,7 +75,9 @@ def run_http(data: "StreamData", opts: "SpeedOptions") -> dict[str, Any]:
     settings = speed_settings(data, opts, {"kind": "file", "path": "replay"})
     service = Service(settings, source=ReplaySource(data.bodies))
     port = free_port()
-    server = _Server(uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    # The daemon's own protocol (header deadline), so the bench measures what users get.
+    server = _Server(uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                    http=service.app.state.http_protocol))
     thread = threading.Thread(target=server.run, name="bench-http", daemon=True)
     levels = []
     with tempfile.NamedTemporaryFile("w", suffix=".json") as fh:
