@@ -80,11 +80,14 @@ class FirstRecordClock:
     def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         return self.source.commit(offsets)
 
+    def lag(self) -> int | None:
+        return self.source.lag()
+
+    def assigned(self) -> int:
+        return self.source.assigned()
+
     def close(self) -> None:
         self.source.close()
-
-    def __getattr__(self, name: str) -> Any:  # lag(), assigned() of the Kafka source
-        return getattr(self.source, name)
 
 
 def run_kafka(data: "StreamData", opts: "SpeedOptions", bootstrap: str) -> dict[str, Any]:

@@ -49,6 +49,12 @@ class ReplaySource:
     def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         return True
 
+    def lag(self) -> int | None:
+        return None
+
+    def assigned(self) -> int:
+        return 1
+
     def close(self) -> None:
         pass
 

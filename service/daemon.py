@@ -247,11 +247,10 @@ class LearningLoop:
             self._commit()
         if time.monotonic() - self._last_lag_check >= self.settings.source.lag_check_s:
             self._last_lag_check = time.monotonic()
-            if hasattr(self.source, "lag"):
-                lag = self.source.lag()
-                if lag is not None:
-                    self.metrics.consumer_lag.set(lag)
-                self.metrics.assigned_partitions.set(self.source.assigned())
+            lag = self.source.lag()
+            if lag is not None:
+                self.metrics.consumer_lag.set(lag)
+            self.metrics.assigned_partitions.set(self.source.assigned())
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         # Called on the Kafka client's thread: only flag it. The loop checkpoints

@@ -39,6 +39,14 @@ class Source(Protocol):
         """Commit ``offsets``; False when it did not hold (the caller tries again later)."""
         ...
 
+    def lag(self) -> int | None:
+        """Records behind the end of what this consumer reads; None when it cannot tell now."""
+        ...
+
+    def assigned(self) -> int:
+        """How many partitions this consumer reads now."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -90,6 +98,12 @@ class FileSource:
             if topic == self.name:
                 self.committed = max(self.committed, offset)
         return True
+
+    def lag(self) -> int | None:
+        return None  # unknown without reading the rest of the file
+
+    def assigned(self) -> int:
+        return 1
 
     def close(self) -> None:
         self._fh.close()

@@ -60,6 +60,12 @@ class TopicsSource:
         self.commits.append(dict(offsets))
         return True
 
+    def lag(self) -> int | None:
+        return sum(len(self.log[t]) - self.position[t] for t in self.log)
+
+    def assigned(self) -> int:
+        return 2
+
     def close(self) -> None:
         return None
 
