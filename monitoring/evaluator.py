@@ -37,10 +37,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .continual_metrics import NAN, min_acc, nanmax, nanmean, wc_acc
+
 WINDOWS = (10, 100)               # w of WF^w and WP^w; ModelScores names one field per window
 _KEEP = max(WINDOWS) - 1          # a pair inside a window of w evaluations is at most w - 1 apart
 _PRESENT, _PAST = 1, 2            # class states; 0 = never learned
-NAN = float("nan")
 Predict = Callable[[np.ndarray], Sequence[str]]
 
 
@@ -70,15 +71,6 @@ class ModelScores:
     gaps: tuple[DriftGap, ...]
 
 
-def _mean(values: Iterable[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else NAN
-
-
-def _max(values: Iterable[float]) -> float:
-    return max((v for v in values if not math.isnan(v)), default=NAN)
-
-
 def _rate(hits: np.ndarray) -> float:
     return float(hits.mean()) if len(hits) else NAN
 
@@ -103,9 +95,9 @@ class _Track:
             if not prev:
                 continue
             if closed:
-                self.wf[i] = _max([self.wf[i], max(0.0, max(prev) - acc)])
+                self.wf[i] = nanmax([self.wf[i], max(0.0, max(prev) - acc)])
             else:
-                self.wp[i] = _max([self.wp[i], max(0.0, acc - min(prev))])
+                self.wp[i] = nanmax([self.wp[i], max(0.0, acc - min(prev))])
         if closed:
             self.min_after = acc if math.isnan(self.min_after) else min(self.min_after, acc)
             self.n_closed += 1
@@ -266,7 +258,7 @@ class ContinualEvaluator:
             ids = [s.id for s in self._segments if s.id in tracks and not math.isnan(tracks[s.id].last)]
             if ids:
                 gaps = self._gaps.setdefault(name, [])
-                gaps.append(_Gap(at_event, ids, _mean(tracks[i].last for i in ids)))
+                gaps.append(_Gap(at_event, ids, nanmean(tracks[i].last for i in ids)))
                 del gaps[:-self.max_gaps]
 
     def _drop(self, seg: _Segment) -> None:
@@ -296,7 +288,7 @@ class ContinualEvaluator:
             hits.append(hit)
         self.last_accuracies[name] = dict(accs)
         for gap in self._gaps.get(name, []):
-            gap.update(_mean(accs[i] for i in gap.segments if i in accs), self.recovery_eps)
+            gap.update(nanmean(accs[i] for i in gap.segments if i in accs), self.recovery_eps)
         codes = np.concatenate([s.codes for s in self._segments])
         return self._scores(name, accs, np.concatenate(hits), state[codes])
 
@@ -304,10 +296,10 @@ class ContinualEvaluator:
         tracks = self._tracks[name]
         cur, past = self._segments[-1], [tracks[s.id] for s in self._segments[:-1]]
         current, k = accs[cur.id], len(self._segments)
-        min_acc = _mean(t.min_after for t in past)
-        wf = [f(t.wf[i] for t in past) for i in range(len(WINDOWS)) for f in (_mean, _max)]
+        low = min_acc(t.min_after for t in past)
+        wf = [f(t.wf[i] for t in past) for i in range(len(WINDOWS)) for f in (nanmean, nanmax)]
         return ModelScores(
-            current, _mean(accs.values()), min_acc, current if k == 1 else current / k + (1 - 1 / k) * min_acc,
+            current, nanmean(accs.values()), low, wc_acc(current, low, k),
             *wf, *tracks[cur.id].wp, _rate(hits[item_state == _PAST]), _rate(hits[item_state == _PRESENT]),
             tuple(g.public() for g in self._gaps.get(name, [])))
 

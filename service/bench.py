@@ -33,10 +33,10 @@ import numpy as np
 
 from ..learner.river_models import RiverLearner
 from ..memory.pq import subquantizers
+from ..monitoring.continual_metrics import NAN, forgetting, min_acc, nanmean, pooled, wc_acc
 from ..stream.benchmarks import BenchStream
 from .bench_encode import Encoded, _bar, encode_stream
 
-NAN = float("nan")
 LEARNERS = ("lifelong", "lifelong-live", "nmc", "finetune", "er", "river-logreg", "river-arf",
             "lifelong-no-replay", "lifelong-no-lora", "lifelong-no-ema", "lifelong-no-consolidation",
             "lifelong-mlp", "lifelong-mlp-no-fast", "lifelong-fast")
@@ -64,17 +64,6 @@ class Evaluation:
     final: bool = False
 
 
-def pooled(acc: Sequence[float], sizes: Sequence[int], segments: Sequence[int]) -> float:
-    pairs = [(acc[j], sizes[j]) for j in segments if sizes[j] > 0 and not math.isnan(acc[j])]
-    total = sum(n for _, n in pairs)
-    return sum(a * n for a, n in pairs) / total if total else NAN
-
-
-def _mean(values: Sequence[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else NAN
-
-
 def compute_metrics(history: Sequence[Evaluation], sizes: Sequence[int]) -> dict[str, Any]:
     """Continual metrics of one model from its evaluations (the last one is the final)."""
     if not history:
@@ -84,14 +73,13 @@ def compute_metrics(history: Sequence[Evaluation], sizes: Sequence[int]) -> dict
     scored = [j for j in range(len(sizes)) if sizes[j] > 0]
     past = [j for j in scored if j < last.segment]
     final = pooled(last.acc, sizes, scored)
-    forgetting = _mean([max(e.acc[j] for e in history if not math.isnan(e.acc[j])) - last.acc[j] for j in past])
+    forgets = forgetting([[e.acc[j] for e in history] for j in past], [last.acc[j] for j in past])
     lows = [min((e.acc[j] for e in history if e.segment > j and not math.isnan(e.acc[j])), default=NAN)
             for j in past]
-    min_acc = _mean(lows)
+    low = min_acc(lows)
     current = last.acc[last.segment] if sizes[last.segment] > 0 else NAN
-    k = len(past) + 1
-    wc = current if not past else current / k + (1 - 1 / k) * min_acc
-    a_auc = _mean([pooled(e.acc, sizes, scored) for e in history if e.periodic or e.boundary or e.final])
+    wc = wc_acc(current, low, len(past) + 1)
+    a_auc = nanmean([pooled(e.acc, sizes, scored) for e in history if e.periodic or e.boundary or e.final])
     gaps = []
     marks = [i for i, e in enumerate(history) if e.boundary or e.final]
     for a, b in zip(marks, marks[1:]):
@@ -100,8 +88,8 @@ def compute_metrics(history: Sequence[Evaluation], sizes: Sequence[int]) -> dict
         after = [pooled(e.acc, sizes, segs) for e in history[a + 1:b + 1]]
         if segs and after:
             gaps.append(before - min(after))
-    return {"final_accuracy": final, "a_auc": a_auc, "forgetting": forgetting, "min_acc": min_acc, "wc_acc": wc,
-            "stability_gap": _mean(gaps), "stability_gaps": gaps}
+    return {"final_accuracy": final, "a_auc": a_auc, "forgetting": forgets, "min_acc": low, "wc_acc": wc,
+            "stability_gap": nanmean(gaps), "stability_gaps": gaps}
 
 
 # -- learners ----------------------------------------------------------------------------------------
