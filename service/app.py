@@ -26,7 +26,7 @@ from ..stream.errors import InvalidEvent
 from ..stream.events import EventLimits, Inputs, LabelMessage, validate_inputs, validate_label
 from .batcher import Answer, Overloaded, PredictBatcher
 from .config import Settings
-from .daemon import FeedbackQueueFull
+from .loop import FeedbackQueueFull
 from .http_body import (ERROR_HANDLERS, SafeJSONResponse, ValidationErrors, invalid_item, read_json, schema_items,
                         unprocessable)
 from .http_guard import HttpGuard

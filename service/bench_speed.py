@@ -191,11 +191,12 @@ def profile_pipeline(data: StreamData, opts: SpeedOptions, workdir: Path) -> dic
 
 # (label, file suffix, function): the loop's stages, by the daemon's own function names.
 STAGES = (("poll the source", ("stream/sources.py", "stream/kafka_source.py"), "poll"),
-          ("validate records", ("service/daemon.py",), "_validate"),
+          ("validate records", ("service/intake.py",), "_validate"),
           ("encode", ("learner/continual.py", "learner/nmc.py", "learner/encoders.py"), "encode"),
-          ("predict-then-learn", ("service/daemon.py",), "_learn"),
-          ("publish snapshots", ("service/daemon.py",), "publish"),
-          ("commit / checkpoint", ("service/daemon.py",), "_after_step"))
+          ("predict unlabelled", ("service/intake.py",), "_predict"),
+          ("predict-then-learn", ("service/intake.py",), "_learn"),
+          ("publish snapshots", ("service/loop.py",), "publish"),
+          ("commit / checkpoint", ("service/loop.py",), "_after_step"))
 
 
 def stage_times(stats: dict[Any, Any]) -> list[dict[str, Any]]:
@@ -204,7 +205,7 @@ def stage_times(stats: dict[Any, Any]) -> list[dict[str, Any]]:
         # The outermost match (largest cumulative time): encode() calls the encoder's encode().
         return max((v[3] for (f, _, n), v in stats.items() if n == name and f.endswith(files)), default=0.0)
 
-    total = cum(("service/daemon.py",), "step")
+    total = cum(("service/loop.py",), "step")
     return [{"stage": label, "seconds": round(cum(files, name), 4),
              "share": round(cum(files, name) / total, 4) if total else None}
             for label, files, name in STAGES] + [{"stage": "step (all)", "seconds": round(total, 4), "share": 1.0}]

@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for name in ("kafka", "faiss.loader", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
     from .checkpoint import CheckpointError, UnrecoverableCheckpoint
-    from .daemon import CheckpointMismatch
+    from .loop import CheckpointMismatch
     from .runtime import Service  # heavy imports (torch) only when running
 
     try:
@@ -98,7 +98,32 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_faults(args: argparse.Namespace) -> int:
+    if args.speed or args.checkpoint or args.stream or args.stream_file:
+        raise SystemExit("lifelong bench: --faults runs alone (no --speed / --checkpoint / --stream / --stream-file)")
+    from pathlib import Path
+
+    from .bench_faults import SCENARIOS, FaultOptions, render_text, run_faults
+
+    scenarios = tuple(s.strip() for s in (args.only or ",".join(SCENARIOS)).split(",") if s.strip())
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown or not scenarios:
+        raise SystemExit(f"lifelong bench: --only: unknown scenario(s) {', '.join(unknown) or '(none given)'}; "
+                         f"known: {', '.join(SCENARIOS)}")
+    opts = FaultOptions(out=Path(args.out or "docs/benchmarks/faults"), quick=args.quick, input_kind=args.faults_input,
+                        scenarios=scenarios, seed=args.seed)
+    try:
+        doc = run_faults(opts)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        raise SystemExit(f"lifelong bench --faults: {exc}") from None
+    print(render_text(doc))
+    print(f"wrote {opts.out}/faults.json and faults.md")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.faults:
+        return cmd_bench_faults(args)
     if args.speed:
         return cmd_bench_speed(args)
     if args.checkpoint:
@@ -219,6 +244,13 @@ def parser() -> argparse.ArgumentParser:
     speed.add_argument("--torch-threads", type=int, help="learner.torch_threads (default: 1 for the vector "
                        "stream, every CPU for text)")
     speed.add_argument("--profile", action="store_true", help="also profile a second in-process run of each stream")
+    faults = bench.add_argument_group("fault benchmark (--faults)")
+    faults.add_argument("--faults", action="store_true", help="delivery under kill -9, a broker outage, bad records, "
+                        "bad HTTP requests, 2 MB records and damaged checkpoints, on a local broker it starts; writes "
+                        "OUT/faults.json and faults.md (--out default: docs/benchmarks/faults; --quick: a few minutes)")
+    faults.add_argument("--only", help=f"comma-separated scenarios (default: all): kills, outage, bad, oversized, damage")
+    faults.add_argument("--faults-input", choices=("text", "features"), help="what the events carry (default: "
+                        "features with --quick, CLINC150 text otherwise)")
     bench.set_defaults(func=cmd_bench)
     report = sub.add_parser("report", help="plots and a summary of continual evaluation from a checkpoint")
     report.add_argument("--checkpoint", required=True, help="the checkpoint folder (checkpoint.dir)")

@@ -3,7 +3,7 @@
 Each stage runs on the whole batch and is isolated per record
 (``service/isolation.py``): a record that fails anywhere becomes that record's
 dead letter with a reason, and the rest of its batch goes on. The learning loop
-(``service/daemon.py``) owns when this runs and what gets committed after.
+(``service/loop.py``) owns when this runs and what gets committed after.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from ..stream.sinks import Sink, dead_letter, prediction_value
 from ..stream.sources import Record
 from ..stream.validate import EventValidator, ParsedEvent
 from .config import Settings
-from .evaluation import EvaluationHook
+from .eval_hook import EvaluationHook
 from .isolation import describe, isolate
 from .joining import LabelJoin, Part
 from .snapshot import SnapshotHolder

@@ -26,7 +26,7 @@ from ..stream.sources import FileSource, Source, TopicPartition
 from .app import create_app
 from .checkpoint import Checkpointer
 from .config import Settings
-from .daemon import FeedbackQueueFull, LearningLoop
+from .loop import FeedbackQueueFull, LearningLoop
 from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)

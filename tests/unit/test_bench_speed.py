@@ -150,8 +150,8 @@ def test_markdown_of_a_run_with_every_part_skipped() -> None:
 
 
 def test_profile_stages_and_top_functions() -> None:
-    stats = {("/x/service/daemon.py", 1, "step"): (2, 2, 0.1, 2.0, {}),
-             ("/x/service/daemon.py", 2, "_learn"): (2, 2, 0.2, 1.5, {}),
+    stats = {("/x/service/loop.py", 1, "step"): (2, 2, 0.1, 2.0, {}),
+             ("/x/service/intake.py", 2, "_learn"): (2, 2, 0.2, 1.5, {}),
              ("/x/learner/continual.py", 3, "encode"): (2, 2, 0.05, 0.3, {}),
              ("/x/learner/encoders.py", 4, "encode"): (2, 2, 0.25, 0.25, {}),
              ("/x/other/thing.py", 5, "encode"): (1, 1, 0.9, 0.9, {})}  # not one of the loop's stages

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lifelong.service.checkpoint import CheckpointError, UnrecoverableCheckpoint
-from lifelong.service.daemon import CheckpointMismatch
+from lifelong.service.loop import CheckpointMismatch
 from loop_harness import Services, make_settings, metrics_text, run_to_end, stream_lines, write_lines
 
 

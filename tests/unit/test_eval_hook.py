@@ -7,7 +7,7 @@ from lifelong.learner.continual import ContinualConfig, ContinualLearner
 from lifelong.learner.encoders import FeatureEncoder
 from lifelong.monitoring.metrics import Metrics
 from lifelong.service.config import EvaluationSettings
-from lifelong.service.evaluation import EvaluationHook
+from lifelong.service.eval_hook import EvaluationHook
 from lifelong.service.snapshot import SnapshotHolder
 from lifelong.stream.errors import REASONS
 
