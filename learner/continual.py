@@ -10,25 +10,36 @@ buffer of recent high-loss samples, with the importance penalty on the
 adapter. The loss window drives consolidation (Fisher, exact merge, fresh
 pair). Serving uses an EMA of the effective weights, which merges do not
 disturb. Configuration lives in :class:`ContinualConfig` only.
+
+Each component keeps and saves its own state: the adapter (``lora``), the EMA
+copy (``ema``), the hard buffer (``hard_buffer``), the replay store and the
+schedule of its switch to codes (``memory.replay``, ``memory.codec_schedule``),
+the prototypes and the loss window (``drift``). The learner owns the head,
+the optimiser and the class list, and composes the components' states into one.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..memory.codec_schedule import CodecSchedule, CompressWhen
 from ..memory.pq import PQCodec
 from ..memory.prototypes import PrototypeIndex
 from ..memory.replay import ReplayStore
+from ..memory.replay_items import PQCodes
+from .adam_state import adam_state, load_adam_state
 from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .drift import LossWindow, RiverDetector
+from .ema import EmaCopy
 from .encoders import Encoder
+from .hard_buffer import HardBuffer
 from .head import softmax
 from .lora import LoRALinear
+from .parts import part, with_prefix
 from .serving import CosineSnapshot, to_predictions, unit
 
 
@@ -48,7 +59,7 @@ class ContinualConfig:
     pq_train_size: int = 1000
     # "full": keep exact taps while they fit in the budget and switch to PQ codes when it binds
     # (exact replay is more accurate); "trained": switch as soon as the codebook is ready (REMIND).
-    compress_when: Literal["full", "trained"] = "full"
+    compress_when: CompressWhen = "full"
     ema_warmup_steps: int = 100
     ema_warm_decay: float = 0.9
     ema_decay: float = 0.99
@@ -78,25 +89,26 @@ class ContinualLearner(TapsLearner):
         self.adapter = LoRALinear(torch.eye(d), config.rank, config.alpha, seed=config.seed).to(self.device)
         self.head = torch.nn.Parameter(torch.zeros(0, d, device=self.device))
         self.protos = PrototypeIndex(d)
-        codec = PQCodec(d, m=config.pq_m, train_size=config.pq_train_size, seed=config.seed) if config.pq_m else None
-        self.memory = ReplayStore(d, config.memory_budget_bytes, codec, seed=config.seed)
+        self.memory = ReplayStore(d, config.memory_budget_bytes, seed=config.seed)
+        self.codec_schedule = self._new_codec_schedule()
         self.window = LossWindow(config.loss_window, config.plateau_mean, config.plateau_var)
         self.detector = RiverDetector()
         self._classes: list[str] = []
         self._class_ids: dict[str, int] = {}
-        self._hard_x = np.zeros((0, d), np.float32)
-        self._hard_y = np.zeros(0, np.int64)
-        self._hard_loss = np.zeros(0, np.float32)
-        self.ema_weight = torch.eye(d, device=self.device)
-        self.ema_head = torch.zeros(0, d, device=self.device)
-        self.ema_mass = torch.zeros(0, device=self.device)  # per row: weight the EMA has gathered
+        self.hard = HardBuffer(d, config.hard_buffer)
+        self.ema = EmaCopy(d, self.device, config.ema_decay, config.ema_warm_decay, config.ema_warmup_steps,
+                           enabled=config.ema, bias_correction=config.ema_bias_correction)
         self.steps = 0
         self.version = 0
         self.events_learned = 0
-        self._codec_thread: threading.Thread | None = None
-        self._codec_sample: list[np.ndarray] = []
-        self._codec_due = 0
         self._new_optimizer()
+
+    def _new_codec_schedule(self) -> CodecSchedule | None:
+        c = self.config
+        if not c.pq_m:
+            return None
+        return CodecSchedule(PQCodec(self.encoder.dim, m=c.pq_m, train_size=c.pq_train_size, seed=c.seed),
+                             c.compress_when)
 
     # -- parameters ----------------------------------------------------------------
     def _t(self, array: np.ndarray) -> torch.Tensor:
@@ -125,10 +137,7 @@ class ContinualLearner(TapsLearner):
                                      for lab in new]))
             state = self.opt.state.get(self.head, {})
             self.head = torch.nn.Parameter(torch.cat([self.head.detach(), rows]))
-            fresh = self.config.ema_bias_correction and self.config.ema
-            self.ema_head = torch.cat([self.ema_head, torch.zeros_like(rows) if fresh else rows])
-            self.ema_mass = torch.cat([self.ema_mass, torch.full((len(new),), 0.0 if fresh else 1.0,
-                                                                 device=self.device)])
+            self.ema.grow(rows)
             self._regrow_optimizer(state, len(new))
         return y, new
 
@@ -167,8 +176,6 @@ class ContinualLearner(TapsLearner):
     def predict_taps(self, taps: np.ndarray) -> Predictions:
         return to_predictions(self.predict_proba_taps(taps), self._classes, self.version)
 
-
-
     # -- learning ------------------------------------------------------------------
     def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
         if len(taps) != len(labels):
@@ -195,10 +202,10 @@ class ContinualLearner(TapsLearner):
         self.protos.add(unit(taps), y)
         for _ in range(self.config.steps_per_batch):
             self._train_step(taps, y)
-        self._update_hard(taps, y, losses)
+        self.hard.update(taps, y, self._losses)
         self._remember(taps, y)
         signals = self._drift(float(losses.mean()), ~correct)
-        self._update_ema()
+        self.ema.update(self._effective_weight(), self.head, self.steps)
         self.steps += 1
         self.version += 1
         self.events_learned += len(y)
@@ -206,7 +213,7 @@ class ContinualLearner(TapsLearner):
                          self.window.mean, self.window.var)
 
     def _train_step(self, taps: np.ndarray, y: np.ndarray) -> None:
-        xs, ys = [taps, self._hard_x], [y, self._hard_y]
+        xs, ys = [taps, self.hard.x], [y, self.hard.y]
         if self.config.replay and self.memory.n:
             rx, ry = self.memory.sample(self.config.replay_per_step)
             xs.append(rx)
@@ -220,47 +227,26 @@ class ContinualLearner(TapsLearner):
         loss.backward()
         self.opt.step()
 
-    def _update_hard(self, taps: np.ndarray, y: np.ndarray, losses: np.ndarray) -> None:
-        # Per sample: the highest-loss recent items, re-scored with the current model.
-        x = np.concatenate([self._hard_x, taps])
-        yy = np.concatenate([self._hard_y, y])
+    def _losses(self, taps: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-sample loss under the current model (what the hard buffer ranks by)."""
         with torch.no_grad():
-            loss = F.cross_entropy(self._logits(self._t(x)), self._t(yy), reduction="none").cpu().numpy()
-        keep = np.argsort(-loss, kind="stable")[: self.config.hard_buffer]
-        self._hard_x, self._hard_y, self._hard_loss = x[keep], yy[keep], loss[keep]
+            return F.cross_entropy(self._logits(self._t(taps)), self._t(y), reduction="none").cpu().numpy()
 
     def _remember(self, taps: np.ndarray, y: np.ndarray) -> None:
         if not self.config.replay:
             return
-        codec = self.memory.codec
-        if codec is not None and not self.memory.compressed:
-            self._maybe_compress(len(y))
+        if self.codec_schedule is not None:
+            self.codec_schedule.switch_if_due(self.memory, len(y), self.events_learned)
         self.memory.add(taps, y)
-        if codec is not None and not self.memory.compressed and self._codec_thread is None:
-            self._codec_sample.append(taps.copy())
-            if sum(len(t) for t in self._codec_sample) >= codec.train_size:
-                sample = np.concatenate(self._codec_sample)[: codec.train_size]
-                self._codec_thread = threading.Thread(target=codec.train, args=(sample,), daemon=True)
-                self._codec_thread.start()
-                self._codec_due = self.events_learned + 2 * codec.train_size
-
-    def _maybe_compress(self, incoming: int) -> None:
-        # Codebook training runs beside learning; joining at a fixed event count (and a
-        # deterministic fill level) keeps runs with the same seed identical.
-        if self._codec_thread is None or self.events_learned < self._codec_due or not self._budget_binds(incoming):
-            return
-        self._codec_thread.join()
-        self.memory.compress()
-
-    def _budget_binds(self, incoming: int) -> bool:
-        return self.config.compress_when == "trained" or self.memory.n + incoming > self.memory.capacity
+        if self.codec_schedule is not None:
+            self.codec_schedule.collect(taps, self.events_learned)
 
     def _drift(self, loss: float, errors: np.ndarray) -> tuple[str, ...]:
         signals = []
         event = self.window.update(loss, len(self._classes))
         if event is not None:
             signals.append(event.kind)
-            if event.kind == "plateau" and self.config.lora and self.config.consolidation and len(self._hard_y):
+            if event.kind == "plateau" and self.config.lora and self.config.consolidation and len(self.hard):
                 self._consolidate()
                 signals.append("consolidation")
         if self.detector.update(errors) is not None:
@@ -270,7 +256,7 @@ class ContinualLearner(TapsLearner):
     def _consolidate(self) -> None:
         """Diagonal Fisher of the adapter pair on the hard buffer, then an exact merge."""
         fa, fb = torch.zeros_like(self.adapter.A), torch.zeros_like(self.adapter.B)
-        x = self._t(self._hard_x)
+        x = self._t(self.hard.x)
         for i in range(len(x)):
             logits = self._logits(x[i:i + 1])
             nll = F.cross_entropy(logits, logits.argmax(1).detach())
@@ -283,24 +269,19 @@ class ContinualLearner(TapsLearner):
         self.opt.state.pop(self.adapter.A, None)
         self.opt.state.pop(self.adapter.B, None)
 
-    def _update_ema(self) -> None:
-        c = self.config
-        decay = 0.0 if not c.ema else (c.ema_warm_decay if self.steps < c.ema_warmup_steps else c.ema_decay)
+    def _effective_weight(self) -> torch.Tensor:
         with torch.no_grad():
-            weight = self.adapter.effective_weight() if c.lora else torch.eye(self.encoder.dim, device=self.device)
-            self.ema_weight.mul_(decay).add_((1 - decay) * weight)
-            self.ema_head.mul_(decay).add_((1 - decay) * self.head.detach())
-            self.ema_mass.mul_(decay).add_(1 - decay)
+            return self.adapter.effective_weight() if self.config.lora else torch.eye(self.encoder.dim,
+                                                                                       device=self.device)
 
     def served_head(self) -> torch.Tensor:
         """The EMA head as served: each row divided by the weight its average has gathered."""
-        mass = self.ema_mass[:, None]
-        return torch.where(mass > 0, self.ema_head / mass.clamp(min=1e-12), self.head.detach())
+        return self.ema.served_head(self.head)
 
     # -- serving and state -----------------------------------------------------------
     def snapshot(self) -> CosineSnapshot:
         return CosineSnapshot(self.version, self.classes, self.input_kind, self.input_dim, self.events_learned,
-                              self.encoder.serving_copy(), self.ema_weight.cpu().numpy().copy(),
+                              self.encoder.serving_copy(), self.ema.weight.cpu().numpy().copy(),
                               self.served_head().cpu().numpy().copy(), self.protos.frozen_copy(), self.config.cos_scale,
                               self.config.proto_weight)
 
@@ -309,18 +290,80 @@ class ContinualLearner(TapsLearner):
         params = 4 * (3 * d * d + 2 * (self.head.numel()) + 4 * self.adapter.A.numel() + 4 * self.adapter.B.numel())
         return int(params + self.memory.nbytes() + self.protos.nbytes())
 
-    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        from .continual_state import dump
+    # -- state: each component saves its own; this is only where each goes -------------------
+    # The layout is the one checkpoints have always had (users upgrade with them on disk):
+    # arrays under a prefix per component, the adapter's and the codec schedule's few numbers
+    # at the top of the meta, the memory's and the loss window's under their names.
+    def _named_params(self) -> dict[str, torch.Tensor]:
+        return {"A": self.adapter.A, "B": self.adapter.B, "head": self.head}
 
-        return dump(self)
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        codec_arrays, codec_meta = self._codec_state()  # first: it waits for a codebook in training
+        adapter_arrays, adapter_meta = self.adapter.state_dict()
+        opt_arrays, opt_steps = adam_state(self.opt, self._named_params())
+        memory_arrays, memory_meta = self.memory.state_dict()
+        arrays = (with_prefix("adapter.", adapter_arrays) | {"head": self.head.detach().cpu().numpy().copy()}
+                  | with_prefix("ema.", self.ema.state_dict()) | with_prefix("hard.", self.hard.state_dict())
+                  | with_prefix("opt.", opt_arrays) | with_prefix("protos.", self.protos.state_dict())
+                  | with_prefix("encoder.", self.encoder.state_dict()) | with_prefix("memory.", memory_arrays)
+                  | codec_arrays)
+        meta = {"learner": self.name, "dim": self.encoder.dim, "config": asdict(self.config),
+                "classes": self._classes, "version": self.version, "events_learned": self.events_learned,
+                "steps": self.steps, **adapter_meta, "opt_steps": opt_steps, "memory": memory_meta,
+                "window": self.window.state_dict(), **codec_meta}
+        return arrays, meta
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        from .continual_state import load
+        if meta.get("learner") != self.name or meta.get("dim") != self.encoder.dim:
+            raise ValueError(f"state is for {meta.get('learner')} dim {meta.get('dim')}, "
+                             f"not {self.name} dim {self.encoder.dim}")
+        self.adapter.load_state_dict(part("adapter.", arrays), {k: meta[k] for k in ("plateaus", "merges")})
+        self.head = torch.nn.Parameter(self._t(arrays["head"].copy()))
+        self.ema.load_state_dict(part("ema.", arrays))
+        self.hard.load_state_dict(part("hard.", arrays))
+        self._new_optimizer()
+        load_adam_state(self.opt, self._named_params(), part("opt.", arrays), meta["opt_steps"])
+        self.protos.load_state_dict(part("protos.", arrays))
+        self.encoder.load_state_dict(part("encoder.", arrays))
+        self.memory.load_state_dict(part("memory.", arrays), meta["memory"])
+        self._load_codec_state(arrays, meta)
+        self.window.load_state_dict(meta["window"])
+        self._classes = list(meta["classes"])
+        self._class_ids = {c: i for i, c in enumerate(self._classes)}
+        self.version, self.events_learned, self.steps = (int(meta[k]) for k in ("version", "events_learned",
+                                                                                    "steps"))
 
-        load(self, arrays, meta)
+    def _codec_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        # The codebook waiting for the switch is saved where the memory kept it before the
+        # schedule was its own component, its sample and numbers under their old names.
+        if self.codec_schedule is None:
+            return {}, {"codec_started": False, "codec_due": 0}
+        arrays, meta = self.codec_schedule.state_dict()
+        out = with_prefix("memory.", {k: v for k, v in arrays.items() if k.startswith("codec.")})
+        if "sample" in arrays:
+            out["codec_sample"] = arrays["sample"]
+        return out, {"codec_started": meta["phase"] != "collecting", "codec_due": meta["due"]}
+
+    def _load_codec_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        # Where the codebook was in its life is restored too (collecting, trained but not yet
+        # switched to, or in use), so the switch happens at the same event as without the restart.
+        self.codec_schedule = self._new_codec_schedule()
+        if self.codec_schedule is None:
+            return
+        phase = "switched" if self.memory.compressed else "trained" if meta["codec_started"] else "collecting"
+        state = {k: v for k, v in part("memory.", arrays).items() if k.startswith("codec.")}
+        if "codec_sample" in arrays:
+            state["sample"] = arrays["codec_sample"]
+        self.codec_schedule.load_state_dict(state, {"phase": phase, "due": meta["codec_due"]})
+
+    def _codec(self) -> PQCodec | None:
+        """The codebook in use, or the one trained (or training) for the switch."""
+        if isinstance(self.memory.items, PQCodes):
+            return self.memory.items.codec
+        return None if self.codec_schedule is None else self.codec_schedule.codec
 
     def gauges(self) -> dict[str, float]:
-        codec = self.memory.codec
+        codec = self._codec()
         return {"replay_items": self.memory.n, "replay_bytes": self.memory.nbytes(),
                 "pq_error": codec.reconstruction_error if codec and codec.trained else float("nan"),
                 "adapters_merged": self.adapter.merges, "prototypes": self.protos.num_classes}

@@ -11,7 +11,9 @@ folded into a running average that penalises later changes:
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -59,3 +61,20 @@ class LoRALinear(torch.nn.Module):
             self.frozen.add_(self.scale * self.B @ self.A)
         self.reset_pair()
         self.merges += 1
+
+    # In place of torch's own state_dict, which would miss the generator and the counts.
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:  # type: ignore[override]
+        """Weights, importances and the generator of fresh pairs; meta: the plateau and merge counts."""
+        arrays = {name: t.detach().cpu().numpy().copy() for name, t in self._tensors().items()}
+        arrays["gen"] = self._gen.get_state().numpy().copy()
+        return arrays, {"plateaus": self.plateaus, "merges": self.merges}
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:  # type: ignore[override]
+        with torch.no_grad():
+            for name, t in self._tensors().items():
+                t.copy_(torch.from_numpy(arrays[name]))
+        self._gen.set_state(torch.from_numpy(arrays["gen"].copy()))
+        self.plateaus, self.merges = int(meta["plateaus"]), int(meta["merges"])
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {"frozen": self.frozen, "A": self.A, "B": self.B, "omega_A": self.omega_A, "omega_B": self.omega_B}

@@ -1,10 +1,11 @@
 """Replay memory with a byte budget: class-balanced eviction and sampling.
 
-Items are (tap, class id). Until a PQ codec is trained the store keeps raw
-float32 taps in the same budget (few items); once the codec is ready every
-item is encoded and the capacity grows by the compression ratio. When full,
-a new item replaces a random item of the largest class (REMIND), so rare and
-old classes keep their share. Sampling draws classes uniformly, then items.
+Items are (tap, class id). The store starts with exact float32 taps in the
+budget (few items); :meth:`ReplayStore.compress` switches it, once, to the PQ
+codes of a trained codec, and the capacity grows by the compression ratio (the
+two kinds of item are :mod:`~lifelong.memory.replay_items`). When full, a new
+item replaces a random item of the largest class (REMIND), so rare and old
+classes keep their share. Sampling draws classes uniformly, then items.
 """
 from __future__ import annotations
 
@@ -13,53 +14,41 @@ from typing import Any
 import numpy as np
 
 from .pq import PQCodec
+from .replay_items import ExactTaps, PQCodes
 
 LABEL_BYTES = 4
 
 
 class ReplayStore:
-    def __init__(self, dim: int, budget_bytes: int, codec: PQCodec | None = None, seed: int = 0) -> None:
+    def __init__(self, dim: int, budget_bytes: int, seed: int = 0) -> None:
         self.dim = dim
         self.budget_bytes = budget_bytes
-        self.codec = codec
+        self.items: ExactTaps | PQCodes = ExactTaps(dim)
         self._rng = np.random.default_rng(seed)
         self._labels = np.zeros(0, np.int64)
-        self._raw = np.zeros((0, dim), np.float32)  # used until the codec is trained
-        self._codes = np.zeros((0, codec.code_size if codec else 0), np.uint8)
         self._pos = np.zeros(0, np.int64)  # slot -> its place in the pool
         self._reset_regions()
         self.n = 0
         self.seen = 0
-        # Set by compress(), not by the codec finishing training (which may
-        # happen on another thread in the middle of an add).
-        self._compressed = False
         self._reserve()
 
     # -- layout ------------------------------------------------------------------
     @property
     def compressed(self) -> bool:
-        return self._compressed
+        return isinstance(self.items, PQCodes)
 
     def item_bytes(self) -> int:
-        return (self.codec.code_size if self.compressed else self.dim * 4) + LABEL_BYTES  # type: ignore[union-attr]
+        return self.items.item_bytes + LABEL_BYTES
 
     @property
     def capacity(self) -> int:
-        overhead = self.codec.nbytes() if self.compressed else 0  # type: ignore[union-attr]
-        return max(1, (self.budget_bytes - overhead) // self.item_bytes())
+        return max(1, (self.budget_bytes - self.items.overhead_bytes) // self.item_bytes())
 
     def _reserve(self) -> None:
         cap = self.capacity
         self._labels = np.resize(self._labels, cap)
         self._pos = np.resize(self._pos, cap)
-        if self.compressed:
-            codes = np.zeros((cap, self._codes.shape[1]), np.uint8)
-            codes[: self.n] = self._codes[: self.n]
-            self._codes = codes
-        else:
-            raw = np.zeros((cap, self.dim), np.float32)
-            raw[: self.n] = self._raw[: self.n]
-            self._raw = raw
+        self.items.reserve(cap, self.n)
 
     def _reset_regions(self) -> None:
         self._pool = np.zeros(1024, np.int64)  # class regions of slots (see _make_room)
@@ -68,23 +57,25 @@ class ReplayStore:
         self._cap = np.zeros(0, np.int64)
         self._size = np.zeros(0, np.int64)
 
-    def compress(self) -> None:
-        """Switch to PQ codes once the codec is trained (encodes what is stored)."""
-        assert self.codec is not None and self.codec.trained
-        if self._compressed:
-            return
-        after = (self.budget_bytes - self.codec.nbytes()) // (self.codec.code_size + LABEL_BYTES)
+    def compress(self, codec: PQCodec) -> bool:
+        """Switch to the PQ codes of ``codec`` (trained), encoding what is stored; whether it switched.
+
+        It does not when codes, with the codebook counted, would hold fewer items than the raw
+        taps held now (nothing is dropped), nor a second time."""
+        if not codec.trained:
+            raise ValueError("compress needs a trained codec")
+        if self.compressed:
+            return False
+        after = (self.budget_bytes - codec.nbytes()) // (codec.code_size + LABEL_BYTES)
         if after < self.n:
-            return  # with the codebook counted, codes would hold fewer items than raw taps do now
-        self._codes = self.codec.encode(self._raw[: self.n])
-        self._raw = np.zeros((0, self.dim), np.float32)
-        self._compressed = True
+            return False
+        self.items = PQCodes(codec, codec.encode(self.items.decode(np.arange(self.n))))
         self._reserve()
+        return True
 
     def nbytes(self) -> int:
         """Bytes held now (items and codebook); at most ``budget_bytes``."""
-        overhead = self.codec.nbytes() if self.compressed else 0  # type: ignore[union-attr]
-        return int(self.n * self.item_bytes() + overhead)
+        return int(self.n * self.item_bytes() + self.items.overhead_bytes)
 
     # -- class regions -----------------------------------------------------------
     # Slots of class c live in pool[base[c] : base[c] + size[c]] (any order), and
@@ -154,24 +145,18 @@ class ReplayStore:
         c = int(largest[self._rng.integers(len(largest))])
         return self._member(c, int(self._rng.integers(self._size[c])))
 
-    def _store(self, slots: np.ndarray, taps: np.ndarray, codes: np.ndarray | None) -> None:
-        if self.compressed:
-            self._codes[slots] = codes
-        else:
-            self._raw[slots] = taps
-
     def add(self, taps: np.ndarray, labels: np.ndarray) -> None:
         taps = np.asarray(taps, dtype=np.float32)
         labels = np.asarray(labels, dtype=np.int64)
         if len(labels) == 0:
             return
         self._class_arrays(int(labels.max()) + 1)
-        codes = self.codec.encode(taps) if self.compressed else None  # type: ignore[union-attr]
+        encoded = self.items.encode(taps)
         self.seen += len(labels)
         # Free slots first, as one block per class.
         k = min(len(labels), self.capacity - self.n)
         slots = np.arange(self.n, self.n + k)
-        self._store(slots, taps[:k], None if codes is None else codes[:k])
+        self.items.put(slots, encoded[:k])
         for c in np.unique(labels[:k]):
             self._join(int(c), slots[labels[:k] == c])
         self.n += k
@@ -179,13 +164,11 @@ class ReplayStore:
         for i in range(k, len(labels)):
             slot = self._victim()
             self._leave(slot)
-            self._store(np.array([slot]), taps[i:i + 1], None if codes is None else codes[i:i + 1])
+            self.items.put(np.array([slot]), encoded[i:i + 1])
             self._join(int(labels[i]), np.array([slot]))
 
     def decode(self, slots: np.ndarray) -> np.ndarray:
-        if self.compressed:
-            return self.codec.decode(self._codes[slots])  # type: ignore[union-attr]
-        return self._raw[slots].copy()
+        return self.items.decode(slots)
 
     def sample(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``k`` items, classes drawn uniformly then items within the class."""
@@ -206,29 +189,19 @@ class ReplayStore:
                                for c in range(len(self._size))] + [np.zeros(0, np.int64)])
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays ``labels`` and the items' (``raw``, or ``codes`` and ``codec.*``); meta counts and the generator."""
         # Items are written class by class in region order, so a restored store
         # samples and evicts the same items.
         order = self._in_class_order()
-        arrays = {"labels": self._labels[order].copy()}
-        if self.compressed:
-            arrays["codes"] = self._codes[order].copy()
-        else:
-            arrays["raw"] = self._raw[order].copy()
-        if self.codec is not None:
-            arrays |= {f"codec.{k}": v for k, v in self.codec.state_dict().items()}
+        arrays = {"labels": self._labels[order].copy()} | self.items.state_dict(order)
         meta = {"n": self.n, "seen": self.seen, "rng": self._rng.bit_generator.state}
         return arrays, meta
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        if self.codec is not None:
-            self.codec.load_state_dict({k.removeprefix("codec."): v for k, v in arrays.items()
-                                        if k.startswith("codec.")})
         self.n, self.seen = int(meta["n"]), int(meta["seen"])
         self._rng.bit_generator.state = meta["rng"]
-        self._raw = arrays.get("raw", np.zeros((0, self.dim), np.float32)).astype(np.float32)
-        self._compressed = "codes" in arrays
-        if self._compressed:
-            self._codes = arrays["codes"].astype(np.uint8)
+        kind = PQCodes if "codes" in arrays else ExactTaps
+        self.items = kind.from_state(self.dim, arrays)
         labels = arrays["labels"].astype(np.int64)
         self._labels = np.zeros(0, np.int64)
         self._reset_regions()

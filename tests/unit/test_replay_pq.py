@@ -14,6 +14,7 @@ from lifelong.learner.encoders import FeatureEncoder
 from lifelong.memory.persistence import load_state, save_state
 from lifelong.memory.pq import PQCodec
 from lifelong.memory.replay import LABEL_BYTES, ReplayStore
+from lifelong.memory.replay_items import ExactTaps, PQCodes
 
 DIM, M = 16, 4
 RAW_ITEM = DIM * 4 + LABEL_BYTES  # 68 bytes: a float32 tap and its label
@@ -124,7 +125,7 @@ def test_a_codebook_that_cannot_train_does_not_break_learning() -> None:
 
 # -- ReplayStore: budget ------------------------------------------------------------------------
 def test_raw_capacity_comes_from_the_budget() -> None:
-    store = ReplayStore(DIM, 10_000, PQCodec(DIM, m=M))
+    store = ReplayStore(DIM, 10_000)
     assert not store.compressed and store.item_bytes() == RAW_ITEM
     assert store.capacity == 10_000 // RAW_ITEM == 147
     x, y = blobs(400)
@@ -136,13 +137,14 @@ def test_raw_capacity_comes_from_the_budget() -> None:
 def test_compressed_capacity_counts_the_codebook(trained: tuple[PQCodec, np.ndarray]) -> None:
     codec, _ = trained
     budget = 40_000
-    store = ReplayStore(DIM, budget, codec)
+    store = ReplayStore(DIM, budget)
     x, y = blobs(100, seed=4)
     store.add(x, y)
     raw = store.decode(np.arange(100))
     counts = store.class_counts()
-    store.compress()
-    assert store.compressed and store.item_bytes() == CODE_ITEM
+    assert store.compress(codec)
+    assert store.compressed and isinstance(store.items, PQCodes) and store.items.codec is codec
+    assert store.item_bytes() == CODE_ITEM
     assert store.capacity == (budget - CODEBOOK) // CODE_ITEM == 2952
     assert store.nbytes() == 100 * CODE_ITEM + CODEBOOK
     assert store.n == 100 and store.class_counts() == counts
@@ -152,26 +154,32 @@ def test_compressed_capacity_counts_the_codebook(trained: tuple[PQCodec, np.ndar
     assert store.n == store.capacity and store.nbytes() <= budget
 
 
-def test_compressed_stays_false_until_compress_even_with_a_trained_codec(
-        trained: tuple[PQCodec, np.ndarray]) -> None:
-    codec, _ = trained
-    store = ReplayStore(DIM, 10_000, codec)
+def test_exact_taps_until_compress() -> None:
+    store = ReplayStore(DIM, 10_000)
     x = numbered(20)
     store.add(x, np.zeros(20, int))
-    assert not store.compressed
+    assert not store.compressed and isinstance(store.items, ExactTaps)
     assert store.item_bytes() == RAW_ITEM and store.capacity == 147
     np.testing.assert_array_equal(store.decode(np.arange(20)), x)  # raw, exactly
-    assert "raw" in store.state_dict()[0]
+    assert sorted(store.state_dict()[0]) == ["labels", "raw"]
+
+
+def test_compress_needs_a_trained_codec() -> None:
+    store = ReplayStore(DIM, 10_000)
+    store.add(numbered(5), np.zeros(5, int))
+    with pytest.raises(ValueError, match="trained"):
+        store.compress(PQCodec(DIM, m=M))
+    assert not store.compressed
 
 
 def test_compress_is_idempotent(trained: tuple[PQCodec, np.ndarray]) -> None:
     codec, _ = trained
-    store = ReplayStore(DIM, 40_000, codec)
+    store = ReplayStore(DIM, 40_000)
     store.add(*blobs(200, seed=6))
-    store.compress()
+    assert store.compress(codec)
     arrays, meta = store.state_dict()
     shape = (store.capacity, store.nbytes(), store.class_counts())
-    store.compress()
+    assert not store.compress(codec)
     again, meta_again = store.state_dict()
     assert (store.capacity, store.nbytes(), store.class_counts()) == shape
     np.testing.assert_array_equal(again["codes"], arrays["codes"])
@@ -182,11 +190,11 @@ def test_compress_is_idempotent(trained: tuple[PQCodec, np.ndarray]) -> None:
 def test_compress_when_the_codebook_leaves_less_room(trained: tuple[PQCodec, np.ndarray]) -> None:
     codec = PQCodec(DIM, m=16)  # 20-byte items: (20_000 - 16_384) // 20 = 180 < 294 raw items
     codec.train(blobs(1000, seed=7)[0])
-    store = ReplayStore(DIM, 20_000, codec)
+    store = ReplayStore(DIM, 20_000)
     store.add(*blobs(300, seed=8))
     assert store.n == 294
     before = store.state_dict()[0]["raw"].copy()
-    store.compress()  # codes would hold fewer items than raw taps already do: stay raw, lose nothing
+    assert not store.compress(codec)  # codes would hold fewer items than raw taps already do: stay raw, lose nothing
     assert not store.compressed and store.n == 294
     assert store.nbytes() <= store.budget_bytes
     np.testing.assert_array_equal(store.state_dict()[0]["raw"], before)
@@ -240,9 +248,9 @@ def test_sampling_an_empty_store_or_nothing() -> None:
 
 
 # -- ReplayStore: state -----------------------------------------------------------------------------------
-def round_trip(store: ReplayStore, folder: Path, codec: PQCodec | None = None) -> ReplayStore:
+def round_trip(store: ReplayStore, folder: Path) -> ReplayStore:
     save_state(folder, *store.state_dict())  # JSON meta: the generator state must survive it
-    twin = ReplayStore(DIM, store.budget_bytes, codec, seed=999)
+    twin = ReplayStore(DIM, store.budget_bytes, seed=999)
     twin.load_state_dict(*load_state(folder))
     return twin
 
@@ -266,15 +274,16 @@ def test_raw_state_round_trip(tmp_path: Path) -> None:
 
 def test_compressed_state_round_trip(trained: tuple[PQCodec, np.ndarray], tmp_path: Path) -> None:
     codec, _ = trained
-    store = ReplayStore(DIM, 20_000, codec, seed=1)
+    store = ReplayStore(DIM, 20_000, seed=1)
     store.add(*blobs(250, seed=9))
-    store.compress()
+    assert store.compress(codec)
     store.add(*blobs(600, seed=10))  # fills the 452 slots and evicts
     assert store.n == store.capacity == (20_000 - CODEBOOK) // CODE_ITEM
-    twin = round_trip(store, tmp_path / "codes", PQCodec(DIM, m=M))
-    assert twin.compressed and twin.codec is not None and twin.codec.trained
+    twin = round_trip(store, tmp_path / "codes")  # the codes bring their codebook
+    assert isinstance(twin.items, PQCodes) and twin.items.codec.trained and twin.items.codec.m == M
     assert_same_items(twin, store)
     np.testing.assert_array_equal(twin.state_dict()[0]["codes"], store.state_dict()[0]["codes"])
+    np.testing.assert_array_equal(twin.sample(64)[0], store.sample(64)[0])
 
 
 def test_state_round_trip_before_eviction_continues_identically(tmp_path: Path) -> None:
