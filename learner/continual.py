@@ -14,7 +14,7 @@ disturb. Configuration lives in :class:`ContinualConfig` only.
 Each component keeps and saves its own state: the adapter (``lora``), the EMA
 copy (``ema``), the hard buffer (``hard_buffer``), the replay store and the
 schedule of its switch to codes (``memory.replay``, ``memory.codec_schedule``),
-the prototypes and the loss window (``drift``). The learner owns the head,
+the prototypes, the loss window and ADWIN (``drift``). The learner owns the head,
 the optimiser and the class list, and composes the components' states into one.
 """
 from __future__ import annotations
@@ -302,15 +302,16 @@ class ContinualLearner(TapsLearner):
         adapter_arrays, adapter_meta = self.adapter.state_dict()
         opt_arrays, opt_steps = adam_state(self.opt, self._named_params())
         memory_arrays, memory_meta = self.memory.state_dict()
+        detector_arrays, detector_meta = self.detector.state_dict()
         arrays = (with_prefix("adapter.", adapter_arrays) | {"head": self.head.detach().cpu().numpy().copy()}
                   | with_prefix("ema.", self.ema.state_dict()) | with_prefix("hard.", self.hard.state_dict())
                   | with_prefix("opt.", opt_arrays) | with_prefix("protos.", self.protos.state_dict())
                   | with_prefix("encoder.", self.encoder.state_dict()) | with_prefix("memory.", memory_arrays)
-                  | codec_arrays)
+                  | codec_arrays | with_prefix("detector.", detector_arrays))
         meta = {"learner": self.name, "dim": self.encoder.dim, "config": asdict(self.config),
                 "classes": self._classes, "version": self.version, "events_learned": self.events_learned,
                 "steps": self.steps, **adapter_meta, "opt_steps": opt_steps, "memory": memory_meta,
-                "window": self.window.state_dict(), **codec_meta}
+                "window": self.window.state_dict(), **codec_meta, "detector": detector_meta}
         return arrays, meta
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -328,6 +329,10 @@ class ContinualLearner(TapsLearner):
         self.memory.load_state_dict(part("memory.", arrays), meta["memory"])
         self._load_codec_state(arrays, meta)
         self.window.load_state_dict(meta["window"])
+        if "detector" in meta:  # states written before ADWIN's window was kept restart it
+            self.detector.load_state_dict(part("detector.", arrays), meta["detector"])
+        else:
+            self.detector = RiverDetector()
         self._classes = list(meta["classes"])
         self._class_ids = {c: i for i, c in enumerate(self._classes)}
         self.version, self.events_learned, self.steps = (int(meta[k]) for k in ("version", "events_learned",

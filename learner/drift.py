@@ -81,21 +81,58 @@ class LossWindow:
 
 
 class RiverDetector:
-    """A second opinion: river's ADWIN on the per-event 0/1 error."""
+    """A second opinion: river's ADWIN on the per-event 0/1 error.
+
+    ADWIN (river's Rust implementation) exposes no state to save, so this keeps the errors
+    it has seen since its window last restarted and a restore feeds them to a fresh one:
+    the same window, the same later signals. Only the last ``MAX_REPLAY`` are kept (16 KiB
+    packed; a window that long estimates the error rate as well as a longer one), so on a
+    stream that has not drifted for longer than that a restored window is the shorter one.
+    """
+
+    MAX_REPLAY = 1 << 17
 
     def __init__(self, delta: float = 0.002) -> None:
+        self._delta = delta
+        self._detector = self._fresh()
+        self._since_restart: list[np.ndarray] = []  # the errors in ADWIN's window, in order
+        self.steps = 0
+
+    def _fresh(self) -> Any:
         from river.drift import ADWIN
 
-        self._delta = delta
-        self._detector = ADWIN(delta=delta)
-        self.steps = 0
+        return ADWIN(delta=self._delta)
 
     def update(self, errors: np.ndarray) -> DriftEvent | None:
         self.steps += 1
-        drifted = False
-        for e in np.asarray(errors, dtype=float):
+        errors = np.asarray(errors, dtype=float)
+        drifted, start = False, 0
+        for i, e in enumerate(errors):
+            if self._detector.drift_detected:
+                self._since_restart, start = [], i  # ADWIN starts a new window with this event
             self._detector.update(float(e))
             drifted = drifted or self._detector.drift_detected
+        self._keep(errors[start:] > 0.5)
         if drifted:
             return DriftEvent("adwin", self.steps, float(self._detector.estimation), float("nan"))
         return None
+
+    def _keep(self, errors: np.ndarray) -> None:
+        self._since_restart.append(errors)
+        if sum(len(e) for e in self._since_restart) > 2 * self.MAX_REPLAY:  # trim rarely, not every batch
+            self._since_restart = [np.concatenate(self._since_restart)[-self.MAX_REPLAY:]]
+
+    def _window(self) -> np.ndarray:
+        kept = np.concatenate(self._since_restart + [np.zeros(0, bool)])
+        return kept[-self.MAX_REPLAY:]
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        window = self._window()
+        return {"errors": np.packbits(window)}, {"steps": self.steps, "errors": len(window)}
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        window = np.unpackbits(arrays["errors"], count=int(meta["errors"])).astype(bool)
+        self._detector, self._since_restart = self._fresh(), [window]
+        for e in window:
+            self._detector.update(float(e))
+        self.steps = int(meta["steps"])

@@ -181,6 +181,47 @@ def test_adwin_is_quiet_on_a_stable_stream() -> None:
     assert detector.steps == 80
 
 
+def drifting_errors(seed: int) -> list[np.ndarray]:
+    """Batches of 0/1 errors whose rate changes twice, so ADWIN flags (and restarts its window)."""
+    rng = np.random.default_rng(seed)
+    return [rng.random(25) < rate for rate in [0.1] * 30 + [0.7] * 15 + [0.05] * 30 + [0.5] * 20]
+
+
+@pytest.mark.parametrize("cut", [10, 40, 44, 70])
+def test_adwin_state_round_trip_gives_the_same_later_signals(cut: int) -> None:
+    batches = drifting_errors(seed=2)
+    detector = RiverDetector()
+    for errors in batches[:cut]:
+        detector.update(errors)
+    arrays, meta = detector.state_dict()
+    twin = RiverDetector()
+    twin.load_state_dict(arrays, json.loads(json.dumps(meta)))
+    def signals(d: RiverDetector) -> list[tuple[int, float] | None]:  # (window_var is NaN: not comparable)
+        return [None if (e := d.update(errors)) is None else (e.at_step, e.window_mean) for errors in batches[cut:]]
+
+    later = signals(detector)
+    assert signals(twin) == later
+    assert sum(e is not None for e in later) >= 1
+    assert twin.steps == detector.steps == len(batches)
+
+
+def test_adwin_state_keeps_only_the_errors_since_its_window_restarted() -> None:
+    detector = RiverDetector()
+    for errors in drifting_errors(seed=2)[:60]:  # past the first flag
+        detector.update(errors)
+    _, meta = detector.state_dict()
+    assert 0 < meta["errors"] < 60 * 25
+
+
+def test_adwin_state_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RiverDetector, "MAX_REPLAY", 100)
+    detector = RiverDetector()
+    for _ in range(50):
+        detector.update(np.zeros(25))  # no drift: the window only grows
+    arrays, meta = detector.state_dict()
+    assert meta["errors"] == 100 and arrays["errors"].nbytes == 13
+
+
 # -- consolidation inside ContinualLearner ------------------------------------------------------------
 CENTRES = 3.0 * np.random.default_rng(1).normal(size=(4, DIM))
 
