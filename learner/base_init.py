@@ -20,11 +20,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..memory.replay import ReplayStore
 from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .continual import ContinualConfig, ContinualLearner
 from .encoders import Encoder
 from .head import softmax
 from .mlp_encoder import MLPEncoder, OnlineMLP, bottom_forward
+from .parts import part, with_prefix
 from .serving import CosineSnapshot, SnapshotInfo, to_predictions
 
 
@@ -87,10 +89,6 @@ def tap_width(input_dim: int, config: BaseInitConfig) -> int:
     return config.widths[-1] + (input_dim if config.keep_input else 0)
 
 
-def _part(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
-
-
 class BaseInitLearner(TapsLearner):
     name = "lifelong-mlp"
 
@@ -123,7 +121,7 @@ class BaseInitLearner(TapsLearner):
         return self.inner.classes if self.inner is not None else tuple(self._classes)
 
     @property
-    def memory(self) -> Any:
+    def memory(self) -> ReplayStore:
         """The replay memory (after the switch only)."""
         if self.inner is None:
             raise AttributeError("no replay memory during base-initialisation")
@@ -227,12 +225,11 @@ class BaseInitLearner(TapsLearner):
                                 "version": self.version, "events_learned": self.events_learned}
         if self.inner is not None:
             arrays, inner_meta = self.inner.state_dict()
-            return ({f"inner.{k}": v for k, v in arrays.items()},
+            return (with_prefix("inner.", arrays),
                     meta | {"phase": "continual", "inner": inner_meta, "version_offset": self._version_offset})
         assert self.mlp is not None
         mlp_arrays, mlp_meta = self.mlp.state_dict()
-        arrays = {f"mlp.{k}": v for k, v in mlp_arrays.items()}
-        arrays |= {f"std.{k}": v for k, v in self.encoder.state_dict().items()}
+        arrays = with_prefix("mlp.", mlp_arrays) | with_prefix("std.", self.encoder.state_dict())
         arrays |= {"buffer.x": self._buf_x.copy(), "buffer.y": self._buf_y.copy()}
         return arrays, meta | {"phase": "base", "mlp": mlp_meta, "classes": list(self._classes),
                                "rng": self._rng.bit_generator.state}
@@ -247,13 +244,13 @@ class BaseInitLearner(TapsLearner):
         if meta["phase"] == "continual":
             inner = ContinualLearner(MLPEncoder(self.encoder, self.config.widths, self.config.keep_input),
                                      self.continual)
-            inner.load_state_dict(_part(arrays, "inner."), meta["inner"])  # the standardiser is restored with it
+            inner.load_state_dict(part("inner.", arrays), meta["inner"])  # the standardiser is restored with it
             self.inner, self.mlp = inner, None
             self._version_offset = int(meta["version_offset"])
         else:
             assert self.mlp is not None
-            self.mlp.load_state_dict(_part(arrays, "mlp."), meta["mlp"])
-            self.encoder.load_state_dict(_part(arrays, "std."))
+            self.mlp.load_state_dict(part("mlp.", arrays), meta["mlp"])
+            self.encoder.load_state_dict(part("std.", arrays))
             self._buf_x, self._buf_y = arrays["buffer.x"].copy(), arrays["buffer.y"].copy()
             self._classes = list(meta["classes"])
             self._class_ids = {c: i for i, c in enumerate(self._classes)}

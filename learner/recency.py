@@ -18,13 +18,36 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from .base import Predictions, RawInputs, StepStats, TapsLearner
+from ..memory.replay import ReplayStore
+from .base import Learner, Predictions, RawInputs, ServingModel, StepStats, TapsLearner
+from .encoders import Encoder
 from .head import softmax
+from .parts import part, with_prefix
 from .serving import SnapshotInfo, to_predictions
+
+
+class SlowSnapshot(ServingModel, Protocol):
+    """What the mixture uses of the slow expert's snapshot: its probabilities and its encoder."""
+
+    encoder: Encoder
+
+    def probs(self, taps: np.ndarray) -> np.ndarray: ...
+
+
+class SlowLearner(Learner, Protocol):
+    """What the mixture uses of the learner it wraps (the continual learner, the MLP-initialised one)."""
+
+    @property
+    def encoder(self) -> Encoder: ...
+
+    @property
+    def memory(self) -> ReplayStore: ...
+
+    def snapshot(self) -> SlowSnapshot: ...
 
 
 @dataclass(frozen=True)
@@ -74,13 +97,13 @@ def _hedge(weights: np.ndarray, losses: np.ndarray, eta: float, share: float) ->
 class MixtureSnapshot(SnapshotInfo):
     """The served copy: the slow expert's snapshot, a frozen fast head, frozen Hedge weights."""
 
-    slow: Any  # a snapshot with ``probs(taps)``
+    slow: SlowSnapshot
     fast_weight: np.ndarray
     fast_bias: np.ndarray
     mix: np.ndarray
 
     @classmethod
-    def of(cls, slow: Any, fast: FastHead, mix: np.ndarray) -> "MixtureSnapshot":
+    def of(cls, slow: SlowSnapshot, fast: FastHead, mix: np.ndarray) -> "MixtureSnapshot":
         return cls(slow.version, slow.classes, slow.input_kind, slow.input_dim, slow.events_learned, slow.encoder,
                    slow, fast.weight.copy(), fast.bias.copy(), mix.copy())
 
@@ -104,22 +127,36 @@ class MixtureSnapshot(SnapshotInfo):
 class RecencyMixture(TapsLearner):
     """``learner`` (its snapshot: the slow expert) + a per-event fast head, mixed by Hedge."""
 
-    def __init__(self, learner: Any, config: RecencyConfig = RecencyConfig()) -> None:
+    def __init__(self, learner: SlowLearner, config: RecencyConfig = RecencyConfig()) -> None:
         self.inner, self.config = learner, config
         self.name = learner.name
         self.input_kind, self.input_dim = learner.input_kind, learner.input_dim
         self.fast = FastHead(learner.encoder.dim, config.lr)  # on the taps
         self.hedge = np.full(2, 0.5)  # Hedge weights of (slow, fast)
-        self._snap: Any = None
+        self._snap: SlowSnapshot | None = None
 
-    # what the wrapped learner says
-    encoder = property(lambda self: self.inner.encoder)
-    memory = property(lambda self: self.inner.memory)
-    classes = property(lambda self: self.inner.classes)
-    version = property(lambda self: self.inner.version)
-    events_learned = property(lambda self: self.inner.events_learned)
+    # -- what the wrapped learner says --------------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        return self.inner.encoder
 
-    def _slow(self) -> Any:
+    @property
+    def memory(self) -> ReplayStore:
+        return self.inner.memory
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.inner.classes
+
+    @property
+    def version(self) -> int:
+        return self.inner.version
+
+    @property
+    def events_learned(self) -> int:
+        return self.inner.events_learned
+
+    def _slow(self) -> SlowSnapshot:
         # Snapshots are immutable: one per version serves learning and live predictions alike.
         if self._snap is None or self._snap.version != self.inner.version:
             self._snap = self.inner.snapshot()
@@ -179,16 +216,15 @@ class RecencyMixture(TapsLearner):
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, meta = self.inner.state_dict()
-        arrays = {f"inner.{k}": v for k, v in arrays.items()}
-        arrays |= {"fast.weight": self.fast.weight.copy(), "fast.bias": self.fast.bias.copy(),
-                   "hedge": self.hedge.copy()}
+        arrays = with_prefix("inner.", arrays) | {"fast.weight": self.fast.weight.copy(),
+                                                  "fast.bias": self.fast.bias.copy(), "hedge": self.hedge.copy()}
         return arrays, {"learner": self.name, "recency": True, "version": self.version,
                         "events_learned": self.events_learned, "inner": meta}
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         if not meta.get("recency"):
             raise ValueError("state is not a recency mixture's")
-        self.inner.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("inner.")}, meta["inner"])
+        self.inner.load_state_dict(part("inner.", arrays), meta["inner"])
         self.fast.weight, self.fast.bias = arrays["fast.weight"].copy(), arrays["fast.bias"].copy()
         self.hedge = arrays["hedge"].copy()
         self._snap = None
