@@ -25,6 +25,7 @@ from river import base
 from .continual import ContinualConfig, ContinualLearner
 from .encoders import FeatureEncoder, TextEncoder
 from .nmc import NMCLearner
+from .registry import LearnerOptions, build
 
 if TYPE_CHECKING:
     import pandas as pd  # the _many methods take DataFrames; the _one path works without pandas
@@ -140,12 +141,10 @@ class LifelongClassifier(base.MiniBatchClassifier):
         else:
             assert self._schema is not None
             encoder = FeatureEncoder(len(self._schema), warmup_events=self.warmup_events)
-        if self.learner == "nmc":
-            return NMCLearner(encoder, **self.options)
-        pq_m = self.options.get("pq_m", ContinualConfig.pq_m)
-        pq_m = pq_m if pq_m and encoder.dim % pq_m == 0 else 0  # as the service does: raw taps otherwise
-        return ContinualLearner(encoder, ContinualConfig(**(self.options | {"pq_m": pq_m}), seed=self.seed,
-                                                         device=self.device))
+        # Through the registry, as the daemon builds them (pq_m fitted to the tap width alike).
+        key = "nmc" if self.learner == "nmc" else "continual"
+        return build(self.learner, encoder, LearnerOptions(seed=self.seed, device=self.device,
+                                                           **{key: dict(self.options)}))  # type: ignore[no-any-return]
 
     def _label_keys(self, ys: Sequence[Any]) -> list[str]:
         for y in ys:

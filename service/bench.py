@@ -31,15 +31,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..learner.river_models import RiverLearner
-from ..memory.pq import subquantizers
+from ..learner.registry import LEARNERS as REGISTRY
+from ..learner.registry import LearnerOptions, build
 from ..monitoring.continual_metrics import NAN, forgetting, min_acc, nanmean, pooled, wc_acc
 from ..stream.benchmarks import BenchStream
 from .bench_encode import Encoded, _bar, encode_stream
 
-LEARNERS = ("lifelong", "lifelong-live", "nmc", "finetune", "er", "river-logreg", "river-arf",
-            "lifelong-no-replay", "lifelong-no-lora", "lifelong-no-ema", "lifelong-no-consolidation",
-            "lifelong-mlp", "lifelong-mlp-no-fast", "lifelong-fast")
+# Every registry learner, and lifelong-live: the lifelong run's live (not EMA) weights scored beside it.
+LEARNERS = ("lifelong", "lifelong-live", *(name for name in REGISTRY if name != "lifelong"))
 DEFAULT_LEARNERS = ("lifelong", "nmc", "finetune", "er")
 Predict = Callable[[np.ndarray], Sequence[str | None]]
 
@@ -93,38 +92,6 @@ def compute_metrics(history: Sequence[Evaluation], sizes: Sequence[int]) -> dict
 
 
 # -- learners ----------------------------------------------------------------------------------------
-def _continual(encoder: Any, seed: int, budget: int | None, **flags: Any) -> Any:
-    from ..learner.continual import ContinualConfig, ContinualLearner
-
-    pq_m = flags.pop("pq_m", ContinualConfig.pq_m)
-    pq_m = subquantizers(encoder.dim, pq_m)  # as the service does (runtime.build_learner)
-    extra = {"memory_budget_bytes": budget} if budget else {}
-    return ContinualLearner(encoder, ContinualConfig(seed=seed, pq_m=pq_m, **extra, **flags))
-
-
-ABLATIONS = {"lifelong-no-replay": {"replay": False}, "lifelong-no-lora": {"lora": False},
-             "lifelong-no-ema": {"ema": False}, "lifelong-no-consolidation": {"consolidation": False}}
-
-
-# As the service's learner.encoder mlp (feature streams) and learner.fast_expert.
-DRIFT = ("lifelong-mlp", "lifelong-mlp-no-fast", "lifelong-fast")
-
-
-def _drift(name: str, encoder: Any, seed: int, budget: int | None) -> Any:
-    from ..learner.base_init import BaseInitConfig, BaseInitLearner, tap_width
-    from ..learner.continual import ContinualConfig
-    from ..learner.recency import RecencyMixture
-
-    if name.startswith("lifelong-mlp"):
-        base = BaseInitConfig(seed=seed)
-        pq_m = subquantizers(tap_width(encoder.dim, base), ContinualConfig.pq_m)
-        extra = {"memory_budget_bytes": budget} if budget else {}
-        lr = BaseInitLearner(encoder, base, ContinualConfig(seed=seed, pq_m=pq_m, **extra))
-    else:
-        lr = _continual(encoder, seed, budget)
-    return lr if name == "lifelong-mlp-no-fast" else RecencyMixture(lr)
-
-
 Run = tuple[str, Any, dict[str, Callable[[], Predict]], set[str]]
 
 
@@ -134,44 +101,24 @@ def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: i
     unknown = [n for n in names if n not in LEARNERS]
     if unknown:
         raise ValueError(f"unknown learner(s) {', '.join(unknown)}; known: {', '.join(LEARNERS)}")
+    options = LearnerOptions(seed=seed, continual={"memory_budget_bytes": budget} if budget else {},
+                             classes=tuple(sorted(set(labels))))
     runs: list[Run] = []
     served = lambda lr: (lambda: (lambda taps: lr.snapshot().predict_taps(taps).labels))  # noqa: E731
     live = lambda lr: (lambda: (lambda taps: lr.predict_taps(taps).labels))  # noqa: E731
     if "lifelong" in names or "lifelong-live" in names:
-        lr = _continual(encoder, seed, budget)
+        lr = build("lifelong", encoder, options)
         models = {"lifelong": served(lr), "lifelong-live": live(lr)}
         runs.append(("lifelong", lr, {k: v for k, v in models.items() if k in names}, {"lifelong"}))
-    classes = sorted(set(labels))
     for name in names:
         if name in ("lifelong", "lifelong-live"):
             continue
-        if name == "nmc":
-            from ..learner.nmc import NMCLearner
-
-            lr = NMCLearner(encoder)
-        elif name == "finetune":
-            lr = _continual(encoder, seed, budget, replay=False, consolidation=False, ema=False)
-        elif name == "er":
-            lr = _continual(encoder, seed, budget, pq_m=0, lora=False, consolidation=False, ema=False)
-        elif name in ABLATIONS:
-            lr = _continual(encoder, seed, budget, **ABLATIONS[name])
-        elif name in DRIFT:
-            lr = _drift(name, encoder, seed, budget)
-        else:
-            from river import forest, linear_model, multiclass, preprocessing
-
-            if name == "river-arf":
-                lr = RiverLearner(name, forest.ARFClassifier(seed=seed))
-            elif len(classes) == 2:
-                lr = RiverLearner(name, preprocessing.StandardScaler() | linear_model.LogisticRegression(),
-                                  labels=(classes[0], classes[1]))
-            else:
-                lr = RiverLearner(name, preprocessing.StandardScaler()
-                                  | multiclass.OneVsRestClassifier(linear_model.LogisticRegression()))
+        entry = REGISTRY[name]
+        lr = build(name, encoder, options)
+        if not entry.snapshots:  # river models answer one row at a time
             runs.append((name, lr, {name: (lambda lr=lr: lr.predict_taps_labels)}, set()))
-            continue
-        ema = (name in ABLATIONS and name != "lifelong-no-ema") or name in DRIFT
-        runs.append((name, lr, {name: served(lr)}, {name} if ema else set()))
+        else:
+            runs.append((name, lr, {name: served(lr)}, {name} if entry.served else set()))
     return runs
 
 

@@ -13,6 +13,8 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from ..learner.registry import LEARNERS, PRODUCT
+
 ENV_PREFIX = "LIFELONG_"
 
 
@@ -55,10 +57,12 @@ class SourceSettings(Section):
         return self
 
 
+LearnerName = Literal[PRODUCT]  # type: ignore[valid-type]  # the registry's product learners
+
+
 class LearnerSettings(Section):
-    name: Literal["lifelong", "nmc"] = Field(
-        "lifelong", description="lifelong: Online-LoRA adapter + cosine head + PQ replay + EMA serving; "
-        "nmc: prototypes + linear head (baseline).")
+    name: LearnerName = Field(
+        "lifelong", description="; ".join(f"{n}: {LEARNERS[n].description}" for n in PRODUCT) + ".")
     input_kind: Literal["text", "features"] = Field("text", description="What events carry.")
     encoder: Literal["auto", "efficientnet-lite0", "mlp"] = Field(
         "auto", description="auto: all-MiniLM-L6-v2 for text, running standardisation for features; "
@@ -100,10 +104,13 @@ class LearnerSettings(Section):
 
     @model_validator(mode="after")
     def _mlp_for_lifelong_features(self) -> "LearnerSettings":
-        if self.encoder == "mlp" and (self.input_kind != "features" or self.name != "lifelong"):
-            raise ValueError("learner.encoder mlp needs learner.input_kind 'features' and learner.name 'lifelong'")
-        if self.fast_expert and self.name != "lifelong":
-            raise ValueError("learner.fast_expert needs learner.name 'lifelong'")
+        entry = LEARNERS[self.name]
+        if self.encoder == "mlp" and (self.input_kind != "features" or not entry.continual):
+            raise ValueError("learner.encoder mlp needs learner.input_kind 'features' and a lifelong learner")
+        if self.fast_expert and not entry.continual:
+            raise ValueError(f"learner.fast_expert needs a lifelong learner, not {self.name!r}")
+        if entry.features_only and self.input_kind != "features":
+            raise ValueError(f"learner.name {self.name!r} needs learner.input_kind 'features'")
         return self
 
     @model_validator(mode="after")

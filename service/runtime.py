@@ -12,11 +12,7 @@ import uvicorn
 from .. import __version__
 from ..learner.base import Learner
 from ..learner.encoders import make_encoder
-from ..learner.base_init import BaseInitConfig, BaseInitLearner, tap_width
-from ..learner.continual import ContinualConfig, ContinualLearner
-from ..learner.recency import RecencyMixture
-from ..learner.nmc import NMCLearner
-from ..memory.pq import subquantizers
+from ..learner.registry import LEARNERS, LearnerOptions, build
 from ..monitoring.metrics import Metrics
 from ..stream.demo import demo_path
 from ..stream.errors import REASONS
@@ -33,6 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def build_learner(settings: Settings) -> Learner:
+    """The configured learner, built through the registry on the configured encoder."""
     import torch
 
     ls = settings.learner
@@ -50,20 +47,14 @@ def build_learner(settings: Settings) -> Learner:
         encoder = make_encoder("text", max_tokens=ls.max_tokens, device=device)
     else:
         encoder = make_encoder("features", feature_dim=ls.feature_dim, warmup_events=ls.feature_warmup_events)
-    learner: Any
-    if ls.name == "nmc":
-        learner = NMCLearner(encoder, lr=ls.lr, head_weight=ls.head_weight, proto_scale=ls.proto_scale)
-    else:
-        base = BaseInitConfig(base_events=ls.base_init_events, seed=ls.seed) if ls.encoder == "mlp" else None
-        width = tap_width(encoder.dim, base) if base else encoder.dim
-        pq_m = subquantizers(width, ls.pq_m)  # e.g. 80 for EfficientNet's 1280-d taps
-        config = ContinualConfig(
-            memory_budget_bytes=ls.memory_budget_bytes, pq_m=pq_m, steps_per_batch=ls.steps_per_batch,
-            replay_per_step=ls.replay_per_step, rank=ls.rank, ema_decay=ls.ema_decay, seed=ls.seed, device=device)
-        learner = BaseInitLearner(encoder, base, config) if base else ContinualLearner(encoder, config)
-        if ls.fast_expert:
-            learner = RecencyMixture(learner)
-    return learner
+    options = LearnerOptions(
+        seed=ls.seed, device=device, fast_expert=ls.fast_expert,
+        continual={"memory_budget_bytes": ls.memory_budget_bytes, "pq_m": ls.pq_m, "steps_per_batch": ls.steps_per_batch,
+                   "replay_per_step": ls.replay_per_step, "rank": ls.rank, "ema_decay": ls.ema_decay},
+        base_init={"base_events": ls.base_init_events} if ls.encoder == "mlp" or LEARNERS[ls.name].features_only
+        else None,
+        nmc={"lr": ls.lr, "head_weight": ls.head_weight, "proto_scale": ls.proto_scale})
+    return build(ls.name, encoder, options)  # type: ignore[no-any-return]
 
 
 def build_source(settings: Settings, offsets: dict[TopicPartition, int],

@@ -187,3 +187,18 @@ def test_config_show_reports_invalid_configuration(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         main(["config", "show", "--config", str(tmp_path / "absent.yaml")])
     assert "cannot read configuration" in str(info.value.code)
+
+
+def test_learner_names_come_from_the_registry() -> None:
+    from lifelong.learner.registry import LEARNERS, PRODUCT
+
+    for name in PRODUCT:
+        features = {"input_kind": "features", "feature_dim": 4} if LEARNERS[name].features_only else {}
+        assert Settings(learner={"name": name, **features}).learner.name == name
+    for baseline in ("er", "finetune", "river-arf"):
+        with pytest.raises(ValidationError):
+            Settings(learner={"name": baseline})
+    with pytest.raises(ValidationError, match="input_kind 'features'"):
+        Settings(learner={"name": "lifelong-mlp"})
+    with pytest.raises(ValidationError, match="fast_expert"):
+        Settings(learner={"name": "nmc", "fast_expert": True})

@@ -5,8 +5,8 @@ Each test runs against ``nmc`` and ``lifelong`` plus the ablations of
 ``lifelong-mlp`` (the MLP base-initialised encoder; with and without the fast
 expert) and ``lifelong-fast`` (lifelong with the fast expert), on a
 class-incremental stream of Gaussian blobs: 16-d, six classes arriving one
-after the other, micro-batches of 20. A new learner kind joins the suite by
-adding one entry to ``VARIANTS``.
+after the other, micro-batches of 20. Every product learner of
+``learner/registry.py`` is in it: a new learner joins the suite by its registry entry.
 
 The stream is long enough for the lifelong learner's PQ codebook to train
 (first 256 taps, on its thread) and for the replay memory to switch to codes
@@ -23,11 +23,9 @@ import pytest
 import torch
 
 from lifelong.learner.base import Predictions, StepStats
-from lifelong.learner.base_init import BaseInitConfig, BaseInitLearner
-from lifelong.learner.continual import ContinualConfig, ContinualLearner
+from lifelong.learner.base_init import BaseInitConfig, tap_width
 from lifelong.learner.encoders import FeatureEncoder
-from lifelong.learner.nmc import NMCLearner
-from lifelong.learner.recency import RecencyMixture
+from lifelong.learner.registry import LEARNERS, PRODUCT, LearnerOptions, build
 from lifelong.memory.persistence import load_state, save_state
 
 DIM, N_CLASSES, PER_CLASS, BATCH = 16, 6, 160, 20
@@ -54,40 +52,29 @@ class Variant:
     tap_dim: int = DIM  # width of what the replay memory stores
 
 
-def _lifelong(**flags: Any) -> Callable[..., ContinualLearner]:
-    def build(warmup: int = 0, **overrides: Any) -> ContinualLearner:
-        config = ContinualConfig(**(BASE | flags | overrides))
-        return ContinualLearner(FeatureEncoder(DIM, warmup_events=warmup), config)
-    return build
+# Small MLP phases: the switch comes at 100 events, so both phases are exercised; the continual
+# learner then sees 16 + 8 = 24-d taps (the standardised input and the hidden layer).
+SMALL_BASE = {"base_events": 100, "widths": (32, 8)}
 
 
-def _mlp(recency: bool) -> Callable[..., Any]:
-    """The MLP base-initialised learner: switches at 100 events, so both phases are exercised; its
-    continual learner sees 16 + 8 = 24-d taps (the standardised input and the hidden layer)."""
-    def build(warmup: int = 0, **overrides: Any) -> Any:
-        learner = BaseInitLearner(FeatureEncoder(DIM, warmup_events=warmup),
-                                  BaseInitConfig(base_events=100, widths=(32, 8)), ContinualConfig(**(BASE | overrides)))
-        return RecencyMixture(learner) if recency else learner
-    return build
+def _variant(name: str, device: str = "cpu") -> Variant:
+    """A registry learner on ``DIM``-d features with the suite's small settings."""
+    entry = LEARNERS[name]
+    mlp = entry.features_only  # the MLP base-initialised learners
+
+    def make(warmup: int = 0, **overrides: Any) -> Any:
+        options = LearnerOptions(seed=0, device=device, continual=BASE | overrides,
+                                 base_init=SMALL_BASE if mlp else None)
+        return build(name, FeatureEncoder(DIM, warmup_events=warmup), options)
+
+    width = tap_width(DIM, BaseInitConfig(**SMALL_BASE)) if mlp else DIM
+    return Variant(name if device == "cpu" else f"{name}-{device}", make, replay=entry.replay, tap_dim=width)
 
 
-def _nmc(warmup: int = 0, **_: Any) -> NMCLearner:
-    return NMCLearner(FeatureEncoder(DIM, warmup_events=warmup))
-
-
-VARIANTS = [
-    Variant("nmc", _nmc),
-    Variant("lifelong", _lifelong(), replay=True),
-    Variant("lifelong-no-replay", _lifelong(replay=False)),
-    Variant("lifelong-no-lora", _lifelong(lora=False), replay=True),
-    Variant("lifelong-no-ema", _lifelong(ema=False), replay=True),
-    Variant("lifelong-no-consolidation", _lifelong(consolidation=False), replay=True),
-    Variant("lifelong-mlp", _mlp(recency=True), replay=True, tap_dim=24),
-    Variant("lifelong-mlp-no-fast", _mlp(recency=False), replay=True, tap_dim=24),
-    Variant("lifelong-fast", lambda warmup=0, **kw: RecencyMixture(_lifelong()(warmup, **kw)), replay=True),
-]
+# Every product learner of the registry: a new one joins the suite by its registry entry alone.
+VARIANTS = [_variant(name) for name in PRODUCT]
 if torch.cuda.is_available():  # the same contracts on the GPU path, whenever a GPU is there to test on
-    VARIANTS.append(Variant("lifelong-cuda", _lifelong(device="cuda"), replay=True))
+    VARIANTS.append(_variant("lifelong", device="cuda"))
 
 
 @pytest.fixture(params=VARIANTS, ids=[v.name for v in VARIANTS])
