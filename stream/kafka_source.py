@@ -18,6 +18,7 @@ learning loop.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -99,23 +100,34 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        self.source.note_assigned(assigned)
 
 
 class KafkaSource:
     """Consumes ``topics`` in a group with manual commits.
 
-    The group resumes each partition at its committed offset, which can be
-    behind what this state has taken: the daemon crashed after a checkpoint
-    and before its commit, or a commit failed and the group was joined again
-    (after a broker outage, a rebalance). Each partition keeps a floor, the
-    offset after the last record handed out (at first: the checkpoint's), and
-    :meth:`poll` drops records below it; ``skipped`` counts them.
+    The group resumes each partition at its committed offset, but the
+    checkpoint the state was restored from is what that state holds, so the
+    first time a partition with a checkpointed offset is assigned, the consumer
+    seeks there: forward when the checkpoint is ahead of the commit (a crash
+    between the two), back when it is behind (the newest checkpoint was damaged
+    and an older one restored: the records after it are not in this state).
+    Later the committed offset can still be behind what this state has taken
+    (a commit failed, then the group was joined again after a broker outage or
+    a rebalance), so each partition keeps a floor, the offset after the last
+    record handed out, and :meth:`poll` drops records below it; ``skipped``
+    counts them.
     """
 
     def __init__(self, options: KafkaSourceOptions, start_offsets: dict[TopicPartition, int] | None = None,
                  on_revoke: Callable[[list[TopicPartition]], None] | None = None) -> None:
         self.options = options
         self.floors = dict(start_offsets or {})
+        # Partitions still to be moved to their checkpointed offset at their first assignment.
+        self._to_seek = set(self.floors)
+        # Filled by the rebalance listener on the client's thread, drained by poll().
+        self._assigned_since_poll: set[KafkaTP] = set()
+        self._assigned_lock = threading.Lock()
         self.on_revoke = on_revoke or (lambda partitions: None)
         self.skipped = 0
         self.commit_failures = 0
@@ -156,9 +168,12 @@ class KafkaSource:
             log.warning("poll failed (%s); retrying", exc)
             time.sleep(min(timeout_s, 1.0))
             return []
+        moved = self._seek_to_checkpoint(batches) if self._assigned_since_poll else set()
         out: list[Record] = []
         for tp, records in batches.items():
             key = (tp.topic, tp.partition)
+            if key in moved:
+                continue  # read from the committed offset; read again from the checkpoint's
             floor = self.floors.get(key, 0)
             kept = [Record(r.value or b"", tp.topic, tp.partition, r.offset, r.key) for r in records if r.offset >= floor]
             self.skipped += len(records) - len(kept)
@@ -166,6 +181,33 @@ class KafkaSource:
                 self.floors[key] = kept[-1].offset + 1
             out += kept
         return out
+
+    def note_assigned(self, partitions: Any) -> None:
+        """Called by the rebalance listener (on the client's thread)."""
+        with self._assigned_lock:
+            self._assigned_since_poll.update(partitions)
+
+    def _seek_to_checkpoint(self, batches: dict[Any, list[Any]]) -> set[TopicPartition]:
+        """Seek newly assigned partitions to their checkpointed offsets; returns those moved."""
+        with self._assigned_lock:
+            assigned, self._assigned_since_poll = self._assigned_since_poll, set()
+        moved: set[TopicPartition] = set()
+        for tp in assigned:
+            key = (tp.topic, tp.partition)
+            if key not in self._to_seek:
+                continue
+            self._to_seek.discard(key)
+            records = batches.get(tp) or []
+            if records and records[0].offset == self.floors[key]:
+                continue  # it started right there
+            try:
+                self._consumer.seek(tp, self.floors[key])
+            except (KafkaError, AssertionError, ValueError) as exc:  # not assigned any more: the floor still holds
+                log.warning("could not move %s to its checkpointed offset %d: %s", key, self.floors[key], exc)
+                continue
+            log.info("%s[%d] resumes at its checkpointed offset %d", tp.topic, tp.partition, self.floors[key])
+            moved.add(key)
+        return moved
 
     def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         """Commit ``offsets``; True once the broker acknowledged them, False if it did not.

@@ -108,7 +108,14 @@ class FakeConsumer:
         self.topics: list[str] = []
         self.closed: dict[str, Any] | None = None
         self.commit_errors: list[Exception] = []
+        self.seeks: list[tuple[KafkaTP, int]] = []
+        self.seek_error: Exception | None = None
         self.commit_timeouts: list[int | None] = []
+
+    def seek(self, tp: KafkaTP, offset: int) -> None:
+        if self.seek_error is not None:
+            raise self.seek_error
+        self.seeks.append((tp, offset))
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self.topics, self.listener = topics, listener
@@ -258,3 +265,41 @@ def test_kafka_client_settings_favour_a_quick_comeback(monkeypatch: pytest.Monke
     assert config["enable_auto_commit"] is False
     assert config["request_timeout_ms"] == 20000  # client_options win over the defaults
     assert config["security_protocol"] == "SSL"
+
+
+def test_kafka_first_assignment_seeks_to_the_checkpointed_offsets(kafka: Callable[..., Any]) -> None:
+    # The restored checkpoint says events[0] at 5 (behind the commit: an older checkpoint was
+    # restored) and events[1] at 9 (ahead of it: a crash between checkpoint and commit).
+    source, consumer, _ = kafka({("events", 0): 5, ("events", 1): 9, ("labels", 0): 2})
+    e0, e1, l0 = KafkaTP("events", 0), KafkaTP("events", 1), KafkaTP("labels", 0)
+    consumer.listener.on_partitions_assigned([e0, e1, l0])
+    consumer.batches = [
+        {e0: [consumer_record(8), consumer_record(9)], l0: [consumer_record(2), consumer_record(3)]},
+        {e0: [consumer_record(5), consumer_record(6)], e1: [consumer_record(9)]},
+    ]
+    first = source.poll(100, 0.1)
+    assert [(r.topic, r.partition, r.offset) for r in first] == [("labels", 0, 2), ("labels", 0, 3)]
+    assert sorted(consumer.seeks) == [(e0, 5), (e1, 9)]  # labels[0] started right at its offset
+    second = source.poll(100, 0.1)
+    assert [(r.partition, r.offset) for r in second] == [(0, 5), (0, 6), (1, 9)]
+    # A later assignment (a rebalance) does not seek again: the floor keeps re-deliveries out.
+    consumer.listener.on_partitions_assigned([e0])
+    consumer.batches = [{e0: [consumer_record(3), consumer_record(7)]}]
+    assert [r.offset for r in source.poll(100, 0.1)] == [7]
+    assert len(consumer.seeks) == 2
+
+
+def test_kafka_no_checkpoint_means_no_seek(kafka: Callable[..., Any]) -> None:
+    source, consumer, _ = kafka()
+    consumer.listener.on_partitions_assigned([KafkaTP("events", 0)])
+    consumer.batches = [{KafkaTP("events", 0): [consumer_record(0)]}]
+    assert len(source.poll(100, 0.1)) == 1
+    assert consumer.seeks == []
+
+
+def test_kafka_seek_failure_falls_back_to_the_floor(kafka: Callable[..., Any]) -> None:
+    source, consumer, _ = kafka({("events", 0): 4})
+    consumer.seek_error = ValueError("Unassigned partition")  # revoked again before the poll returned
+    consumer.listener.on_partitions_assigned([KafkaTP("events", 0)])
+    consumer.batches = [{KafkaTP("events", 0): [consumer_record(2), consumer_record(4)]}]
+    assert [r.offset for r in source.poll(100, 0.1)] == [4]
