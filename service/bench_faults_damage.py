@@ -134,8 +134,12 @@ def _umount(where: Path) -> None:
     subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
+PAGE = 4096
+
+
 def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes a tmpfs needs for the files under ``folder`` (whole pages)."""
+    return sum(-(-p.stat().st_size // PAGE) * PAGE for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _start_case(ctx: Context, base_config: dict[str, Any], name: str, state: Path, group: str,
@@ -155,7 +159,8 @@ def _observe(daemon: Daemon, damaged: str, template_learned: int, timeout_s: flo
             return {"outcome": "refused_to_start", "exit_code": daemon.proc.returncode if daemon.proc else None,
                     "names_file": damaged in log, "served": False, "detail": " / ".join(errors)[-600:]}
         try:
-            if daemon.model() and http_json("GET", f"{daemon.url}/readyz", timeout_s=2)[0] == 200:
+            # Up and answering (ready needs a model, which an empty start does not have yet).
+            if daemon.healthy() and daemon.model():
                 break
         except OSError:
             pass
@@ -195,7 +200,7 @@ def _template(ctx: Context) -> tuple[Path, dict[str, Any], list[int], str, str]:
     producer = Producer(ctx.broker.bootstrap)
     events = valid_events(ctx.input_kind, 350, "d", ctx.seed + 11)
     try:
-        daemon.start().wait_ready()
+        daemon.start().wait_healthy(180, "up")  # no model yet, so not ready
         for upto in (100, 200, 300, 350):
             for e in events[upto - (100 if upto <= 300 else 50):upto]:
                 producer.send(events_topic, e.labelled_record())
@@ -239,8 +244,9 @@ def run_damage(ctx: Context, timeout_s: float = 120.0) -> dict[str, Any]:
         mounted = False
         try:
             if case in ("dir_read_only", "disk_full"):
-                why = _mount_tmpfs(state, _size(template) + (1 << 20) if case == "dir_read_only"
-                                   else _size(template) + _size(numbered(template)[-1]) // 2)
+                # Full: room for the template and the start-up probe, not for one more checkpoint.
+                room = (1 << 20) if case == "dir_read_only" else max(2 * PAGE, _size(numbered(template)[-1]) // 2)
+                why = _mount_tmpfs(state, _size(template) + room)
                 if why is not None:
                     out[case] = {"outcome": "skipped", "detail": why, "served": False}
                     continue

@@ -191,9 +191,13 @@ def run_outage(ctx: Context) -> dict[str, Any]:
     daemon = ctx.daemon("outage", daemon_config(ctx, events_topic, labels_topic, state))
     producer = Producer(ctx.broker.bootstrap)
     stream = valid_events(ctx.input_kind, s.events, "o", ctx.seed + 4)
+    warm = valid_events(ctx.input_kind, 60, "ow", ctx.seed + 12)  # labelled inline: a model to serve
     started = time.monotonic()
     probes = {"tried": 0, "healthz_200": 0, "predict_200": 0}
     try:
+        for e in warm:
+            producer.send(events_topic, e.labelled_record())
+        producer.flush()
         daemon.start().wait_ready()
         feeder = Feeder(producer, events_topic, labels_topic, stream, s.rate, s.max_delay_s, ctx.seed).start()
         wait_for(lambda: feeder.events_sent >= len(stream) // 2, feeder.duration_s + 60, "half the stream sent")
@@ -222,11 +226,12 @@ def run_outage(ctx: Context) -> dict[str, Any]:
         resume_seconds = resumed_at - accepted_at
         ctx.log(f"outage: consuming again {resume_seconds:.1f} s after the broker accepted connections")
         feeder.wait(feeder.duration_s + s.max_delay_s + 600)
-        learned = wait_learned(daemon, len(stream), timeout_s=600)
+        learned = wait_learned(daemon, len(warm) + len(stream), timeout_s=600) - len(warm)
+        redelivered = daemon.metrics().get("lifelong_records_redelivered_total")
         code = daemon.stop()
     finally:
         producer.close()
-    stats = learn_stats(learned_counts(state), [e.id for e in stream])
+    stats = learn_stats(learned_counts(state), [e.id for e in warm + stream])
     first_ack = feeder.first_send_after_resume
     return {"events": len(stream), "outage_s": s.outage_s, "caught_up_before_outage": caught_up,
             "broker_start_s": round(ready_at - accepted_at, 2), "resume_seconds": round(resume_seconds, 2),
@@ -235,7 +240,7 @@ def run_outage(ctx: Context) -> dict[str, Any]:
             "outage_learned_fraction": stats["once_fraction"], "never_learned": stats["never_learned"],
             "learned_twice": stats["learned_twice"], "never_examples": stats["never_examples"],
             "twice_examples": stats["twice_examples"], "sigterm_exit_code": code,
-            "redelivered": daemon.metrics().get("lifelong_records_redelivered_total") if daemon.running else None,
+            "redelivered": redelivered,
             "seconds": round(time.monotonic() - started, 1),
             "log_excerpts": [log_excerpt(daemon)] if stats["once_fraction"] != 1.0 or resume_seconds > 10 else []}
 
