@@ -218,15 +218,15 @@ class Intake:
         stats = self.learner.learn_taps(np.stack([i.tap for i in items]), labels)  # type: ignore[misc]
         # Learned: from here a failure must not make the caller learn these again.
         try:
-            self._record_step(stats, labels, [i.id for i in items], time.perf_counter() - started)
+            self._record_step(stats, labels, items, time.perf_counter() - started)
         except Exception:  # noqa: BLE001 - monitoring must not undo or repeat learning
             log.exception("recording a learning step failed (the step itself was learned)")
 
-    def _record_step(self, stats: StepStats, labels: list[str], ids: list[str], seconds: float) -> None:
+    def _record_step(self, stats: StepStats, labels: list[str], items: Sequence[Item], seconds: float) -> None:
         self.counters.learned += stats.n
         self.unpublished += stats.n
-        if self.learned_ids is not None:
-            self.learned_ids.update(ids)
+        if self.learned_ids is not None:  # debug.track_learned_ids: costs nothing when off
+            self.learned_ids.update(i.id for i in items)
         self.metrics.learn_latency.observe(seconds)
         self.metrics.learn_batch_size.observe(stats.n)
         self.metrics.events_learned.inc(stats.n)
