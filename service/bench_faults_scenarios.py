@@ -148,8 +148,11 @@ def run_kills(ctx: Context) -> dict[str, Any]:
             if not daemon.running:
                 unexpected_exits += 1
             else:
-                # Not while it is still starting: a kill should land mid-stream, in a learning daemon.
+                # Not while it is still starting: a kill should land in a daemon that is consuming,
+                # a random moment after it took its first records.
                 daemon.wait_healthy(120, "healthy before a kill")
+                wait_for(lambda: daemon.metric("lifelong_events_consumed_total") > 0, 120, "consuming before a kill")
+                time.sleep(rng.uniform(0.0, 2.0))
             kill_at.append(round(time.monotonic() - t0, 1))
             daemon.kill()
             ctx.log(f"kills: SIGKILL at {kill_at[-1]} s")
