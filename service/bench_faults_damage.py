@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -185,6 +186,12 @@ def _observe(daemon: Daemon, damaged: str, template_learned: int, timeout_s: flo
             "detail": " / ".join(ln for ln in daemon.log().splitlines() if "ERROR" in ln)[-400:]}
 
 
+def _short(detail: str, workdir: str) -> str:
+    """Log lines without timestamps and the bench's temporary folder."""
+    detail = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", "", detail)
+    return re.sub(r"[0-9a-f]{64}", "<sha256>", detail.replace(workdir, "WORK"))
+
+
 def probe_body_for(daemon: Daemon) -> dict[str, Any]:
     kind = daemon.config["learner"]["input_kind"]
     return probe_body(kind)
@@ -266,6 +273,7 @@ def run_damage(ctx: Context, timeout_s: float = 120.0) -> dict[str, Any]:
             result["served"] = bool(case in CONTENT_DAMAGE + ("every_checkpoint_damaged",)
                                     and result["outcome"] == "restored" and result.get("answers_with_version"))
             result["expected"] = EXPECTED[case]
+            result["detail"] = _short(str(result.get("detail", "")), str(ctx.workdir))
             daemon.stop()
             out[case] = result
             ctx.log(f"damage {case}: {result['outcome']}")

@@ -98,8 +98,9 @@ class Broker:
         finally:
             admin.close()
 
-    def read(self, topic: str, expect: int | None = None, timeout_s: float = 20.0) -> list["Message"]:
-        """Every message of ``topic`` (until ``expect`` are read, or the log end stays put for 2 s)."""
+    def read(self, topic: str, expect: int | None = None, timeout_s: float = 20.0,
+             quiet_s: float = 4.0) -> list["Message"]:
+        """Messages of ``topic``: until ``expect`` are read, or nothing new came for ``quiet_s``."""
         from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(topic, bootstrap_servers=self.bootstrap, group_id=None,
@@ -118,7 +119,7 @@ class Broker:
                     quiet_since = time.monotonic()
                 if expect is not None and len(out) >= expect:
                     break
-                if expect is None and time.monotonic() - quiet_since > 2.0 and consumer.assignment():
+                if time.monotonic() - quiet_since > quiet_s and consumer.assignment():
                     break
         finally:
             consumer.close()

@@ -113,8 +113,19 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+        return str(int(value)) if value.is_integer() and abs(value) >= 1 else f"{value:.4g}"
     return str(value)
+
+
+def _what(doc: Mapping[str, Any]) -> list[str]:
+    z = doc.get("sizes") or {}
+    if not z:
+        return []
+    return [f"Kills: {z.get('events')} unlabelled events at {z.get('rate')}/s, each label on the labels topic "
+            f"0-{z.get('max_delay_s')} s later, the daemon SIGKILLed {z.get('kills', 3)} times mid-stream and "
+            f"restarted; {z.get('backlog')} labels then their events waiting before the first start, as many again "
+            f"after a SIGTERM. Outage: the same stream, the broker stopped {z.get('outage_s')} s half-way. Learn counts "
+            "are read from the daemon's checkpoint (`debug.track_learned_ids`) after a clean stop."]
 
 
 def render_md(doc: Mapping[str, Any]) -> str:
@@ -122,7 +133,7 @@ def render_md(doc: Mapping[str, Any]) -> str:
     lines = [f"# Fault bench ({'quick' if doc.get('quick') else 'full'} run)", "",
              f"`{doc.get('command', 'lifelong bench --faults')}` at commit `{doc.get('commit', '?')}`, "
              f"{doc.get('total_seconds', 0):.0f} s, input {doc.get('input_kind')}, on a real local broker.", "",
-             "| target | wanted | measured | met |", "|---|---|---|---|"]
+             *_what(doc), "", "| target | wanted | measured | met |", "|---|---|---|---|"]
     for t in targets(doc):
         met = "n/a" if t.ok is None else ("yes" if t.ok else "**no**")
         lines.append(f"| `{t.key}` | {t.wanted} | {_cell(t.measured)} | {met} |")
@@ -145,15 +156,23 @@ def render_md(doc: Mapping[str, Any]) -> str:
                          f"{', '.join(e['expected'])} |")
     http = doc.get("http")
     if http:
-        lines += ["", "## HTTP", "", f"5xx or dropped: {http.get('failures')}; slow clients: "
-                  f"{http.get('slow')}", ""]
-        lines += ["| request | status |", "|---|---|"] + [f"| {k} | {v} |" for k, v in http.get("status", {}).items()]
+        by_status: dict[int, list[str]] = {}
+        for name, code in http.get("status", {}).items():
+            by_status.setdefault(code, []).append(name)
+        lines += ["", "## HTTP", "", f"{http.get('cases')} bad requests to /v1/predict and /v1/feedback; 5xx or "
+                  f"dropped: {http.get('failures') or 'none'}.", "", "| status | requests |", "|---|---|"]
+        lines += [f"| {code} | {len(names)}: {', '.join(names) if code < 400 or len(names) < 5 else '...'} |"
+                  for code, names in sorted(by_status.items())]
+        lines += ["", "Slow clients: " + ", ".join(f"{k} {v}" for k, v in (http.get("slow") or {}).items())]
     damage = doc.get("checkpoint_damage")
     if damage:
-        lines += ["", "## Checkpoint damage", "", "| case | outcome | served | detail |", "|---|---|---|---|"]
+        lines += ["", "## Checkpoint damage", "", "| case | outcome | expected | events kept | damaged one served | "
+                  "detail |", "|---|---|---|---|---|---|"]
         for case, e in damage.items():
-            detail = str(e.get("detail", "")).replace("|", "\\|").replace("\n", " ")[:300]
-            lines.append(f"| {case} | {e.get('outcome')} | {_cell(e.get('served'))} | {detail} |")
+            detail = str(e.get("detail", "")).replace("|", "\\|").replace("\n", " ")[-240:]
+            kept = (f"{e['events_learned']} of {e['template_events']}" if "events_learned" in e else "-")
+            lines.append(f"| {case} | {e.get('outcome')} | {e.get('expected', '-')} | {kept} | "
+                         f"{_cell(e.get('served'))} | {detail} |")
     failing = [t.key for t in targets(doc) if t.ok is False]
     lines += ["", "Failing targets: " + (", ".join(f"`{k}`" for k in failing) if failing else "none"), ""]
     return "\n".join(lines)

@@ -208,15 +208,15 @@ def test_summary_sums_learned_twice_over_kills_and_outage() -> None:
 
 
 def test_report_lists_failing_targets_and_details() -> None:
-    doc = full_doc(quick=True, commit="abc123", resume_seconds=24.0, input_kind="features",
+    doc = full_doc(quick=True, commit="abc123", resume_seconds=24.5, input_kind="features",
                    checkpoint_damage={"meta_garbage": {"outcome": "restored", "served": True, "detail": "a|b"}},
                    bad_records={"valid_learned": 3, "valid_sent": 3, "restarts": 0, "dead_letters": {"by_kind": {
                        "events:bom": {"dead_lettered": False, "reason": None, "expected": ["not_json"], "ok": False}}}})
     md = render_md(doc)
     assert "# Fault bench (quick run)" in md and "`abc123`" in md
-    assert "| `resume_seconds` | <= 10 s after the broker accepts connections again | 24.0 | **no** |" in md
+    assert "| `resume_seconds` | <= 10 s after the broker accepts connections again | 24.5 | **no** |" in md
     assert "| events:bom | no | - **x** | not_json |" in md
-    assert "| meta_garbage | restored | yes | a\\|b |" in md
+    assert "| meta_garbage | restored | - | - | yes | a\\|b |" in md
     assert md.rstrip().endswith("Failing targets: `resume_seconds`")
 
 
