@@ -205,7 +205,7 @@ def run_outage(ctx: Context) -> dict[str, Any]:
         feeder = Feeder(producer, events_topic, labels_topic, stream, s.rate, s.max_delay_s, ctx.seed).start()
         wait_for(lambda: feeder.events_sent >= len(stream) // 2, feeder.duration_s + 60, "half the stream sent")
         feeder.pause()
-        sent = feeder.records_sent
+        sent = len(warm) + feeder.records_sent
         caught_up = True
         try:
             wait_for(lambda: daemon.metric("lifelong_events_consumed_total") >= sent, 120, "caught up")
