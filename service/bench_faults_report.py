@@ -124,8 +124,8 @@ def _what(doc: Mapping[str, Any]) -> list[str]:
     return [f"Kills: {z.get('events')} unlabelled events at {z.get('rate')}/s, each label on the labels topic "
             f"0-{z.get('max_delay_s')} s later, the daemon SIGKILLed {z.get('kills', 3)} times mid-stream and "
             f"restarted; {z.get('backlog')} labels then their events waiting before the first start, as many again "
-            f"after a SIGTERM. Outage: the same stream, the broker stopped {z.get('outage_s')} s half-way. Learn counts "
-            "are read from the daemon's checkpoint (`debug.track_learned_ids`) after a clean stop."]
+            f"after a SIGTERM. Outage: the same stream, the broker stopped {z.get('outage_s')} s half-way. "
+            "Learn counts are read from the daemon's checkpoint (`debug.track_learned_ids`) after a clean stop."]
 
 
 def render_md(doc: Mapping[str, Any]) -> str:

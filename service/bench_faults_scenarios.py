@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .bench_faults_corpus import DIM, Valid, valid_events
+from .bench_faults_corpus import DIM, valid_events
 from .bench_faults_env import BIG_TOPIC_BYTES, Broker, Daemon, Producer, http_json, wait_for
 from .bench_faults_feed import Feeder, send_backlog
 from .bench_faults_report import learn_stats

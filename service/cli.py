@@ -110,7 +110,8 @@ def cmd_bench_faults(args: argparse.Namespace) -> int:
     if unknown or not scenarios:
         raise SystemExit(f"lifelong bench: --only: unknown scenario(s) {', '.join(unknown) or '(none given)'}; "
                          f"known: {', '.join(SCENARIOS)}")
-    opts = FaultOptions(out=Path(args.out or "docs/benchmarks/faults"), quick=args.quick, input_kind=args.faults_input,
+    out = args.out or ("docs/benchmarks/faults/quick" if args.quick else "docs/benchmarks/faults")
+    opts = FaultOptions(out=Path(out), quick=args.quick, input_kind=args.faults_input,
                         scenarios=scenarios, seed=args.seed)
     try:
         doc = run_faults(opts)
@@ -247,8 +248,10 @@ def parser() -> argparse.ArgumentParser:
     faults = bench.add_argument_group("fault benchmark (--faults)")
     faults.add_argument("--faults", action="store_true", help="delivery under kill -9, a broker outage, bad records, "
                         "bad HTTP requests, 2 MB records and damaged checkpoints, on a local broker it starts; writes "
-                        "OUT/faults.json and faults.md (--out default: docs/benchmarks/faults; --quick: a few minutes)")
-    faults.add_argument("--only", help=f"comma-separated scenarios (default: all): kills, outage, bad, oversized, damage")
+                        "OUT/faults.json and faults.md (--out default: docs/benchmarks/faults, with --quick (a few "
+                        "minutes) docs/benchmarks/faults/quick)")
+    faults.add_argument("--only", help="comma-separated scenarios (default: all): kills, outage, bad, oversized, "
+                        "damage")
     faults.add_argument("--faults-input", choices=("text", "features"), help="what the events carry (default: "
                         "features with --quick, CLINC150 text otherwise)")
     bench.set_defaults(func=cmd_bench)

@@ -175,7 +175,8 @@ class KafkaSource:
             if key in moved:
                 continue  # read from the committed offset; read again from the checkpoint's
             floor = self.floors.get(key, 0)
-            kept = [Record(r.value or b"", tp.topic, tp.partition, r.offset, r.key) for r in records if r.offset >= floor]
+            kept = [Record(r.value or b"", tp.topic, tp.partition, r.offset, r.key)
+                    for r in records if r.offset >= floor]
             self.skipped += len(records) - len(kept)
             if kept:
                 self.floors[key] = kept[-1].offset + 1

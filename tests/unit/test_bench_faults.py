@@ -106,7 +106,8 @@ class FakeProducer:
 def test_feeder_sends_each_label_after_its_event_within_the_delay() -> None:
     producer = FakeProducer()
     events = feature_events(40, "x")
-    feeder = Feeder(producer, "ev", "lab", events, rate=200.0, max_delay_s=0.3, seed=3).start()  # type: ignore[arg-type]
+    feeder = Feeder(producer, "ev", "lab", events, rate=200.0, max_delay_s=0.3,  # type: ignore[arg-type]
+                    seed=3).start()
     assert feeder.wait(10) and feeder.error is None
     at: dict[tuple[str, str], float] = {}
     for t, topic, value in producer.sent:
@@ -121,7 +122,8 @@ def test_feeder_sends_each_label_after_its_event_within_the_delay() -> None:
 
 def test_feeder_pause_flushes_and_holds_everything() -> None:
     producer = FakeProducer()
-    feeder = Feeder(producer, "ev", "lab", feature_events(400, "p"), rate=400.0, max_delay_s=0.1).start()  # type: ignore[arg-type]
+    events = feature_events(400, "p")
+    feeder = Feeder(producer, "ev", "lab", events, rate=400.0, max_delay_s=0.1).start()  # type: ignore[arg-type]
     time.sleep(0.2)
     feeder.pause()
     held = len(producer.sent)
