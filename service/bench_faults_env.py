@@ -2,7 +2,7 @@
 
 Everything binds loopback ports. The broker is ``deploy/kafka/local-kafka`` (as in the speed
 bench); it can be stopped and started again on the same data folder and ports, which is how an
-outage is made. The daemon is ``python -m lifelong.service.cli run --config FILE``, killed with
+outage is made. The daemon is ``python -m lifelong.cli run --config FILE``, killed with
 SIGKILL or stopped with SIGTERM like any process. Records are produced with kafka-python, and
 each send's partition and offset is kept, so a dead letter's source headers can be matched to
 the exact record that was sent.
@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .bench_kafka import LOCAL_KAFKA, free_port, start_local_broker
+from ..bench.speed_kafka import LOCAL_KAFKA, free_port, start_local_broker
 
 # Topics that take the 2 MB records of the corpus (the broker's default limit is about 1 MB).
 BIG_TOPIC_BYTES = 8 << 20
@@ -225,7 +225,7 @@ class Daemon:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("LIFELONG_HTTP__PORT", None)
         with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "lifelong.service.cli", "run", "--config", str(path)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "lifelong.cli", "run", "--config", str(path)],
                                          stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
                                          start_new_session=True)
         return self

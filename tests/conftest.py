@@ -71,7 +71,7 @@ def lifelong_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
     def start(config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Daemon:
         port = free_port()
-        args = [sys.executable, "-m", "lifelong.service.cli", "run"]
+        args = [sys.executable, "-m", "lifelong.cli", "run"]
         if config is not None:
             cfg = tmp_path / f"lifelong-{len(daemons)}.yaml"
             cfg.write_text(yaml.safe_dump(config))

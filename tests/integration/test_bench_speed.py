@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from harness import Broker
 
-from lifelong.service.bench_speed import SpeedOptions, run_speed
-from lifelong.stream.benchmarks import data_dir
+from lifelong.bench.speed import SpeedOptions, run_speed
+from lifelong.bench.streams import data_dir
 
 # The speed bench reads the real elec2 and CLINC150 files from shared/data beside the checkout.
 needs_data = pytest.mark.skipif(

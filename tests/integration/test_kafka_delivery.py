@@ -111,7 +111,7 @@ def test_kill_9_at_random_points_learns_every_event_exactly_once(kafka_broker, l
     source_file = tmp_path / "events.jsonl"
     source_file.write_text("\n".join(events) + "\n")
     # The producer runs at a steady rate while the daemon is killed again and again.
-    producer = subprocess.Popen([sys.executable, "-m", "lifelong.service.cli", "produce", str(source_file),
+    producer = subprocess.Popen([sys.executable, "-m", "lifelong.cli", "produce", str(source_file),
                                  "--bootstrap", kafka_broker.bootstrap, "--topic", topic, "--rate", "300"])
     config = features_config(kafka_broker, topic, tmp_path / "state")
     rng = random.Random(7)

@@ -44,7 +44,7 @@ def test_with_a_token_v1_needs_it_and_probes_stay_open(tmp_path: Path) -> None:
 
 
 def test_the_token_never_shows_in_config_show(tmp_path: Path, capsys, monkeypatch) -> None:
-    from lifelong.service.cli import main
+    from lifelong.cli import main
 
     monkeypatch.setenv("LIFELONG_HTTP__AUTH_TOKEN", "s3cret")
     main(["config", "show"])

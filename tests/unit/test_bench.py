@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from lifelong.service.bench import Evaluation, _batches, compute_metrics, parse_size
-from lifelong.service.cli import main
-from lifelong.stream.benchmarks import StreamError, builtin, from_file
+from lifelong.bench.quality import Evaluation, _batches, compute_metrics, parse_size
+from lifelong.cli import main
+from lifelong.bench.streams import StreamError, builtin, from_file
 
 NAN = math.nan
 

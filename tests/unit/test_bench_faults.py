@@ -16,7 +16,7 @@ from lifelong.service.bench_faults_damage import DAMAGE, numbered, overwrite_qua
 from lifelong.service.bench_faults_env import Message, Sent, parse_metrics
 from lifelong.service.bench_faults_feed import Feeder, send_backlog
 from lifelong.service.bench_faults_report import learn_stats, match_dead_letters, render_md, targets
-from lifelong.service.cli import main
+from lifelong.cli import main
 from lifelong.stream.errors import REASONS
 
 # -- corpus --------------------------------------------------------------------------------------

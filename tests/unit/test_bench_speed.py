@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from lifelong.service.bench_load import ReplaySource, request_bodies, summarise
-from lifelong.service.bench_speed import finite, stage_times, stream_data, top_functions
-from lifelong.service.bench_speed_report import TARGETS, evaluate_targets, markdown
-from lifelong.service.cli import main
-from lifelong.stream.benchmarks import builtin, data_dir
+from lifelong.bench.speed_http import ReplaySource, request_bodies, summarise
+from lifelong.bench.speed import finite, stage_times, stream_data, top_functions
+from lifelong.bench.speed_report import TARGETS, evaluate_targets, markdown
+from lifelong.cli import main
+from lifelong.bench.streams import builtin, data_dir
 
 TARGET_NAMES = [t.name for t in TARGETS]
 # The speed bench reads the real elec2 and CLINC150 files from shared/data beside the checkout.

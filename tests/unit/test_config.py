@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from lifelong.service.cli import main
+from lifelong.cli import main
 from lifelong.service.config import Settings, load_settings, settings_reference
 
 

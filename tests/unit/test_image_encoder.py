@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from lifelong.learner.encoders import make_encoder
 from lifelong.learner.image_encoder import ImageEncoder
 from lifelong.service.config import Settings
-from lifelong.stream.benchmarks import FASHION_MNIST_CLASSES, StreamError, builtin, fashion_mnist_dir
+from lifelong.bench.streams import FASHION_MNIST_CLASSES, StreamError, builtin, fashion_mnist_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_fashion = pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists(),
@@ -128,7 +128,8 @@ def test_fashion_mnist_split_stream() -> None:
 
 @needs_fashion
 def test_bench_encodes_image_streams_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lifelong.service import bench, bench_encode
+    from lifelong.bench import encode as bench_encode
+    from lifelong.bench import quality as bench
 
     monkeypatch.setenv("LIFELONG_TAP_CACHE", str(tmp_path))
     monkeypatch.setattr(bench_encode, "_TAP_CACHE", {})

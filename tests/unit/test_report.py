@@ -9,7 +9,7 @@ import pytest
 from lifelong.monitoring.evaluator import ContinualEvaluator
 from lifelong.monitoring.history import EvaluationLog
 from lifelong.service.checkpoint import Checkpointer
-from lifelong.service.cli import main
+from lifelong.cli import main
 
 
 def test_log_is_bounded_and_round_trips() -> None:

@@ -91,7 +91,7 @@ def run_cli(tmp_path: Path, state: Path, events: Path) -> subprocess.CompletedPr
         "learner": {"name": "nmc", "input_kind": "features", "feature_dim": 4},
         "checkpoint": {"dir": str(state)}, "http": {"port": 0}}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_")}
-    return subprocess.run([sys.executable, "-m", "lifelong.service.cli", "run", "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "lifelong.cli", "run", "--config", str(config)],
                           capture_output=True, text=True, timeout=120, env=env)
 
 

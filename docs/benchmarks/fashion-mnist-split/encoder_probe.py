@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from lifelong.learner.image_encoder import ImageEncoder
-from lifelong.stream.benchmarks import builtin
+from lifelong.bench.streams import builtin
 
 
 def ncm(a: np.ndarray, ya: np.ndarray, b: np.ndarray, yb: np.ndarray, cosine: bool) -> float:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..stream.sources import Record, TopicPartition
 
 if TYPE_CHECKING:
-    from .bench_speed import SpeedOptions, StreamData
+    from .speed_common import SpeedOptions, StreamData
 
 
 class ReplaySource:
@@ -74,9 +74,9 @@ def run_http(data: "StreamData", opts: "SpeedOptions") -> dict[str, Any]:
 
     import uvicorn
 
-    from .bench_kafka import free_port
-    from .bench_speed import close_service, settings_summary, speed_settings
-    from .runtime import Service, _Server
+    from .speed_kafka import free_port
+    from .speed_common import close_service, settings_summary, speed_settings
+    from ..service.runtime import Service, _Server
 
     settings = speed_settings(data, opts, {"kind": "file", "path": "replay"})
     service = Service(settings, source=ReplaySource(data.bodies))
@@ -115,7 +115,7 @@ def _wait(check: Any, timeout_s: float, what: str) -> None:
 
 
 def _load_level(service: Any, port: int, bodies: Path, clients: int, seconds: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "lifelong.service.bench_load", "--port", str(port), "--bodies", str(bodies),
+    cmd = [sys.executable, "-m", "lifelong.bench.speed_http", "--port", str(port), "--bodies", str(bodies),
            "--clients", str(clients), "--seconds", str(seconds)]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None

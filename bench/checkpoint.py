@@ -11,7 +11,7 @@ import numpy as np
 from ..learner.base import InputKind
 from ..learner.continual import ContinualConfig, ContinualLearner
 from ..learner.encoders import FeatureEncoder
-from .checkpoint import Checkpointer
+from ..service.checkpoint import Checkpointer
 
 
 class _Taps(FeatureEncoder):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..stream.sources import Record, Source, TopicPartition
 
 if TYPE_CHECKING:
-    from .bench_speed import SpeedOptions, StreamData
+    from .speed_common import SpeedOptions, StreamData
 
 LOCAL_KAFKA = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "local-kafka"
 
@@ -93,8 +93,8 @@ class FirstRecordClock:
 def run_kafka(data: "StreamData", opts: "SpeedOptions", bootstrap: str) -> dict[str, Any]:
     """Produce the stream into a fresh topic, then time the daemon's loop consuming and learning it."""
     from ..stream.produce import produce
-    from .bench_speed import close_service, settings_summary, speed_settings
-    from .runtime import Service, build_source
+    from .speed_common import close_service, settings_summary, speed_settings
+    from ..service.runtime import Service, build_source
 
     topic = f"speed-{data.name}-{uuid.uuid4().hex[:8]}"
     lines = [line.decode() for line in data.lines()]
@@ -128,7 +128,7 @@ def run_kafka(data: "StreamData", opts: "SpeedOptions", bootstrap: str) -> dict[
 
 def run_kafka_parts(streams: dict[str, "StreamData"], opts: "SpeedOptions", workdir: Path) -> dict[str, Any]:
     """Every stream through one broker: the one given, else a local one started and stopped here."""
-    from .bench_speed import logged
+    from .speed_common import logged
 
     broker = None
     if opts.bootstrap is None:

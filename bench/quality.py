@@ -34,8 +34,8 @@ import numpy as np
 from ..learner.registry import LEARNERS as REGISTRY
 from ..learner.registry import LearnerOptions, build
 from ..monitoring.continual_metrics import NAN, forgetting, min_acc, nanmean, pooled, wc_acc
-from ..stream.benchmarks import BenchStream
-from .bench_encode import Encoded, _bar, encode_stream
+from .streams import BenchStream
+from .encode import Encoded, _bar, encode_stream
 
 # Every registry learner, and lifelong-live: the lifelong run's live (not EMA) weights scored beside it.
 LEARNERS = ("lifelong", "lifelong-live", *(name for name in REGISTRY if name != "lifelong"))
@@ -200,7 +200,7 @@ def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] =
               gap_probes: int = 4, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
     import torch
 
-    from .bench_report import write_report
+    from .quality_report import write_report
 
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device here")

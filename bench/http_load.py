@@ -6,7 +6,7 @@ waits until it serves, then keeps ``--concurrency`` clients posting
 single-instance requests over keep-alive connections for ``--seconds`` and
 prints latency percentiles, throughput and the server's batch sizes.
 
-    python -m lifelong.service.bench_http --kind text --concurrency 8 --seconds 20 --wait-ms 0
+    python -m lifelong.bench.http_load --kind text --concurrency 8 --seconds 20 --wait-ms 0
 
 Compare ``--max-batch 1`` (no coalescing) with the default, and ``--wait-ms``;
 ``--events N`` learns only N events, so the run measures serving alone.
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         port = _free_port()
         env = {**os.environ, "LIFELONG_HTTP__PORT": str(port)}
         code = (f"import sys; sys.setswitchinterval({args.switch_ms / 1000!r}); " if args.switch_ms else "") + \
-            f"from lifelong.service.cli import main; sys.exit(main(['run', '--config', {str(cfg_path)!r}]))"
+            f"from lifelong.cli import main; sys.exit(main(['run', '--config', {str(cfg_path)!r}]))"
         proc = subprocess.Popen([sys.executable, "-c", "import sys; " + code], env=env, cwd=workdir)
         try:
             _wait_ready(port, proc)

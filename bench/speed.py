@@ -5,15 +5,15 @@ Parts (each a real component, run in this process unless said otherwise):
 - *pipeline*: the daemon's learning loop (``LearningLoop.step``: poll, validate JSON, encode,
   predict-then-learn, publish snapshots) over a JSONL file of the vector and the text stream,
   checkpoints off; events/s over all records read, from the first poll to the last learned.
-- *kafka*: the same streams pre-produced into a real broker (service/bench_kafka.py), then consumed
+- *kafka*: the same streams pre-produced into a real broker (bench/speed_kafka.py), then consumed
   by the loop with ``source.kind=kafka``; events/s from the first record polled to the last learned.
 - *river*: ``StandardScaler | LogisticRegression`` learn_one/predict_one, prequential, on the same
   vector events as dicts (parsed before the clock starts, so river pays no JSON parsing).
 - *http*: the HTTP app with the loop learning an endless replay of each stream at full speed, and
-  a load generator in another process (service/bench_load.py) posting single-instance
+  a load generator in another process (bench/speed_http.py) posting single-instance
   ``/v1/predict`` requests over keep-alive loopback connections.
 
-Results go to ``DIR/speed.json`` and ``DIR/speed.md`` (service/bench_speed_report.py).
+Results go to ``DIR/speed.json`` and ``DIR/speed.md`` (bench/speed_report.py).
 """
 from __future__ import annotations
 
@@ -23,145 +23,20 @@ import json
 import os
 import platform
 import pstats
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-import numpy as np
-
-from ..stream.benchmarks import BenchStream, builtin
-from .config import Settings
-
-SCHEMA = 1
-WARMUP_EVENTS = {"features": 5_000, "text": 256}  # the untimed first pass over a stream's head
-PROFILE_EVENTS = {"features": 50_000, "text": 256}  # the profiled second run reads at most this many
-
-
-@dataclass
-class SpeedOptions:
-    out: Path = Path("docs/benchmarks/speed")
-    quick: bool = False
-    skip_kafka: bool = False
-    skip_http: bool = False
-    bootstrap: str | None = None            # an existing broker; None: start a local one
-    device: str = "cpu"
-    vector_stream: str = "elec2"
-    text_stream: str = "clinc150"
-    vector_events: int | None = None         # None: the whole stream (quick: 2,000)
-    text_events: int | None = None           # None: 1,000 (quick: 128)
-    vector_batch_size: int = 500
-    text_batch_size: int = 64
-    torch_threads: int | None = None         # None: 1 for the vector stream, every core for text
-    load_seconds: float | None = None        # per load level; None: 10 (quick: 2)
-    clients: tuple[int, ...] = (1, 8)
-    profile: bool = False
-    parts: tuple[str, ...] = ("pipeline", "kafka", "river", "http")
-    streams: tuple[str, ...] = ("vector", "text")
-    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
-
-    def events(self, kind: str) -> int | None:
-        if kind == "features":
-            return self.vector_events or (2000 if self.quick else None)
-        return self.text_events or (128 if self.quick else 1000)
-
-    def seconds(self) -> float:
-        return self.load_seconds or (2.0 if self.quick else 10.0)
-
-    def threads(self, kind: str) -> int:
-        return self.torch_threads or (1 if kind == "features" else os.cpu_count() or 1)
-
-
-@dataclass(frozen=True)
-class StreamData:
-    """One benchmark stream as the daemon reads it: JSON event bodies without their ``id``."""
-
-    name: str
-    kind: str                 # 'features' | 'text'
-    dim: int | None
-    bodies: list[bytes]       # b'"features":[...],"label":"1"}'
-    ids: list[str]
-
-    def head(self, n: int) -> "StreamData":
-        return StreamData(self.name, self.kind, self.dim, self.bodies[:n], self.ids[:n])
-
-    def lines(self) -> list[bytes]:
-        return [b'{"id":' + json.dumps(i).encode() + b"," + body for i, body in zip(self.ids, self.bodies)]
-
-    def write_jsonl(self, path: Path) -> Path:
-        path.write_bytes(b"".join(line + b"\n" for line in self.lines()))
-        return path
-
-
-def stream_data(stream: BenchStream, limit: int | None) -> StreamData:
-    """The training events of ``stream`` in stream order (its first ``limit``)."""
-    n = len(stream.train) if limit is None else min(limit, len(stream.train))
-    labels, inputs = stream.train.labels[:n], stream.train.inputs[:n]
-    if stream.kind == "features":
-        rows = np.asarray(inputs, np.float32)
-        # str(np.float32) is the shortest text that reads back as the same float32.
-        bodies = [('"features":[%s],"label":%s}' % (",".join(map(str, row)), json.dumps(lab))).encode()
-                  for row, lab in zip(rows, labels)]
-        dim: int | None = rows.shape[1]
-    else:
-        bodies = [('"text":%s,"label":%s}' % (json.dumps(t), json.dumps(lab))).encode()
-                  for t, lab in zip(inputs, labels)]
-        dim = None
-    return StreamData(stream.name, stream.kind, dim, bodies, list(stream.train.ids[:n]))
-
-
-def speed_settings(data: StreamData, opts: SpeedOptions, source: dict[str, Any]) -> Settings:
-    """The daemon's defaults but for the source, the learner's input, threads, device; no checkpoints."""
-    batch = opts.vector_batch_size if data.kind == "features" else opts.text_batch_size
-    learner: dict[str, Any] = {"input_kind": data.kind, "torch_threads": opts.threads(data.kind), "device": opts.device}
-    if data.dim is not None:
-        learner["feature_dim"] = data.dim
-    return Settings.model_validate({"source": {"batch_size": batch, **source}, "learner": learner,
-                                    "checkpoint": {"dir": None}})
-
-
-def settings_summary(settings: Settings) -> dict[str, Any]:
-    s = settings.model_dump(mode="json")
-    return {"source": {k: s["source"][k] for k in ("kind", "batch_size", "poll_timeout_s")},
-            "learner": s["learner"], "checkpoint_dir": s["checkpoint"]["dir"],
-            "holdout_fraction": s["evaluation"]["holdout_fraction"],
-            "publish_every_events": s["publish_every_events"],
-            "http": {k: v for k, v in s["http"].items() if k.startswith("batch_") or k == "max_queued_instances"}}
-
-
-def close_service(service: Any) -> None:
-    service.loop.close()
-    batcher = getattr(service.app.state, "batcher", None)
-    if batcher is not None and hasattr(batcher, "close"):
-        batcher.close()
-
-
-def drive(service: Any, total: int, timeout_s: float = 3600.0) -> dict[str, Any]:
-    """Step the service's loop until ``total`` records were read; events/s from the first record."""
-    loop = service.loop
-    read, first = 0, None
-    give_up = time.monotonic() + timeout_s
-    while read < total:
-        started = time.perf_counter()
-        n = loop.step()
-        if n and first is None:
-            first = started
-        read += n
-        if time.monotonic() > give_up:
-            raise TimeoutError(f"read {read} of {total} records in {timeout_s:.0f} s")
-    seconds = time.perf_counter() - (first if first is not None else time.perf_counter())
-    preq = loop.prequential
-    return {"events": read, "learned": loop.counters.learned, "rejected": loop.counters.rejected,
-            "seconds": seconds, "events_per_s": read / seconds if seconds > 0 else 0.0,
-            "learned_per_s": loop.counters.learned / seconds if seconds > 0 else 0.0,
-            "prequential_accuracy": preq.total_correct / preq.total if preq.total else float("nan")}
+from .speed_common import (PROFILE_EVENTS, SCHEMA, WARMUP_EVENTS, SpeedOptions, StreamData, close_service,
+                           drive, finite, logged, settings_summary, speed_settings, stream_data)
+from .streams import builtin
 
 
 def run_pipeline(data: StreamData, opts: SpeedOptions, workdir: Path, profile: bool = False) -> dict[str, Any]:
     """(a) The daemon's loop over a JSONL file of the stream."""
-    from .runtime import Service
+    from ..service.runtime import Service
 
     path = data.write_jsonl(workdir / f"{data.name}.jsonl")
     settings = speed_settings(data, opts, {"kind": "file", "path": str(path), "poll_timeout_s": 0.01})
@@ -283,7 +158,7 @@ def compare_with_river(doc: dict[str, Any]) -> None:
 
 def run_speed(opts: SpeedOptions) -> dict[str, Any]:
     """Run the parts in ``opts.parts``; write speed.json and speed.md; return the document."""
-    from .bench_speed_report import evaluate_targets, write_markdown
+    from .speed_report import evaluate_targets, write_markdown
 
     streams = {"vector": stream_data(builtin(opts.vector_stream), opts.events("features")),
                "text": stream_data(builtin(opts.text_stream), opts.events("text"))}
@@ -307,11 +182,11 @@ def run_speed(opts: SpeedOptions) -> dict[str, Any]:
             doc["river"] = logged(opts, f"river {streams['vector'].name}", lambda: run_river(streams["vector"]))
             compare_with_river(doc)
         if "kafka" in opts.parts and not opts.skip_kafka:
-            from .bench_kafka import run_kafka_parts
+            from .speed_kafka import run_kafka_parts
 
             doc["kafka"] = run_kafka_parts(streams, opts, work)
         if "http" in opts.parts and not opts.skip_http:
-            from .bench_load import run_http
+            from .speed_http import run_http
 
             doc["http"] = {k: logged(opts, f"http {d.name}", lambda d=d: run_http(d, opts)) for k, d in streams.items()}
         if opts.profile and "pipeline" in opts.parts:
@@ -323,22 +198,3 @@ def run_speed(opts: SpeedOptions) -> dict[str, Any]:
     (opts.out / "speed.json").write_text(json.dumps(finite(doc), indent=2) + "\n")
     write_markdown(doc, opts.out / "speed.md")
     return doc
-
-
-def finite(obj: Any) -> Any:
-    """``obj`` with NaN and infinities as None (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
-
-
-def logged(opts: SpeedOptions, what: str, run: Callable[[], Any]) -> Any:
-    opts.log(f"{what} ...")
-    started = time.perf_counter()
-    result = run()
-    opts.log(f"{what}: done in {time.perf_counter() - started:.1f} s")
-    return result

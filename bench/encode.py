@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..stream.benchmarks import BenchStream
+from .streams import BenchStream
 
 
 class _bar:

@@ -46,7 +46,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .files import iter_records
+from ..stream.files import iter_records
 
 InputKind = Literal["text", "features"]
 STREAMS = ("clinc150", "youtube-spam", "elec2", "weather", "digits-split", "fashion-mnist-split",

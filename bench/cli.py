@@ -1,0 +1,175 @@
+"""The ``bench`` sub-command of ``lifelong``: quality, checkpoint, speed and fault benchmarks."""
+from __future__ import annotations
+
+import argparse
+
+from ..learner.registry import LEARNERS
+from .streams import STREAMS
+
+
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    if args.stream or args.stream_file or args.checkpoint:
+        raise SystemExit("lifelong bench: --speed runs alone (no --stream / --stream-file / --checkpoint)")
+    from pathlib import Path
+
+    from .streams import StreamError
+    from .speed import SpeedOptions, run_speed
+    from .speed_report import render_text
+
+    try:
+        clients = tuple(int(c) for c in args.clients.split(","))
+    except ValueError:
+        raise SystemExit(f"lifelong bench: --clients: not a comma-separated list of counts: {args.clients!r}") from None
+    for flag, value in (("--clients", min(clients)), ("--vector-events", args.vector_events),
+                        ("--text-events", args.text_events), ("--seconds", args.seconds),
+                        ("--torch-threads", args.torch_threads), ("--batch-size", args.batch_size)):
+        if value is not None and value <= 0:
+            raise SystemExit(f"lifelong bench: {flag} must be positive")
+    opts = SpeedOptions(out=Path(args.out or "docs/benchmarks/speed"), quick=args.quick, skip_kafka=args.skip_kafka,
+                        skip_http=args.skip_http, bootstrap=args.bootstrap, device=args.device,
+                        vector_events=args.vector_events, text_events=args.text_events,
+                        vector_batch_size=args.batch_size or 500, torch_threads=args.torch_threads,
+                        load_seconds=args.seconds, clients=clients, profile=args.profile)
+    try:
+        doc = run_speed(opts)
+    except (StreamError, RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"lifelong bench --speed: {exc}") from None
+    print(render_text(doc))
+    print(f"wrote {opts.out}/speed.json and speed.md")
+    return 0
+
+
+def cmd_bench_faults(args: argparse.Namespace) -> int:
+    if args.speed or args.checkpoint or args.stream or args.stream_file:
+        raise SystemExit("lifelong bench: --faults runs alone (no --speed / --checkpoint / --stream / --stream-file)")
+    from pathlib import Path
+
+    from ..service.bench_faults import SCENARIOS, FaultOptions, render_text, run_faults
+
+    scenarios = tuple(s.strip() for s in (args.only or ",".join(SCENARIOS)).split(",") if s.strip())
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown or not scenarios:
+        raise SystemExit(f"lifelong bench: --only: unknown scenario(s) {', '.join(unknown) or '(none given)'}; "
+                         f"known: {', '.join(SCENARIOS)}")
+    out = args.out or ("docs/benchmarks/faults/quick" if args.quick else "docs/benchmarks/faults")
+    opts = FaultOptions(out=Path(out), quick=args.quick, input_kind=args.faults_input,
+                        scenarios=scenarios, seed=args.seed)
+    try:
+        doc = run_faults(opts)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        raise SystemExit(f"lifelong bench --faults: {exc}") from None
+    print(render_text(doc))
+    print(f"wrote {opts.out}/faults.json and faults.md")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.faults:
+        return cmd_bench_faults(args)
+    if args.speed:
+        return cmd_bench_speed(args)
+    if args.checkpoint:
+        if args.stream or args.stream_file:
+            raise SystemExit("lifelong bench: --checkpoint runs alone (no --stream / --stream-file)")
+        from .checkpoint import run
+
+        result = run(items=args.items)
+        for key, value in result.items():
+            print(f"{key}: {value:,.3f}" if isinstance(value, float) and not value.is_integer() else f"{key}: {value:,.0f}")
+        return 0
+    if bool(args.stream) == bool(args.stream_file):
+        raise SystemExit("lifelong bench: give exactly one of --stream NAME and --stream-file PATH (or --checkpoint)")
+    if not args.out:
+        raise SystemExit("lifelong bench: --out DIR is required with --stream / --stream-file")
+    from .streams import StreamError, builtin, from_file
+    from .quality import DEFAULT_LEARNERS, LEARNERS, parse_size
+
+    learners = [n.strip() for n in (args.learners or ",".join(DEFAULT_LEARNERS)).split(",") if n.strip()]
+    unknown = [n for n in learners if n not in LEARNERS]
+    if unknown or not learners:
+        raise SystemExit(f"lifelong bench: unknown learner(s) {', '.join(unknown) or '(none given)'}; "
+                         f"known: {', '.join(LEARNERS)}")
+    try:
+        budget = parse_size(args.memory_budget) if args.memory_budget else None
+    except ValueError as exc:
+        raise SystemExit(f"lifelong bench: --memory-budget: {exc}") from None
+    for flag, value, low in (("--limit", args.limit, 1), ("--eval-every", args.eval_every, 1),
+                             ("--batch-size", args.batch_size, 1), ("--gap-probes", args.gap_probes, 0)):
+        if value is not None and value < low:
+            raise SystemExit(f"lifelong bench: {flag} must be at least {low}")
+    try:
+        stream = builtin(args.stream, args.seed) if args.stream else from_file(args.stream_file)
+    except StreamError as exc:
+        raise SystemExit(f"lifelong bench: {exc}") from None
+    if args.limit:
+        stream = stream.limited(args.limit, args.seed)
+    from .quality import run_bench
+    from .quality_report import COLUMNS, cell
+
+    try:
+        doc = run_bench(stream, args.out, learners=learners, memory_budget=budget, seed=args.seed,
+                        device=args.device, eval_every=args.eval_every, gap_probes=args.gap_probes,
+                        batch_size=args.batch_size or 64, progress=not args.quiet)
+    except ValueError as exc:
+        raise SystemExit(f"lifelong bench: {exc}") from None
+    width = max(len(n) for n in doc["learners"])
+    print(f"{doc['stream']}: {doc['events']:,} events, {doc['segments']} segments, {doc['total_seconds']:.0f} s")
+    widths = [max(11, len(t)) for _, t in COLUMNS]
+    print(f"{'learner':<{width}}  " + "  ".join(f"{t:>{w}}" for (_, t), w in zip(COLUMNS, widths)))
+    for name, r in doc["learners"].items():
+        print(f"{name:<{width}}  " + "  ".join(f"{cell(k, r.get(k)):>{w}}" for (k, _), w in zip(COLUMNS, widths)))
+    print(f"wrote {args.out}/results.json, report.md and plots")
+    return 0
+
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``lifelong bench`` to the ``lifelong`` command."""
+    bench = sub.add_parser("bench", help="quality benchmark over a stream (--stream / --stream-file), the "
+                           "checkpoint benchmark (--checkpoint) or the speed benchmark (--speed)")
+    bench.add_argument("--checkpoint", action="store_true", help="checkpoint size and write/restore time")
+    bench.add_argument("--items", type=int, default=100_000, help="replay items in the checkpoint benchmark")
+    bench.add_argument("--stream", help=f"built-in stream: {', '.join(STREAMS)}")
+    bench.add_argument("--stream-file", help="JSONL stream: {id, text|features, label, segment?, split?} a line")
+    bench.add_argument("--learners", help=f"comma-separated: lifelong-live (lifelong's live weights) or a learner of "
+                       f"the registry: {', '.join(LEARNERS)} (default: lifelong,nmc,finetune,er)")
+    bench.add_argument("--memory-budget", help="replay memory budget of every learner that keeps one, e.g. 64MB, "
+                       "1MB, 500KB (binary units; default: the learner's 64MB)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the stream order, splits and learners")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the text encoder (--speed: "
+                       "the learner) runs")
+    bench.add_argument("--limit", type=int, default=None, help="at most about N training events (and N test "
+                       "events), spread evenly over the segments")
+    bench.add_argument("--eval-every", type=int, default=1000, help="learned events between periodic evaluations")
+    bench.add_argument("--gap-probes", type=int, default=4, help="extra evaluations after each of the first N "
+                       "micro-batches of a new segment (the stability gap)")
+    bench.add_argument("--batch-size", type=int, default=None, help="micro-batch size (default 64; --speed: "
+                       "the vector stream's source.batch_size, default 500)")
+    bench.add_argument("--out", help="output folder: results.json, history.json, report.md, PNG plots")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    speed = bench.add_argument_group("speed benchmark (--speed)")
+    speed.add_argument("--speed", action="store_true", help="events/s of the daemon in process and through Kafka, "
+                       "river beside it, /v1/predict latency while learning; writes OUT/speed.json and speed.md "
+                       "(--out default: docs/benchmarks/speed)")
+    speed.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    speed.add_argument("--skip-kafka", action="store_true", help="no Kafka part")
+    speed.add_argument("--skip-http", action="store_true", help="no /v1/predict load part")
+    speed.add_argument("--bootstrap", help="an existing Kafka broker HOST:PORT (default: start a local one with "
+                       "deploy/kafka/local-kafka)")
+    speed.add_argument("--vector-events", type=int, help="events of the elec2 stream (default: all; --quick: 2000)")
+    speed.add_argument("--text-events", type=int, help="events of the clinc150 stream (default 1000; --quick: 128)")
+    speed.add_argument("--seconds", type=float, help="seconds of load per client count (default 10; --quick: 2)")
+    speed.add_argument("--clients", default="1,8", help="concurrent keep-alive clients, one load run each")
+    speed.add_argument("--torch-threads", type=int, help="learner.torch_threads (default: 1 for the vector "
+                       "stream, every CPU for text)")
+    speed.add_argument("--profile", action="store_true", help="also profile a second in-process run of each stream")
+    faults = bench.add_argument_group("fault benchmark (--faults)")
+    faults.add_argument("--faults", action="store_true", help="delivery under kill -9, a broker outage, bad records, "
+                        "bad HTTP requests, 2 MB records and damaged checkpoints, on a local broker it starts; writes "
+                        "OUT/faults.json and faults.md (--out default: docs/benchmarks/faults, with --quick (a few "
+                        "minutes) docs/benchmarks/faults/quick)")
+    faults.add_argument("--only", help="comma-separated scenarios (default: all): kills, outage, bad, oversized, "
+                        "damage")
+    faults.add_argument("--faults-input", choices=("text", "features"), help="what the events carry (default: "
+                        "features with --quick, CLINC150 text otherwise)")
+    bench.set_defaults(func=cmd_bench)
