@@ -1,1 +1,5 @@
-"""Configuration, the daemon loop, the HTTP app and the CLI. Wires everything; nothing imports it."""
+"""The daemon: configuration, the learning loop and its intake, HTTP, snapshots, checkpoints, its sub-commands.
+
+Wires ``stream``, ``learner``, ``memory`` and ``monitoring``; never imports ``bench``
+(the benchmarks use it, and ``lifelong/cli.py`` sits above both).
+"""

@@ -183,12 +183,31 @@ def check_tree(obj: Any, limits: EventLimits) -> None:
             stack.extend((item, depth + 1, field) for item in value if isinstance(item, (str, dict, list)))
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # {"id": "a", "id": "b"} means "b" to one parser and "a" to another: refuse it rather than guess.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return obj
+
+
 def load_json(raw: bytes | str, limits: EventLimits) -> Any:
-    """Parse one record: within the size and depth limits, every string valid UTF-8."""
+    """Parse one record: within the size and depth limits, one value per key, every string valid UTF-8."""
     if len(raw) > limits.max_record_bytes:
         raise InvalidEvent("oversized", "", f"{len(raw)} bytes, limit {limits.max_record_bytes}")
+    if raw[:3] == b"\xef\xbb\xbf" or raw[:1] == "\ufeff":
+        raise InvalidEvent("not_json", "", "starts with a byte order mark (JSON text has none)")
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise InvalidEvent("schema", exc.key if not _bad_string(exc.key) else "", "a key appears twice") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer past 4,300 digits
         raise InvalidEvent("not_json", "", str(exc)[:500]) from None
     except RecursionError:  # the C parser recurses per nesting level

@@ -13,6 +13,7 @@ from .errors import InvalidEvent
 from .events import EventLimits, decode_event
 
 _KEYS = frozenset({"id", "ts", "text", "features", "label", "segment", "split"})
+_QUOTED = {k: b'"%s"' % k.encode() for k in _KEYS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +44,17 @@ def _fast_parse(raw: bytes, limits: EventLimits) -> ParsedEvent | None:
 
     orjson refuses what the full check must name (lone surrogates, nesting past 1024), so a
     record this accepts is valid UTF-8 throughout; its shape is at most two levels deep."""
+    if raw[:3] == b"\xef\xbb\xbf":
+        return None  # orjson skips a byte order mark; the full check refuses it
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
     if type(obj) is not dict or not obj.keys() <= _KEYS:
+        return None
+    # orjson keeps the last of two equal keys; a key's quoted name can appear only as a key or as a
+    # value equal to it (inside a string a quote is escaped), so seeing one twice is a cheap "not sure".
+    if any(raw.count(_QUOTED[k]) > 1 for k in obj):
         return None
     raw_label = obj.get("label")
     event_id = _name(obj.get("id"), limits.max_id_chars)

@@ -51,6 +51,9 @@ BAD_EVENTS: list[tuple[bytes, str]] = [
     (b'{"id": "str", "features": "1,2,3,4"}', "schema"),
     (b'{"id": "", ' + OK.encode() + b"}", "schema"),
     (b'{"id": 1' + b"1" * 5000 + b", " + OK.encode() + b"}", "not_json"),  # past Python's int digits limit
+    (b'\xef\xbb\xbf{"id": "bom", ' + OK.encode() + b"}", "not_json"),  # a byte order mark
+    (b'{"id": "dup", "id": "dup2", ' + OK.encode() + b"}", "schema"),  # which id? refused, not guessed
+    (b'{"id": "dupl", ' + OK.encode() + b', "label": "a", "label": "b"}', "schema"),
     (b'{"id": "big2", "features": [' + b"1.0, " * 300_000 + b"1.0]}", "oversized"),
 ]
 
@@ -65,6 +68,8 @@ BAD_LABELS: list[tuple[bytes, str]] = [
     (b'{"id": "a", "label": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "too_deep"),
     (json.dumps({"id": "x" * 100_000, "label": "b"}).encode(), "schema"),
     (b'{"id": "big", "label": "' + b"z" * 1_100_000 + b'"}', "oversized"),
+    (b'\xef\xbb\xbf{"id": "a", "label": "b"}', "not_json"),
+    (b'{"id": "a", "label": "b", "label": "c"}', "schema"),
 ]
 
 
