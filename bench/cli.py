@@ -2,9 +2,22 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
 
 from ..learner.registry import LEARNERS
 from .streams import STREAMS
+
+
+def _run(flag: str, run: Callable[[], dict[str, Any]], render: Callable[[dict[str, Any]], str], wrote: str,
+         errors: tuple[type[Exception], ...]) -> int:
+    """Run one benchmark, print its summary and where it wrote; a known failure is a clean exit."""
+    try:
+        doc = run()
+    except errors as exc:
+        raise SystemExit(f"lifelong bench {flag}: {exc}") from None
+    print(render(doc))
+    print(f"wrote {wrote}")
+    return 0
 
 
 def cmd_bench_speed(args: argparse.Namespace) -> int:
@@ -30,13 +43,8 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
                         vector_events=args.vector_events, text_events=args.text_events,
                         vector_batch_size=args.batch_size or 500, torch_threads=args.torch_threads,
                         load_seconds=args.seconds, clients=clients, profile=args.profile)
-    try:
-        doc = run_speed(opts)
-    except (StreamError, RuntimeError, TimeoutError) as exc:
-        raise SystemExit(f"lifelong bench --speed: {exc}") from None
-    print(render_text(doc))
-    print(f"wrote {opts.out}/speed.json and speed.md")
-    return 0
+    return _run("--speed", lambda: run_speed(opts), render_text, f"{opts.out}/speed.json and speed.md",
+                (StreamError, RuntimeError, TimeoutError))
 
 
 def cmd_bench_faults(args: argparse.Namespace) -> int:
@@ -54,13 +62,8 @@ def cmd_bench_faults(args: argparse.Namespace) -> int:
     out = args.out or ("docs/benchmarks/faults/quick" if args.quick else "docs/benchmarks/faults")
     opts = FaultOptions(out=Path(out), quick=args.quick, input_kind=args.faults_input,
                         scenarios=scenarios, seed=args.seed)
-    try:
-        doc = run_faults(opts)
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        raise SystemExit(f"lifelong bench --faults: {exc}") from None
-    print(render_text(doc))
-    print(f"wrote {opts.out}/faults.json and faults.md")
-    return 0
+    return _run("--faults", lambda: run_faults(opts), render_text, f"{opts.out}/faults.json and faults.md",
+                (RuntimeError, TimeoutError, OSError))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -72,6 +72,11 @@ def make_settings(path: Path, ckpt_dir: Path | None, **overrides: Any) -> Settin
         "debug": {"track_learned_ids": True},
         "publish_every_events": 1,
     }
+    return merged_settings(base, overrides)
+
+
+def merged_settings(base: dict[str, Any], overrides: dict[str, Any]) -> Settings:
+    """``base`` with each override section merged into it (a whole value where it is not a section)."""
     for key, value in overrides.items():
         base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
     return Settings(**base)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.service.config import Settings
+from loop_harness import merged_settings
 from lifelong.stream.sources import Record, TopicPartition
 
 EVENTS, LABELS = "events", "labels"
@@ -81,6 +82,4 @@ def topics_settings(state_dir: Path | None, **overrides: Any) -> Settings:
         "debug": {"track_learned_ids": True},
         "publish_every_events": 1,
     }
-    for key, value in overrides.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
-    return Settings(**base)
+    return merged_settings(base, overrides)
