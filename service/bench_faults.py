@@ -115,6 +115,7 @@ def run_faults(opts: FaultOptions, log: Callable[[str], None] | None = None) -> 
         for name in opts.scenarios:
             say(f"scenario {name}")
             t = time.monotonic()
+            first = len(ctx.daemons)
             try:
                 parts[name] = _scenario(name)(ctx)
             except (TimeoutError, RuntimeError, OSError, AssertionError) as exc:
@@ -123,6 +124,8 @@ def run_faults(opts: FaultOptions, log: Callable[[str], None] | None = None) -> 
                 say(f"scenario {name} failed: {errors[name][:500]}")
             say(f"scenario {name}: {time.monotonic() - t:.0f} s")
             ctx.close()
+            if name in errors or not _met(name, parts.get(name)):
+                keep_logs(ctx.daemons[first:], opts.out / "logs" / name)
     finally:
         ctx.close()
         broker.stop()
@@ -142,6 +145,22 @@ def run_faults(opts: FaultOptions, log: Callable[[str], None] | None = None) -> 
     (opts.out / "faults.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     (opts.out / "faults.md").write_text(render_md({**doc, "checkpoint_damage": doc["checkpoint_damage_detail"]}))
     return doc
+
+
+def _met(name: str, part: dict[str, Any] | None) -> bool:
+    """Whether a scenario's own targets were met (its daemons' logs are kept when not)."""
+    doc = summarise({name: part} if part else {})
+    return all(t.ok is not False for t in targets(doc) if t.key != "crashes" or name == "bad")
+
+
+def keep_logs(daemons: list[Any], folder: Path, tail_bytes: int = 200_000) -> None:
+    """The last ``tail_bytes`` of each daemon log, for a reader of a failed run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for daemon in daemons:
+        for path in daemon.log_paths:
+            if path.exists():
+                data = path.read_bytes()[-tail_bytes:]
+                (folder / path.name).write_bytes(data)
 
 
 def _scenario(name: str) -> Callable[[Context], dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lifelong.service.bench_faults import FaultOptions, _finite, summarise
+from lifelong.service.bench_faults import FaultOptions, _finite, _met, keep_logs, summarise
 from lifelong.service.bench_faults_corpus import Bad, bad_events, bad_labels, feature_events, http_cases, text_events
 from lifelong.service.bench_faults_damage import DAMAGE, numbered, overwrite_quarter, truncate_half
 from lifelong.service.bench_faults_env import Message, Sent, parse_metrics
@@ -288,3 +288,18 @@ def test_cli_refuses_unknown_scenarios_and_mixed_modes() -> None:
         main(["bench", "--faults", "--only", "kills,nope"])
     with pytest.raises(SystemExit, match="--faults runs alone"):
         main(["bench", "--faults", "--speed"])
+
+
+def test_logs_are_kept_for_scenarios_that_miss_a_target(tmp_path: Path) -> None:
+    assert _met("outage", {"outage_learned_fraction": 1.0, "resume_seconds": 2.0, "learned_twice": 0})
+    assert not _met("outage", {"outage_learned_fraction": 1.0, "resume_seconds": 12.0, "learned_twice": 0})
+    assert _met("kills", None)  # not run: nothing to judge (an error keeps the logs anyway)
+    log = tmp_path / "kills-1.log"
+    log.write_bytes(b"x" * 10 + b"tail")
+
+    class D:
+        log_paths = [log, tmp_path / "never-written.log"]
+
+    keep_logs([D()], tmp_path / "out" / "kills", tail_bytes=4)
+    assert (tmp_path / "out" / "kills" / "kills-1.log").read_bytes() == b"tail"
+    assert not (tmp_path / "out" / "kills" / "never-written.log").exists()
