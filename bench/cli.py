@@ -52,7 +52,7 @@ def cmd_bench_faults(args: argparse.Namespace) -> int:
         raise SystemExit("lifelong bench: --faults runs alone (no --speed / --checkpoint / --stream / --stream-file)")
     from pathlib import Path
 
-    from ..service.bench_faults import SCENARIOS, FaultOptions, render_text, run_faults
+    from ..bench.faults import SCENARIOS, FaultOptions, render_text, run_faults
 
     scenarios = tuple(s.strip() for s in (args.only or ",".join(SCENARIOS)).split(",") if s.strip())
     unknown = [s for s in scenarios if s not in SCENARIOS]

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from harness import Broker, Daemon, http_json, learned_counts, wait_until
 
-from lifelong.service.bench_faults_bad import run_http
-from lifelong.service.bench_faults_corpus import Bad, Valid, bad_events, bad_labels, feature_events
-from lifelong.service.bench_faults_damage import numbered, overwrite_quarter, truncate_half
-from lifelong.service.bench_faults_env import BIG_TOPIC_BYTES, Producer, Sent
-from lifelong.service.bench_faults_env import Broker as AdminBroker
-from lifelong.service.bench_faults_feed import Feeder, send_backlog
-from lifelong.service.bench_faults_report import match_dead_letters
+from lifelong.bench.faults_bad import run_http
+from lifelong.bench.faults_corpus import Bad, Valid, bad_events, bad_labels, feature_events
+from lifelong.bench.faults_damage import numbered, overwrite_quarter, truncate_half
+from lifelong.bench.faults_env import BIG_TOPIC_BYTES, Producer, Sent
+from lifelong.bench.faults_env import Broker as AdminBroker
+from lifelong.bench.faults_feed import Feeder, send_backlog
+from lifelong.bench.faults_report import match_dead_letters
 
 pytestmark = pytest.mark.integration
 

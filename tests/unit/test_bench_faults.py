@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from lifelong.service.bench_faults import FaultOptions, _finite, _met, keep_logs, summarise
-from lifelong.service.bench_faults_corpus import Bad, bad_events, bad_labels, feature_events, http_cases, text_events
-from lifelong.service.bench_faults_damage import DAMAGE, numbered, overwrite_quarter, truncate_half
-from lifelong.service.bench_faults_env import Message, Sent, parse_metrics
-from lifelong.service.bench_faults_feed import Feeder, send_backlog
-from lifelong.service.bench_faults_report import learn_stats, match_dead_letters, render_md, targets
+from lifelong.bench.faults import FaultOptions, _finite, _met, keep_logs, summarise
+from lifelong.bench.faults_corpus import Bad, bad_events, bad_labels, feature_events, http_cases, text_events
+from lifelong.bench.faults_damage import DAMAGE, numbered, overwrite_quarter, truncate_half
+from lifelong.bench.faults_env import Message, Sent, parse_metrics
+from lifelong.bench.faults_feed import Feeder, send_backlog
+from lifelong.bench.faults_report import learn_stats, match_dead_letters, render_md, targets
 from lifelong.cli import main
 from lifelong.stream.errors import REASONS
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from .bench_faults_corpus import Bad
-from .bench_faults_env import Message, Sent
+from .faults_corpus import Bad
+from .faults_env import Message, Sent
 
 
 def learn_stats(counts: Mapping[str, int], labelled_ids: Iterable[str]) -> dict[str, Any]:

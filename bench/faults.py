@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .bench_faults_report import render_md, targets
-from .bench_faults_scenarios import Context, Sizes
+from .faults_report import render_md, targets
+from .faults_scenarios import Context, Sizes
 
 SCENARIOS = ("kills", "outage", "bad", "oversized", "damage")
 QUICK = Sizes(events=600, backlog=100, rate=40.0, max_delay_s=5.0, outage_s=10.0)
@@ -95,7 +95,7 @@ def summarise(parts: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_faults(opts: FaultOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    from .bench_faults_env import Broker
+    from .faults_env import Broker
 
     say = log or (lambda msg: print(f"[faults] {msg}", file=sys.stderr, flush=True))
     unknown = [s for s in opts.scenarios if s not in SCENARIOS]
@@ -165,18 +165,18 @@ def keep_logs(daemons: list[Any], folder: Path, tail_bytes: int = 200_000) -> No
 
 def _scenario(name: str) -> Callable[[Context], dict[str, Any]]:
     if name == "kills":
-        from .bench_faults_scenarios import run_kills
+        from .faults_scenarios import run_kills
         return run_kills
     if name == "outage":
-        from .bench_faults_scenarios import run_outage
+        from .faults_scenarios import run_outage
         return run_outage
     if name == "bad":
-        from .bench_faults_bad import run_bad_records
+        from .faults_bad import run_bad_records
         return run_bad_records
     if name == "oversized":
-        from .bench_faults_scenarios import run_oversized
+        from .faults_scenarios import run_oversized
         return run_oversized
-    from .bench_faults_damage import run_damage
+    from .faults_damage import run_damage
     return run_damage
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .bench_faults_corpus import DIM, valid_events
-from .bench_faults_env import BIG_TOPIC_BYTES, Broker, Daemon, Producer, http_json, wait_for
-from .bench_faults_feed import Feeder, send_backlog
-from .bench_faults_report import learn_stats
+from .faults_corpus import DIM, valid_events
+from .faults_env import BIG_TOPIC_BYTES, Broker, Daemon, Producer, http_json, wait_for
+from .faults_feed import Feeder, send_backlog
+from .faults_report import learn_stats
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def daemon_config(ctx: Context, events_topic: str, labels_topic: str | None, sta
 
 def learned_counts(state_dir: Path) -> dict[str, int]:
     """Per-id learn counts in the newest checkpoint that loads."""
-    from .checkpoint import Checkpointer
+    from ..service.checkpoint import Checkpointer
 
     ckpt = Checkpointer(state_dir).load()
     if ckpt is None:

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .bench_faults_corpus import valid_events
-from .bench_faults_env import Daemon, Producer, http_json, wait_for
-from .bench_faults_scenarios import Context, daemon_config, probe_body, wait_learned
+from .faults_corpus import valid_events
+from .faults_env import Daemon, Producer, http_json, wait_for
+from .faults_scenarios import Context, daemon_config, probe_body, wait_learned
 
 TENSORS, META, MANIFEST, LATEST = "tensors.safetensors", "meta.json", "manifest.json", "latest"
 # Cases where the newest checkpoint's content is damaged: restoring it is serving damage.

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..bench.speed_kafka import LOCAL_KAFKA, free_port, start_local_broker
+from .speed_kafka import LOCAL_KAFKA, free_port, start_local_broker
 
 # Topics that take the 2 MB records of the corpus (the broker's default limit is about 1 MB).
 BIG_TOPIC_BYTES = 8 << 20

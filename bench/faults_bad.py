@@ -11,10 +11,10 @@ import threading
 import time
 from typing import Any
 
-from .bench_faults_corpus import Bad, bad_events, bad_labels, http_cases, valid_events
-from .bench_faults_env import BIG_TOPIC_BYTES, Daemon, Producer, Sent, http
-from .bench_faults_report import learn_stats, match_dead_letters
-from .bench_faults_scenarios import Context, daemon_config, learned_counts, log_excerpt, wait_learned
+from .faults_corpus import Bad, bad_events, bad_labels, http_cases, valid_events
+from .faults_env import BIG_TOPIC_BYTES, Daemon, Producer, Sent, http
+from .faults_report import learn_stats, match_dead_letters
+from .faults_scenarios import Context, daemon_config, learned_counts, log_excerpt, wait_learned
 
 
 class Watcher:

@@ -13,8 +13,8 @@ import threading
 import time
 from typing import Sequence
 
-from .bench_faults_corpus import Valid
-from .bench_faults_env import Producer
+from .faults_corpus import Valid
+from .faults_env import Producer
 
 
 class Feeder:
