@@ -76,6 +76,7 @@ class LearningLoop:
         self._last_publish = 0.0
         self._last_lag_check = 0.0
         self._revoked = threading.Event()
+        self._revoked_partitions: set[TopicPartition] = set()
         self._uncommitted: dict[TopicPartition, int] | None = None  # checkpointed, commit not acknowledged
         self._last_commit_try = 0.0
         self._skipped = 0
@@ -238,6 +239,7 @@ class LearningLoop:
         if self._revoked.is_set():
             if self.checkpoint():
                 self._revoked.clear()  # else retried after the next step
+                self._forget_revoked()
         elif self.checkpointer is None:
             if n_records:
                 self.checkpoint()  # no state to keep: commit after every batch (at-least-once)
@@ -257,7 +259,21 @@ class LearningLoop:
         # and commits right after its current step, so the next owner starts as
         # close as possible to where this state ends.
         log.info("partitions revoked: %s", partitions)
+        self._revoked_partitions.update(partitions)
         self._revoked.set()
+
+    def _forget_revoked(self) -> None:
+        """Drop the positions of partitions handed over, once their last offsets are committed.
+
+        A later checkpoint then does not carry them: a restart that gets such a
+        partition back starts at its committed offset (the other owner's), not
+        at this state's old one. Kept while the commit has not held.
+        """
+        if self._uncommitted is not None:
+            return
+        gone, self._revoked_partitions = self._revoked_partitions, set()
+        for tp in gone:
+            self.positions.pop(tp, None)
 
     # -- records in ----------------------------------------------------------------
     def _fresh(self, records: list[Record]) -> list[Record]:

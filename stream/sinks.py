@@ -93,8 +93,10 @@ class KafkaSink:
                  on_drop: Callable[[str], None] = lambda topic: None) -> None:
         from kafka import KafkaProducer
 
-        # A short reconnect backoff: the producer is back within a second of the broker.
+        # As the consumer (stream/kafka_source.py): reconnects back off to 1 s at most, so the producer is
+        # back within a second of the broker; a request the broker never answers fails after 15 s.
         options = {"acks": "all", "linger_ms": 5, "max_block_ms": 5000, "reconnect_backoff_max_ms": 1000,
+                   "request_timeout_ms": 15000, "metadata_max_age_ms": 30000,
                    "max_request_size": max_message_bytes, **(client_options or {})}
         self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), **options)
         self._unsent: list[_Output] = []

@@ -66,7 +66,7 @@ def make_sink(monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_the_producer_fits_dead_letters_and_reconnects_fast(make_sink: Any) -> None:
     _, producer, _ = make_sink(max_message_bytes=2_000_000)
     assert producer.config["max_request_size"] == 2_000_000
-    assert producer.config["reconnect_backoff_max_ms"] == 1000
+    assert producer.config["reconnect_backoff_max_ms"] == 1000 and producer.config["request_timeout_ms"] == 15000
     assert producer.config["acks"] == "all"
 
 

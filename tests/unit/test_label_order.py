@@ -152,3 +152,22 @@ def test_a_failed_commit_is_retried_until_it_holds(tmp_path: Path) -> None:
     service.loop._last_commit_try = 0.0  # the retry waits a second; do not wait in a test
     service.loop.step()
     assert source.commits and source.commits[0] == {(EVENTS, 0): 16}
+
+
+def test_revoked_partitions_leave_the_state_once_committed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    source = TopicsSource()
+    source.produce(EVENTS, [labelled(i, rng) for i in range(10)])
+    source.produce(LABELS, [{"id": "x", "label": "a"}])
+    service = service_on(source, tmp_path / "state")
+    service.loop.step()
+    assert set(service.loop.positions) == {(EVENTS, 0), (LABELS, 0)}
+    source.commit_ok = False
+    service.loop._on_revoke([(LABELS, 0)])  # the group hands the labels partition to another replica
+    service.loop.step()
+    assert (LABELS, 0) in service.loop.positions  # its commit did not hold: kept
+    source.commit_ok = True
+    service.loop._on_revoke([(LABELS, 0)])
+    service.loop.step()
+    assert source.commits[-1] == {(EVENTS, 0): 10, (LABELS, 0): 1}
+    assert set(service.loop.positions) == {(EVENTS, 0)}  # a later checkpoint does not carry it
