@@ -80,9 +80,13 @@ def test_kill_9_with_delayed_labels_and_labels_first_backlogs_learns_each_event_
         send_backlog(producer, topic, labels_topic, before)  # labels first, all before the first start
         daemon = lifelong_daemon(cfg)
         daemon.wait_ready()
-        feeder = Feeder(producer, topic, labels_topic, stream, rate=80.0, max_delay_s=4.0, seed=3).start()
+        # 400 events over about 20 s: the three kills land mid-stream even on a slow machine (each restart
+        # takes seconds); a daemon that comes up after the last record is up once it answers, with nothing
+        # left to consume.
+        feeder = Feeder(producer, topic, labels_topic, stream, rate=20.0, max_delay_s=4.0, seed=3).start()
         for _ in range(3):
-            wait_until(lambda: daemon.proc.poll() is None and daemon.metric("lifelong_events_consumed_total") > 0,
+            wait_until(lambda: daemon.proc.poll() is None and (daemon.metric("lifelong_events_consumed_total") > 0
+                                                                or feeder.done),
                        60, "the daemon consuming")
             time.sleep(rng.uniform(0.2, 1.5))
             daemon.proc.kill()
