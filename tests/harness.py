@@ -75,10 +75,17 @@ class Broker:
     bootstrap: str
     data_dir: Path
 
-    def produce(self, topic: str, lines: list[str]) -> None:
-        """Produce one message per line with kcat, an independent client."""
-        payload = "".join(line + "\n" for line in lines)
-        subprocess.run([require("kcat"), "-b", self.bootstrap, "-P", "-t", topic], input=payload.encode(),
+    def produce(self, topic: str, lines: list[str], keys: list[str] | None = None) -> None:
+        """Produce one message per line with kcat, an independent client.
+
+        Without keys kcat's sticky partitioner may put a whole quick burst on one partition; with
+        ``keys`` (hashed to partitions) a burst spreads over all of them.
+        """
+        if keys is None:
+            payload, key_args = "".join(line + "\n" for line in lines), []
+        else:
+            payload, key_args = "".join(f"{k}\t{line}\n" for k, line in zip(keys, lines)), ["-K", "\t"]
+        subprocess.run([require("kcat"), "-b", self.bootstrap, "-P", "-t", topic, *key_args], input=payload.encode(),
                        check=True, timeout=60)
 
     def stop(self) -> None:

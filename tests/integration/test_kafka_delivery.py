@@ -225,7 +225,7 @@ def test_two_replicas_split_partitions_and_one_takes_over(kafka_broker, lifelong
     for d in (a, b):
         wait_until(lambda d=d: d.metric("lifelong_assigned_partitions") == 1, 90, "each replica owns a partition")
 
-    kafka_broker.produce(topic, blob_events(1000, "x"))
+    kafka_broker.produce(topic, blob_events(1000, "x"), keys=[f"x-{i}" for i in range(1000)])  # both partitions
     wait_until(lambda: a.metric("lifelong_events_consumed_total") + b.metric("lifelong_events_consumed_total")
                == 1000, 60, "first batch consumed by the group")
     assert a.metric("lifelong_events_consumed_total") > 0 and b.metric("lifelong_events_consumed_total") > 0
