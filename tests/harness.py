@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,19 +17,17 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+
+# One polling helper and one free-port finder for the package's benches and these tests.
+from lifelong.bench.faults_env import wait_for as wait_until  # noqa: F401 (re-exported to the tests)
+from lifelong.bench.speed_kafka import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def require(tool: str) -> str:
@@ -51,21 +48,6 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) ->
         raw, status = exc.read(), exc.code
     ctype_json = raw[:1] in (b"{", b"[")
     return status, json.loads(raw) if ctype_json else raw.decode()
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, ValueError) as exc:  # not up yet
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval_s)
-    raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s (last: {last!r})")
 
 
 # -- Kafka ----------------------------------------------------------------------------
