@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
-import faiss
 import numpy as np
 import pytest
 
@@ -16,12 +14,7 @@ DIM, M, TRAIN = 8, 4, 256
 RAW_ITEM = DIM * 4 + LABEL_BYTES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread() -> Iterator[None]:
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny codebooks: one thread (tests/unit/conftest.py)
 
 
 def batches(n: int, seed: int = 0, size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
