@@ -198,8 +198,8 @@ class Intake:
 
     def _within_classes(self, items: Sequence[Item]) -> list[Item]:
         """Reject events that would add a class past limits.max_classes (in stream order)."""
-        if not items:
-            return []
+        if len(self.learner.classes) + len(items) <= self._max_classes:
+            return list(items)  # room for all of them even if every one were new: nothing to look up
         known = set(self.learner.classes)
         kept = []
         for item in items:
