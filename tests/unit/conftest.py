@@ -86,3 +86,21 @@ def services() -> Iterator[Any]:
     made = Services()
     yield made
     made.close()
+
+
+@pytest.fixture
+def make_service(tmp_path: Any) -> Iterator[Any]:
+    """Harnesses of the HTTP app over JSONL files (tests/http_harness.py), their sources closed at the end."""
+    from http_harness import service_maker
+
+    make, sources = service_maker(tmp_path)
+    yield make
+    for source in sources:
+        source.close()
+
+
+@pytest.fixture
+def trained(make_service: Any) -> Any:
+    from http_harness import trained_harness
+
+    return trained_harness(make_service)

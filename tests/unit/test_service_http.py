@@ -2,97 +2,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from lifelong.service.config import Settings
-from lifelong.service.runtime import Service
 from lifelong.stream.errors import REASONS
-from lifelong.stream.sources import FileSource
 
-DIM = 4
-CENTERS = {"a": [5.0, 0.0, 0.0, 0.0], "b": [0.0, 5.0, 0.0, 0.0], "c": [0.0, 0.0, 5.0, 0.0]}
-Metric = Callable[..., float]
-
-
-def labelled_events(n: int, seed: int, start_id: int = 0) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(seed)
-    names = list(CENTERS)
-    out = []
-    for i in range(n):
-        label = names[i % 3]
-        x = np.array(CENTERS[label]) + rng.normal(0, 0.3, DIM)
-        out.append({"id": start_id + i, "features": [round(float(v), 4) for v in x], "label": label})
-    return out
-
-
-def write_lines(path: Path, lines: list[Any]) -> Path:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
-    return path
-
-
-def make_settings(path: Path, **overrides: Any) -> Settings:
-    base: dict[str, Any] = {
-        "source": {"kind": "file", "path": str(path), "batch_size": 64, "poll_timeout_s": 0.01},
-        "learner": {"name": "nmc", "input_kind": "features", "feature_dim": DIM, "feature_warmup_events": 30},
-        "evaluation": {"holdout_fraction": 0.0},
-        "http": {"max_instances": 3},
-        "limits": {"max_record_bytes": 4096},
-        "publish_every_events": 1,
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            base[key] = {**base.get(key, {}), **value}
-        else:
-            base[key] = value
-    return Settings(**base)
-
-
-class Harness:
-    def __init__(self, service: Service, source: FileSource, client: TestClient) -> None:
-        self.service = service
-        self.source = source
-        self.client = client
-
-    def step_all(self, max_steps: int = 100) -> int:
-        """Step the loop until the file source is exhausted; returns the steps taken."""
-        for n in range(1, max_steps + 1):
-            self.service.loop.step()
-            if self.source.exhausted:
-                return n
-        raise AssertionError("source never exhausted")
-
-    def metrics_text(self) -> str:
-        resp = self.client.get("/metrics")
-        assert resp.status_code == 200
-        return resp.text
-
-
-@pytest.fixture
-def make_service(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
-    sources: list[FileSource] = []
-
-    def make(lines: list[Any], **overrides: Any) -> Harness:
-        path = write_lines(tmp_path / f"events-{len(sources)}.jsonl", lines)
-        source = FileSource(path)
-        sources.append(source)
-        service = Service(make_settings(path, **overrides), source=source)
-        return Harness(service, source, TestClient(service.app))
-
-    yield make
-    for source in sources:
-        source.close()
-
-
-@pytest.fixture
-def trained(make_service: Callable[..., Harness]) -> Harness:
-    h = make_service(labelled_events(60, seed=0) + [{"id": "u1", "features": CENTERS["b"]}])
-    assert h.service.loop.step() == 61
-    return h
+from http_harness import CENTERS, Harness, Metric, labelled_events
 
 
 # -- health and readiness ---------------------------------------------------------------------
@@ -243,69 +160,6 @@ def test_413_for_a_body_over_max_record_bytes(trained: Harness, metric: Metric) 
     text = trained.metrics_text()
     assert metric(text, "lifelong_http_requests_total", {"route": "/v1/predict", "code": "413"}) == 1.0
     assert metric(text, "lifelong_http_requests_total", {"route": "/v1/feedback", "code": "413"}) == 1.0
-
-
-# -- feedback -----------------------------------------------------------------------------------
-
-def test_feedback_joins_a_pending_event(trained: Harness, metric: Metric) -> None:
-    h = trained
-    text = h.metrics_text()
-    learned_before = metric(text, "lifelong_events_learned_total")
-    assert learned_before == 60.0
-    assert metric(text, "lifelong_events_predicted_total") == 1.0
-    assert metric(text, "lifelong_pending_labels") == 1.0
-    assert h.client.get("/v1/model").json()["pending_labels"] == 1
-    version_before = h.service.holder.current.version  # type: ignore[union-attr]
-
-    resp = h.client.post("/v1/feedback", json={"id": "u1", "label": "b"})
-    assert resp.status_code == 202
-    assert resp.json() == {"status": "accepted", "id": "u1"}
-    h.service.loop.step()
-
-    text = h.metrics_text()
-    assert metric(text, "lifelong_labels_total", {"outcome": "joined"}) == 1.0
-    assert metric(text, "lifelong_events_learned_total") == learned_before + 1
-    assert metric(text, "lifelong_pending_labels") == 0.0
-    model = h.client.get("/v1/model").json()
-    assert model["events_learned"] == 61
-    assert model["pending_labels"] == 0
-    assert model["model_version"] == version_before + 1
-    assert h.service.learner.events_learned == 61
-
-    # the same label again is a duplicate, and nothing more is learned
-    assert h.client.post("/v1/feedback", json={"id": "u1", "label": "b"}).status_code == 202
-    h.service.loop.step()
-    text = h.metrics_text()
-    assert metric(text, "lifelong_labels_total", {"outcome": "duplicate"}) == 1.0
-    assert metric(text, "lifelong_labels_total", {"outcome": "joined"}) == 1.0
-    assert metric(text, "lifelong_events_learned_total") == learned_before + 1
-
-
-def test_feedback_for_an_unknown_id_waits_for_its_event(trained: Harness, metric: Metric) -> None:
-    resp = trained.client.post("/v1/feedback", json={"id": 12345, "label": 7})
-    assert resp.status_code == 202
-    assert resp.json()["id"] == "12345"
-    trained.service.loop.step()
-    text = trained.metrics_text()
-    # The join is order-free: the label may have come before its event (stream/label_join.py).
-    assert metric(text, "lifelong_early_labels") == 1.0
-    assert metric(text, "lifelong_labels_total", {"outcome": "unknown_id"}) == 0.0
-    assert metric(text, "lifelong_labels_total", {"outcome": "joined"}) == 0.0
-    assert metric(text, "lifelong_events_learned_total") == 60.0
-
-
-def test_feedback_can_teach_a_new_class(trained: Harness) -> None:
-    assert trained.client.post("/v1/feedback", json={"id": "u1", "label": "new"}).status_code == 202
-    trained.service.loop.step()
-    snap = trained.service.holder.current
-    assert snap is not None and "new" in snap.classes
-    assert trained.client.get("/v1/model").json()["classes"] == ["a", "b", "c", "new"]
-
-
-@pytest.mark.parametrize("body", [{"id": "u1"}, {"id": "u1", "label": 1.5}, {"label": "a"},
-                                  {"id": "u1", "label": "a", "extra": 1}])
-def test_feedback_422_for_a_bad_label_message(trained: Harness, body: dict[str, Any]) -> None:
-    assert trained.client.post("/v1/feedback", json=body).status_code == 422
 
 
 # -- metrics, model info, bad records ---------------------------------------------------------------
