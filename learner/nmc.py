@@ -38,9 +38,11 @@ class NMCSnapshot(SnapshotInfo):
     head_weight: float
     proto_scale: float
 
+    def probs(self, taps: np.ndarray) -> np.ndarray:
+        return fused_probs(taps, self.head, self.protos, self.head_weight, self.proto_scale)
+
     def predict_taps(self, taps: np.ndarray) -> Predictions:
-        probs = fused_probs(taps, self.head, self.protos, self.head_weight, self.proto_scale)
-        return to_predictions(probs, self.classes, self.version)
+        return to_predictions(self.probs(taps), self.classes, self.version)
 
     def predict_many(self, inputs: RawInputs) -> Predictions:
         return self.predict_taps(self.encoder.encode(inputs))

@@ -1,12 +1,18 @@
 """The contract suite's stream and comparisons: class-incremental Gaussian blobs, and equality of
-predictions, step statistics and states (tests/unit/test_contract.py runs them over every learner)."""
+predictions, step statistics and states, and the variants: every product learner on that stream
+(tests/unit/test_contract.py runs the contracts over them)."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from lifelong.learner.base import Predictions, StepStats
+from lifelong.learner.base_init import BaseInitConfig, tap_width
+from lifelong.learner.encoders import FeatureEncoder
+from lifelong.learner.registry import LEARNERS, PRODUCT, LearnerOptions, build
 
 DIM, N_CLASSES, PER_CLASS, BATCH = 16, 6, 160, 20
 NOISE = 1.0
@@ -76,3 +82,36 @@ def assert_same_state(a: Any, b: Any) -> None:
 
 def accuracy(preds: Predictions, labels: list[str]) -> float:
     return float(np.mean([p == t for p, t in zip(preds.labels, labels)]))
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    build: Callable[..., Any]  # build(warmup=0, **config_overrides) -> learner
+    replay: bool = False  # has a replay memory (and a PQ codec thread)
+    tap_dim: int = DIM  # width of what the replay memory stores
+
+
+# Small MLP phases: the switch comes at 100 events, so both phases are exercised; the continual
+# learner then sees 16 + 8 = 24-d taps (the standardised input and the hidden layer).
+SMALL_BASE = {"base_events": 100, "widths": (32, 8)}
+
+
+def _variant(name: str, device: str = "cpu") -> Variant:
+    """A registry learner on ``DIM``-d features with the suite's small settings."""
+    entry = LEARNERS[name]
+    mlp = entry.features_only  # the MLP base-initialised learners
+
+    def make(warmup: int = 0, **overrides: Any) -> Any:
+        options = LearnerOptions(seed=0, device=device, continual=BASE | overrides,
+                                 base_init=SMALL_BASE if mlp else None)
+        return build(name, FeatureEncoder(DIM, warmup_events=warmup), options)
+
+    width = tap_width(DIM, BaseInitConfig(**SMALL_BASE)) if mlp else DIM
+    return Variant(name if device == "cpu" else f"{name}-{device}", make, replay=entry.replay, tap_dim=width)
+
+
+# Every product learner of the registry: a new one joins the suite by its registry entry alone.
+VARIANTS = [_variant(name) for name in PRODUCT]
+if torch.cuda.is_available():  # the same contracts on the GPU path, whenever a GPU is there to test on
+    VARIANTS.append(_variant("lifelong", device="cuda"))

@@ -15,56 +15,19 @@ comparisons are in tests/contract_stream.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from lifelong.learner.base_init import BaseInitConfig, tap_width
 from lifelong.learner.encoders import FeatureEncoder
-from lifelong.learner.registry import LEARNERS, PRODUCT, LearnerOptions, build
 from lifelong.memory.persistence import load_state, save_state
 
 from contract_stream import (BASE, BATCH, BATCHES_PER_CLASS, CENTERS, COMPRESSED_AFTER, DIM, LABELS, N_CLASSES, PROBE,
                              accuracy, assert_same_predictions, assert_same_state, assert_same_stats, blob_stream,
-                             held_out, learn)
+                             held_out, learn, VARIANTS, Variant)
 
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    build: Callable[..., Any]  # build(warmup=0, **config_overrides) -> learner
-    replay: bool = False  # has a replay memory (and a PQ codec thread)
-    tap_dim: int = DIM  # width of what the replay memory stores
-
-
-# Small MLP phases: the switch comes at 100 events, so both phases are exercised; the continual
-# learner then sees 16 + 8 = 24-d taps (the standardised input and the hidden layer).
-SMALL_BASE = {"base_events": 100, "widths": (32, 8)}
-
-
-def _variant(name: str, device: str = "cpu") -> Variant:
-    """A registry learner on ``DIM``-d features with the suite's small settings."""
-    entry = LEARNERS[name]
-    mlp = entry.features_only  # the MLP base-initialised learners
-
-    def make(warmup: int = 0, **overrides: Any) -> Any:
-        options = LearnerOptions(seed=0, device=device, continual=BASE | overrides,
-                                 base_init=SMALL_BASE if mlp else None)
-        return build(name, FeatureEncoder(DIM, warmup_events=warmup), options)
-
-    width = tap_width(DIM, BaseInitConfig(**SMALL_BASE)) if mlp else DIM
-    return Variant(name if device == "cpu" else f"{name}-{device}", make, replay=entry.replay, tap_dim=width)
-
-
-# Every product learner of the registry: a new one joins the suite by its registry entry alone.
-VARIANTS = [_variant(name) for name in PRODUCT]
-if torch.cuda.is_available():  # the same contracts on the GPU path, whenever a GPU is there to test on
-    VARIANTS.append(_variant("lifelong", device="cuda"))
 
 
 @pytest.fixture(params=VARIANTS, ids=[v.name for v in VARIANTS])
