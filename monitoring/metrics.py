@@ -20,6 +20,7 @@ PREDICT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 LABEL_OUTCOMES = ("joined", "unknown_id", "duplicate", "expired", "invalid")
 DRIFT_KINDS = ("peak", "plateau", "consolidation", "adwin")
+SWAP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HTTP_ROUTES = ("/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics", "other")
 
 
@@ -146,6 +147,33 @@ class Metrics:
         self.model_classes = Gauge("lifelong_model_classes", "Classes the served model knows.", registry=r)
         self.model_bytes = Gauge("lifelong_model_memory_bytes", "Bytes held by the served model's state.",
                                  registry=r)
+
+    def add_snapshot_channel(self, reject_reasons: Iterable[str]) -> None:
+        """The snapshot channel's metrics (roles that publish or read it)."""
+        r = self.registry
+        self.snapshots_published = Counter("lifelong_snapshots_published_total",
+                                           "Serving snapshots published to the snapshot topic.", registry=r)
+        self.snapshot_publish_failures = Counter("lifelong_snapshot_publish_failures_total",
+                                                 "Publish transactions that did not commit (retried with the "
+                                                 "newest snapshot).", registry=r)
+        self.snapshot_generation = Gauge("lifelong_snapshot_generation",
+                                         "Generation of the latest snapshot published or served (rises with "
+                                         "every learner start).", registry=r)
+        self.snapshot_payload_bytes = Gauge("lifelong_snapshot_payload_bytes",
+                                            "Size of the latest snapshot published or served.", registry=r)
+        self.snapshot_rejects = Counter("lifelong_snapshot_rejects_total",
+                                        "Snapshot records read and refused, by reason; never served.",
+                                        ["reason"], registry=r)
+        for reason in reject_reasons:
+            self.snapshot_rejects.labels(reason=reason)
+        self.snapshot_swaps = Counter("lifelong_snapshot_swaps_total", "Snapshots swapped in for serving.",
+                                      registry=r)
+        self.snapshot_age = Gauge("lifelong_snapshot_age_seconds",
+                                  "Time since the learner last confirmed the served version as its latest "
+                                  "(heartbeat or publish); NaN before a first snapshot.", registry=r)
+        self.publish_to_swap = Histogram("lifelong_snapshot_publish_to_swap_seconds",
+                                         "From a snapshot's publication (learner clock) to its swap into "
+                                         "serving here.", buckets=SWAP_BUCKETS, registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -47,6 +47,14 @@ class ServiceHandle(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    def not_ready(self) -> str | None:
+        """Why this replica should not take traffic now (None: ready)."""
+        ...
+
+    def latest_version(self) -> int:
+        """The newest model_version this replica knows to exist (served or announced)."""
+        ...
+
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -92,6 +100,10 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     model_version: int | None
+    reason: str | None = Field(None, description="Why not ready.")
+
+
+MIN_VERSION_HEADER = "X-Lifelong-Min-Version"
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -105,8 +117,10 @@ BAD_BODY = {400: _error("The body is not UTF-8."),
             422: {"model": ValidationErrors, "description": "Not JSON, nested deeper than limits.max_json_depth, "
                   "text that is not UTF-8, or not the documented shape: each item names the field and the reason."}}
 PREDICT_ERRORS = {**AUTH, **BAD_BODY,
-                  503: _error("No model yet, or too many instances queued (http.max_queued_instances; "
-                              "see Retry-After)."),
+                  409: _error(f"{MIN_VERSION_HEADER} asks for a model_version not published yet."),
+                  503: _error("No model yet, too many instances queued (http.max_queued_instances; see "
+                              f"Retry-After), or this replica serves an older version than {MIN_VERSION_HEADER} "
+                              "asks for and is catching up (retry shortly)."),
                   504: _error("No answer within http.request_timeout_s.")}
 FEEDBACK_ERRORS = {**AUTH, **BAD_BODY, 503: _error("Too many labels waiting (see Retry-After).")}
 
@@ -171,6 +185,23 @@ def _model_inputs(inputs: list[Inputs], input_kind: str) -> list[str] | np.ndarr
         raise HTTPException(422, detail=[_invalid(bad, "non_finite", "features",
                                                   "values beyond the float32 range (about 3.4e38)")])
     return x
+
+
+def _check_min_version(request: Request, served: int, latest: int) -> None:
+    """Read-your-writes: a client that saw version N may insist on an answer from N or later."""
+    raw = request.headers.get(MIN_VERSION_HEADER)
+    if raw is None:
+        return
+    try:
+        wanted = int(raw)
+    except ValueError:
+        raise HTTPException(400, detail=f"{MIN_VERSION_HEADER} must be an integer model_version") from None
+    if wanted <= served:
+        return
+    if wanted > latest:
+        raise HTTPException(409, detail=f"model_version {wanted} is not published yet (newest known: {latest})")
+    raise HTTPException(503, detail=f"this replica serves model_version {served}, catching up to {wanted}",
+                        headers={"Retry-After": "1"})
 
 
 def _answer_json(answer: Answer) -> dict[str, Any]:
@@ -265,6 +296,7 @@ def create_app(service: ServiceHandle) -> FastAPI:
         snap = holder.current
         if snap is None or not snap.classes:
             raise HTTPException(503, detail="no model yet: the learner has not learned a labelled event")
+        _check_min_version(request, snap.version, service.latest_version())
         if len(body.instances) > http.max_instances:
             raise HTTPException(413, detail=f"{len(body.instances)} instances, limit http.max_instances="
                                             f"{http.max_instances}")
@@ -312,9 +344,9 @@ def create_app(service: ServiceHandle) -> FastAPI:
              responses={503: {"model": Readiness, "description": "No model can answer yet."}})
     def readyz() -> Response:
         snap = holder.current
-        ready = snap is not None and bool(snap.classes)
-        body = {"ready": ready, "model_version": snap.version if snap else None}
-        return SafeJSONResponse(body, status_code=200 if ready else 503)
+        reason = service.not_ready()
+        body = {"ready": reason is None, "model_version": snap.version if snap else None, "reason": reason}
+        return SafeJSONResponse(body, status_code=200 if reason is None else 503)
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},

@@ -201,6 +201,27 @@ class CheckpointSettings(Section):
         "start from nothing.")
 
 
+class SnapshotSettings(Section):
+    topic: str = Field("lifelong-snapshots", description="Compacted Kafka topic the learner publishes serving "
+                       "snapshots to and predictors read them from (roles learner and predictor).")
+    model_key: str = Field("default", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$",
+                           description="Names the model on the topic (its record key); one learner per key.")
+    transactional_id: str | None = Field(None, description="The learner's stable Kafka transactional id "
+                                         "(None: lifelong-learner-<model_key>); a second learner with the same id "
+                                         "fences the first.")
+    publish: bool = Field(False, description="Role all publishes its snapshots too (role learner always does).")
+    chunk_bytes: int = Field(512 << 10, ge=16 << 10, le=900 << 10, description="Largest record of a snapshot: "
+                             "bigger snapshots go in several chunks in one transaction, so no broker or client "
+                             "needs its 1 MiB message limits raised.")
+    min_interval_s: float = Field(1.0, ge=0, description="Shortest time between two published snapshots (the "
+                                  "newest waiting one is sent, those in between are skipped).")
+    heartbeat_s: float = Field(1.0, gt=0, description="How often the learner restates its latest version, so "
+                               "predictors can tell an idle learner from a lost one.")
+    max_bytes: int = Field(256 << 20, ge=1 << 16, description="Largest snapshot a predictor accepts.")
+    max_staleness_s: float = Field(30.0, gt=0, description="A predictor's /readyz answers 503 when the learner "
+                                   "has not confirmed the served version for this long.")
+
+
 class EvaluationSettings(Section):
     holdout_fraction: float = Field(0.05, ge=0, lt=1, description="Labelled events held out for continual "
                                     "evaluation instead of learned (hash of the id; 0 disables).")
@@ -229,10 +250,27 @@ class Settings(BaseSettings):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings, description="Checkpoints.")
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings,
                                            description="Continual evaluation.")
+    snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings,
+                                        description="The snapshot channel between learner and predictors.")
     debug: DebugSettings = Field(default_factory=DebugSettings, description="Test hooks.")
+    role: Literal["all", "learner", "predictor"] = Field(
+        "all", description="all: learn and serve in one process; learner: learn and publish snapshots; "
+        "predictor: serve snapshots read from the snapshot topic (no learning, no checkpoints).")
     prequential_window: int = Field(1000, ge=1, description="Labelled events in the prequential accuracy window.")
     publish_every_events: int = Field(256, ge=1, description="Learned events between serving snapshots.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @model_validator(mode="after")
+    def _kafka_for_roles(self) -> "Settings":
+        if self.role != "all" and self.source.kind != "kafka":
+            raise ValueError(f"role {self.role!r} needs source.kind 'kafka' (the snapshot channel is a Kafka topic)")
+        if self.role == "all" and self.snapshots.publish and self.source.kind != "kafka":
+            raise ValueError("snapshots.publish needs source.kind 'kafka'")
+        return self
+
+    @property
+    def publishes(self) -> bool:
+        return self.role == "learner" or (self.role == "all" and self.snapshots.publish)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

@@ -29,7 +29,9 @@ from ..stream.sources import Record, Source, TopicPartition, next_offsets
 from .checkpoint import Checkpointer, CheckpointWriteError, Part
 from .config import Settings
 from .intake import Intake, LabelIn, LoopCounters
+from .publishing import Publisher
 from .snapshot import SnapshotHolder
+from .snapshot_wire import with_version
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class LearningLoop:
         self._uncommitted: dict[TopicPartition, int] | None = None  # checkpointed, commit not acknowledged
         self._last_commit_try = 0.0
         self._skipped = 0
+        self.publisher: Publisher | None = None  # roles that publish snapshots to the snapshot topic
+        self.version_offset = 0  # added to the learner's versions so published ones keep rising
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -187,6 +191,8 @@ class LearningLoop:
         return self._source
 
     def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
         for closeable in (self._source, self._sink):
             if closeable is not None:
                 closeable.close()
@@ -195,6 +201,8 @@ class LearningLoop:
     def run(self) -> None:
         try:
             _ = self.sink, self.source  # connect (with retries) before the first step
+            if self.publisher is not None:
+                self._connect_publisher(self.publisher)
             while not self._stop.is_set():
                 self.step()
             self._publish(force=True)
@@ -205,9 +213,19 @@ class LearningLoop:
             self.on_failure()
             raise
 
+    def _connect_publisher(self, publisher: Publisher) -> None:
+        newest = publisher.connect()
+        # A state restored from an older checkpoint than the last published snapshot
+        # answers with versions above it, so model_version only rises for every reader.
+        self.version_offset = max(0, newest + 1 - self.learner.version)
+        if self.learner.events_learned:
+            self.publish()
+
     def step(self) -> int:
         """One poll-learn-publish round (checkpointing when due); returns how many records it read."""
         src = self.settings.source
+        if self.publisher is not None and self.publisher.fenced is not None:
+            raise self.publisher.fenced  # a newer learner took over this model key: stop learning here
         if self.sink is not None and self.sink.full:
             # Outputs pile up undelivered (broker away): read nothing more until a flush goes through.
             if not self.checkpoint():
@@ -306,7 +324,11 @@ class LearningLoop:
     def publish(self) -> None:
         """Swap in a snapshot of the current learner for the HTTP readers."""
         snapshot = self.learner.snapshot()
+        if self.version_offset:
+            snapshot = with_version(snapshot, snapshot.version + self.version_offset)
         self.holder.publish(snapshot)
+        if self.publisher is not None:
+            self.publisher.offer(snapshot)
         self.intake.unpublished = 0
         self._last_publish = time.monotonic()
         self.metrics.model_version.set(snapshot.version)

@@ -1,17 +1,13 @@
 """Builds the service from settings and runs it: learning loop thread + HTTP server."""
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import uvicorn
+from typing import Any, Callable
 
 from .. import __version__
 from ..learner.base import Learner
-from ..learner.encoders import make_encoder
+from ..learner.encoders import Encoder, make_encoder
 from ..learner.registry import LEARNERS, LearnerOptions, build
 from ..monitoring.metrics import Metrics
 from ..stream.demo import demo_path
@@ -23,13 +19,13 @@ from .app import create_app
 from .checkpoint import Checkpointer
 from .config import Settings
 from .loop import FeedbackQueueFull, LearningLoop
+from .server import run_server
 from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)
 
 
-def build_learner(settings: Settings) -> Learner:
-    """The configured learner, built through the registry on the configured encoder."""
+def resolve_device(settings: Settings) -> str:
     import torch
 
     ls = settings.learner
@@ -39,14 +35,25 @@ def build_learner(settings: Settings) -> Learner:
         # A model on a few features does tiny matrix products: handing each to a second thread
         # costs more than it saves (measured: 1.2 ms vs 0.2 ms per step on 2 busy cores).
         torch.set_num_threads(1)
-    device = ls.device if ls.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return ls.device if ls.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_encoder(settings: Settings, device: str) -> Encoder:
+    """The configured frozen encoder (a predictor builds the same one as its learner)."""
+    ls = settings.learner
     if ls.encoder == "efficientnet-lite0":
-        encoder = make_encoder("features", encoder=ls.encoder, image_shape=ls.image_shape, side=ls.image_side,
-                               device=device)
-    elif ls.input_kind == "text":
-        encoder = make_encoder("text", max_tokens=ls.max_tokens, device=device)
-    else:
-        encoder = make_encoder("features", feature_dim=ls.feature_dim, warmup_events=ls.feature_warmup_events)
+        return make_encoder("features", encoder=ls.encoder, image_shape=ls.image_shape, side=ls.image_side,
+                            device=device)
+    if ls.input_kind == "text":
+        return make_encoder("text", max_tokens=ls.max_tokens, device=device)
+    return make_encoder("features", feature_dim=ls.feature_dim, warmup_events=ls.feature_warmup_events)
+
+
+def build_learner(settings: Settings) -> Learner:
+    """The configured learner, built through the registry on the configured encoder."""
+    ls = settings.learner
+    device = resolve_device(settings)
+    encoder = build_encoder(settings, device)
     options = LearnerOptions(
         seed=ls.seed, device=device, fast_expert=ls.fast_expert,
         continual={"memory_budget_bytes": ls.memory_budget_bytes, "pq_m": ls.pq_m, "steps_per_batch": ls.steps_per_batch,
@@ -117,6 +124,13 @@ class Service:
         sink_factory = (lambda: sink) if sink is not None else (lambda: build_sink(settings, self.metrics))
         self.loop = LearningLoop(settings, self.learner, factory, self.metrics, self.holder,
                                  sink=sink_factory, checkpointer=checkpointer)
+        if settings.publishes:
+            from .publishing import Publisher
+            from .snapshot_wire import REJECT_REASONS
+
+            self.metrics.add_snapshot_channel(REJECT_REASONS)
+            self.loop.publisher = Publisher(settings, self.learner.snapshot().encoder, self.learner.name,
+                                            self.metrics)
         self.restored = self.loop.restore()
         self.app = create_app(self)
 
@@ -148,7 +162,16 @@ class Service:
                 "events_learned": served.events_learned if served else 0,
                 "events_rejected": self.loop.counters.rejected,
                 "pending_labels": len(self.loop.join), "early_labels": len(self.loop.join.early),
-                "source": self.settings.source.kind, "restored_from_checkpoint": self.restored}
+                "source": self.settings.source.kind, "restored_from_checkpoint": self.restored,
+                "role": self.settings.role}
+
+    def not_ready(self) -> str | None:
+        snap = self.holder.current
+        return None if snap is not None and snap.classes else "no model yet"
+
+    def latest_version(self) -> int:
+        snap = self.holder.current
+        return snap.version if snap is not None else -1
 
     def serve(self) -> int:
         """Run until SIGINT/SIGTERM or a learning-loop failure; returns the exit code.
@@ -156,38 +179,19 @@ class Service:
         SIGTERM is a normal stop: in-flight requests finish, the loop finishes
         its step and writes a final checkpoint, and the process exits 0.
         """
-        http = self.settings.http
-        server = _Server(uvicorn.Config(self.app, host=http.host, port=http.port, log_level="warning",
-                                        access_log=False, timeout_keep_alive=http.keep_alive_s,
-                                        timeout_graceful_shutdown=http.graceful_shutdown_s,
-                                        http=self.app.state.http_protocol))  # h11, with a header deadline
-        previous = {sig: signal.signal(sig, lambda *_: server.request_exit()) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self.loop.on_failure = server.request_exit
-        self.loop.start()
-        log.info("serving on http://%s:%d (source: %s)", http.host, http.port, self.settings.source.kind)
-        try:
-            server.run()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        log.info("serving on http://%s:%d (role: %s, source: %s)", self.settings.http.host, self.settings.http.port,
+                 self.settings.role, self.settings.source.kind)
+
+        def start(request_exit: Callable[[], None]) -> None:
+            self.loop.on_failure = request_exit
+            self.loop.start()
+
+        def stop() -> None:
             self.loop.stop()
             self.loop.close()
+
+        run_server(self.app, self.settings.http, start, stop)
         if self.loop.error is not None:
             log.error("exiting: the learning loop failed: %s", self.loop.error)
             return 1
         return 0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling.
-
-    uvicorn re-raises a captured SIGTERM after shutting down, which would kill
-    the process with the signal instead of exiting 0 after a clean stop.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    def request_exit(self) -> None:
-        self.should_exit = True
