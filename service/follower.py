@@ -7,15 +7,15 @@ anything that fails a check is counted by reason and never served. While a
 reader catches up on a long topic it only collects, then settles once, so a
 start does one unpack however many old snapshots the topic still holds.
 
-Memory is bounded: chunks are kept for at most ``keep`` snapshots (the newest
-by their headers), manifests likewise.
+Memory is bounded: chunks are kept for at most ``keep`` snapshots (the most
+recently written), manifests likewise.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ..learner.base import ServingModel
 from ..learner.encoders import Encoder
@@ -79,7 +79,9 @@ class SnapshotFollower:
         order = (generation, version)
         if order <= self.served_order:
             return
-        self._chunks.setdefault(order, {})[index] = record.value or b""
+        chunks = self._chunks.pop(order, {})  # re-inserted last: the table is kept in order of arrival
+        chunks[index] = record.value or b""
+        self._chunks[order] = chunks
         self._trim(self._chunks)
 
     def _take_manifest(self, record: ChannelRecord, live: bool) -> None:
@@ -92,6 +94,7 @@ class SnapshotFollower:
             self._reject("model_key", f"offset {record.offset}: manifest names {manifest.model_key[:40]!r}")
             return
         if manifest.order > self.served_order:
+            self._waiting.pop(manifest.order, None)
             self._waiting[manifest.order] = _Waiting(manifest, live)
             self._trim(self._waiting)
 
@@ -105,9 +108,13 @@ class SnapshotFollower:
         if (generation, version) == self.served_order:
             self.confirmed_at = max(at, self.confirmed_at) if self.confirmed_at == self.confirmed_at else at
 
-    def _trim(self, table: dict[Order, object]) -> None:
+    def _trim(self, table: dict[Order, Any]) -> None:
+        # The least recently written goes, not the lowest order: records that claim a huge
+        # (generation, version) and never complete (forged chunks, say) would otherwise hold every
+        # slot for good, and each real snapshot after them would be evicted on arrival (the
+        # predictor frozen on its version, and a new one never ready).
         while len(table) > self.keep:
-            del table[min(table)]
+            del table[next(iter(table))]
 
     # -- serving ---------------------------------------------------------------------------
     def settle(self) -> bool:
@@ -120,6 +127,7 @@ class SnapshotFollower:
                                   max_bytes=self.max_bytes)
             except SnapshotRejected as exc:
                 self._reject(exc.reason, f"generation {order[0]} version {order[1]}: {exc.detail}")
+                self._chunks.pop(order, None)  # its manifest was tried: they can never be served
                 continue
             self.served = waiting.manifest
             self.latest_heard = max(self.latest_heard, order)
