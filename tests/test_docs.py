@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lifelong.monitoring.metrics import Metrics
 from lifelong.service.config import settings_reference
+from lifelong.service.snapshot_wire import REJECT_REASONS
 from lifelong.stream.errors import REASONS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -19,7 +20,9 @@ def test_settings_table_matches_the_settings_model() -> None:
 
 def test_every_metric_is_documented() -> None:
     names = set()
-    for family in Metrics(REASONS).registry.collect():
+    metrics = Metrics(REASONS)
+    metrics.add_snapshot_channel(REJECT_REASONS)
+    for family in metrics.registry.collect():
         if family.name.startswith("lifelong_process_"):
             continue
         suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
@@ -30,6 +33,7 @@ def test_every_metric_is_documented() -> None:
 
 def test_every_rejection_reason_is_documented() -> None:
     assert all(f"`{r}`" in README for r in REASONS)
+    assert all(f"`{r}`" in README for r in REJECT_REASONS)
 
 
 def test_readme_has_exactly_two_setup_commands() -> None:
