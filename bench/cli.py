@@ -66,7 +66,24 @@ def cmd_bench_faults(args: argparse.Namespace) -> int:
                 (RuntimeError, TimeoutError, OSError))
 
 
+def cmd_bench_scaleout(args: argparse.Namespace) -> int:
+    if args.speed or args.faults or args.checkpoint or args.stream or args.stream_file:
+        raise SystemExit("lifelong bench: --scaleout runs alone (no --speed / --faults / --checkpoint / --stream / "
+                         "--stream-file)")
+    from pathlib import Path
+
+    from .scaleout import ScaleoutOptions, run_scaleout
+    from .scaleout_report import render_text
+
+    opts = ScaleoutOptions(out=Path(args.out or "docs/benchmarks/scaleout"), quick=args.quick,
+                           bootstrap=args.bootstrap, seed=args.seed)
+    return _run("--scaleout", lambda: run_scaleout(opts), render_text, f"{opts.out}/scaleout.json and scaleout.md",
+                (RuntimeError, TimeoutError, OSError))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.scaleout:
+        return cmd_bench_scaleout(args)
     if args.faults:
         return cmd_bench_faults(args)
     if args.speed:
@@ -129,7 +146,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``lifelong bench`` to the ``lifelong`` command."""
     bench = sub.add_parser("bench", help="quality benchmark over a stream (--stream / --stream-file), the "
-                           "checkpoint benchmark (--checkpoint) or the speed benchmark (--speed)")
+                           "checkpoint benchmark (--checkpoint), the speed (--speed), fault (--faults) or "
+                           "scale-out (--scaleout) benchmark")
     bench.add_argument("--checkpoint", action="store_true", help="checkpoint size and write/restore time")
     bench.add_argument("--items", type=int, default=100_000, help="replay items in the checkpoint benchmark")
     bench.add_argument("--stream", help=f"built-in stream: {', '.join(STREAMS)}")
@@ -175,4 +193,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                         "damage")
     faults.add_argument("--faults-input", choices=("text", "features"), help="what the events carry (default: "
                         "features with --quick, CLINC150 text otherwise)")
+    scaleout = bench.add_argument_group("scale-out benchmark (--scaleout)")
+    scaleout.add_argument("--scaleout", action="store_true", help="one learner and 1 then 2 predictors "
+                          "(run --role learner|predictor) behind a round-robin load while elec2 is learned, then "
+                          "kill -9 of a predictor and of the learner, a broker restart and forged snapshot records; "
+                          "on a local broker it starts (or --bootstrap); writes OUT/scaleout.json and scaleout.md "
+                          "(--out default: docs/benchmarks/scaleout; --quick: a short run)")
     bench.set_defaults(func=cmd_bench)

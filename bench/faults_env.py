@@ -209,6 +209,7 @@ class Daemon:
     port: int = 0
     starts: int = 0
     log_paths: list[Path] = field(default_factory=list)
+    args: tuple[str, ...] = ()  # after ``run --config FILE``, e.g. ("--role", "predictor")
 
     @property
     def url(self) -> str:
@@ -225,7 +226,8 @@ class Daemon:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("LIFELONG_HTTP__PORT", None)
         with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "lifelong.cli", "run", "--config", str(path)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "lifelong.cli", "run", "--config", str(path),
+                                          *self.args],
                                          stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
                                          start_new_session=True)
         return self
