@@ -50,7 +50,7 @@ class Sizes:
 
 
 QUICK = Sizes(window_s=8.0, clients=3, rate=100.0, events=15_000, settle_s=2.0, idle_s=2.0, outage_s=4.0)
-FULL = Sizes(window_s=45.0, clients=4, rate=120.0, events=None, settle_s=5.0, idle_s=8.0, outage_s=10.0)
+FULL = Sizes(window_s=60.0, clients=4, rate=120.0, events=None, settle_s=5.0, idle_s=8.0, outage_s=10.0)
 
 
 @dataclass(frozen=True)
