@@ -193,7 +193,9 @@ def test_kill_9_of_the_learner_then_of_a_predictor_never_moves_a_predictor_back(
 
 
 def test_forged_and_truncated_snapshot_records_are_refused_and_never_served(cluster: Cluster) -> None:
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
+
+    from lifelong.stream.snapshot_channel import SnapshotReader
 
     learner = cluster.learner()
     cluster.produce(300)
@@ -201,10 +203,11 @@ def test_forged_and_truncated_snapshot_records_are_refused_and_never_served(clus
     predictor = cluster.predictor()
     predictor.wait_ready(60)
     wait_until(lambda: model(learner)["events_learned"] == 300, 120, "300 events learned")
-    consumer = KafkaConsumer(cluster.snapshot_topic, bootstrap_servers=cluster.broker.bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=3000, isolation_level="read_committed")
-    records = list(consumer)
-    consumer.close()
+    reader = SnapshotReader(cluster.broker.bootstrap, cluster.snapshot_topic)  # heartbeats never let it idle
+    records = []
+    while not records or not reader.caught_up():
+        records += reader.poll(0.5)
+    reader.close()
     manifest = json.loads([r for r in records if r.key == b"default"][-1].value)
     chunk = [r for r in records if r.key == b"default/chunk/0"][-1]
     forged = 10**9
@@ -255,9 +258,10 @@ def test_a_second_learner_with_the_same_transactional_id_fences_the_first(cluste
     first = cluster.learner(state="a")
     cluster.produce(200)
     first.wait_ready(120)
-    second = cluster.learner(state="b")
+    second = cluster.learner(state="b")  # same model key, same transactional id, a state of its own
+    wait_until(lambda: "partitions assigned" in second.log(), 120, "the second learner consumes")
+    cluster.produce(200, start=200)  # past the offsets the first one committed: the second learns them
     second.wait_ready(120)
-    cluster.produce(200, start=200)
     # The zombie's next publish fails: it stops with an error instead of learning unseen.
     wait_until(lambda: first.proc.poll() is not None, 60, "the fenced learner exits")
     assert first.proc.returncode != 0
