@@ -144,7 +144,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Memory", "bytes", (
             ("replay {{instance}}", "lifelong_replay_bytes"),
             ("model {{instance}}", "lifelong_model_memory_bytes"),
-            ("process resident {{instance}}", "lifelong_process_resident_memory_bytes")),
+            ("process resident {{instance}}", "process_resident_memory_bytes")),
               "Replay memory (codebook included, at most learner.memory_budget_bytes), served model state, "
               "and the whole process."),
         Panel("PQ reconstruction error", "percentunit",
@@ -184,6 +184,29 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("p99", quantile(0.99, "lifelong_predict_batch_instances"))),
               "Instances per model call when concurrent /v1/predict requests are coalesced "
               "(http.batch_max_instances, http.batch_wait_ms).", width=12),
+    ]),
+    ("Snapshots (learner and predictors)", [
+        Panel("Snapshots published and swapped per second", "cps", (
+            ("published {{instance}}", rate("lifelong_snapshots_published_total", "instance")),
+            ("publish failures {{instance}}", rate("lifelong_snapshot_publish_failures_total", "instance")),
+            ("swapped in {{instance}}", rate("lifelong_snapshot_swaps_total", "instance"))),
+              "The learner's publish transactions (failed ones are retried with the newest snapshot) and the "
+              "predictors' swaps."),
+        Panel("Snapshot age on predictors", "s", (("{{instance}}", "lifelong_snapshot_age_seconds"),),
+              "Time since the learner last confirmed the served version; /readyz fails past "
+              "snapshots.max_staleness_s."),
+        Panel("Publish to swap", "s", (
+            ("p50", quantile(0.5, "lifelong_snapshot_publish_to_swap_seconds")),
+            ("p99", quantile(0.99, "lifelong_snapshot_publish_to_swap_seconds"))),
+              "From the learner's publish to a predictor's swap."),
+        Panel("Snapshot records refused, by reason", "cps",
+              (("{{reason}}", rate("lifelong_snapshot_rejects_total", "reason")),),
+              "Records on the snapshot topic that failed a check and were never served (forged, damaged, "
+              "another encoder)."),
+        Panel("Generation", "none", (("{{instance}}", "lifelong_snapshot_generation"),),
+              "Rises with every learner start; predictors follow.", kind="stat", width=8, height=4),
+        Panel("Snapshot payload", "bytes", (("{{instance}}", "lifelong_snapshot_payload_bytes"),),
+              "Size of the latest snapshot published or served.", kind="stat", width=8, height=4),
     ]),
 ]
 

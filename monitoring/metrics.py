@@ -29,7 +29,8 @@ class Metrics:
 
     def __init__(self, reasons: Iterable[str], registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        ProcessCollector(namespace="lifelong", registry=r)
+        # Unprefixed, as the client names them: stock process dashboards and alerts find them.
+        ProcessCollector(registry=r)
         self.build_info = Info("lifelong_build", "Package version.", registry=r)
         self.build_info.info({"version": __version__})
         self.model_info = Info("lifelong_model", "The learner and encoder being served.", registry=r)

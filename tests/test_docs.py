@@ -23,7 +23,7 @@ def test_every_metric_is_documented() -> None:
     metrics = Metrics(REASONS)
     metrics.add_snapshot_channel(REJECT_REASONS)
     for family in metrics.registry.collect():
-        if family.name.startswith("lifelong_process_"):
+        if family.name.startswith("process_"):
             continue
         suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
         names.add(family.name + suffix)

@@ -22,10 +22,19 @@ SERIES_SUFFIXES = {"counter": ("_total",), "info": ("_info",), "histogram": ("_b
                    "gauge": ("",)}
 
 
+def all_metrics() -> Metrics:
+    """Every family any role exports (the snapshot channel's included)."""
+    from lifelong.service.snapshot_wire import REJECT_REASONS
+
+    metrics = Metrics(REASONS)
+    metrics.add_snapshot_channel(REJECT_REASONS)
+    return metrics
+
+
 def exported_series_names() -> set[str]:
     """Every series name the service can export, from the one registry of metrics.py."""
     names = set()
-    for family in Metrics(REASONS).registry.collect():
+    for family in all_metrics().registry.collect():
         names.update(family.name + suffix for suffix in SERIES_SUFFIXES[family.type])
     return names
 
@@ -53,7 +62,8 @@ def test_dashboard_structure() -> None:
     (variable,) = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
     assert variable["query"] == "prometheus" and variable["current"]["value"] == DATASOURCE_UID
     rows = [p["title"] for p in panels if p["type"] == "row"]
-    assert rows == ["Throughput & lag", "Learning", "Stability gap", "Memory", "Serving"]
+    assert rows == ["Throughput & lag", "Learning", "Stability gap", "Memory", "Serving",
+                    "Snapshots (learner and predictors)"]
     cells: set[tuple[int, int]] = set()
     for panel in panels:
         grid = panel["gridPos"]
@@ -84,9 +94,9 @@ def test_dashboard_and_alerts_use_only_exported_metrics() -> None:
 def test_dashboard_covers_every_exported_family() -> None:
     """A metric added to metrics.py gets a panel (build info aside, and process metrics but resident memory)."""
     used = {name for _, _, expr in queries(build_dashboard()) for name in METRIC_NAME.findall(expr)}
-    families = {f.name: f.type for f in Metrics(REASONS).registry.collect()}
+    families = {f.name: f.type for f in all_metrics().registry.collect()}
     missing = sorted(name for name, kind in families.items()
-                     if not name.startswith("lifelong_process_")
+                     if not name.startswith("process_")
                      and not any(name + s in used for s in SERIES_SUFFIXES[kind]))
     assert not missing, f"metrics without a panel: {missing}"
 
