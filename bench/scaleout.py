@@ -6,8 +6,10 @@ with ``lifelong topics create``, feeds elec2 into the events topic at a steady r
 learner and every predictor as ``python -m lifelong.cli run --role ...`` processes. Then:
 
 1. one predictor, then two, behind a round-robin balancer of closed-loop clients
-   (``bench/scaleout_load.py``): requests/s, requests per predictor CPU second, latency, version
-   regressions, 5xx; meanwhile every predictor's snapshot age is read every 0.2 s;
+   (``bench/scaleout_load.py``), as many clients per predictor each time: requests/s, requests
+   per predictor CPU second, latency, version regressions, 5xx; meanwhile every predictor's
+   snapshot age is read every 0.2 s. One more window runs the single predictor under the two's
+   total clients, to tell apart what concurrency alone changes per request;
 2. faults with the load still on both predictors (``bench/scaleout_faults.py``): forged and
    garbage snapshot records, kill -9 of a predictor, kill -9 of the learner, a broker restart.
 
@@ -41,7 +43,7 @@ WARMUP_S = 1.0  # connections opened and the first requests answered before a wi
 @dataclass(frozen=True)
 class Sizes:
     window_s: float   # seconds of load per predictor count
-    clients: int      # closed-loop clients of the balancer
+    clients_per_predictor: int  # closed-loop clients of the balancer: this many times n
     rate: float       # events/s produced to the events topic
     events: int | None  # elec2 training rows produced (None: all 40,782)
     settle_s: float   # load with nothing happening after each fault
@@ -49,8 +51,8 @@ class Sizes:
     outage_s: float   # the broker's time down
 
 
-QUICK = Sizes(window_s=8.0, clients=3, rate=100.0, events=15_000, settle_s=2.0, idle_s=2.0, outage_s=4.0)
-FULL = Sizes(window_s=60.0, clients=4, rate=120.0, events=None, settle_s=5.0, idle_s=8.0, outage_s=10.0)
+QUICK = Sizes(window_s=8.0, clients_per_predictor=2, rate=100.0, events=15_000, settle_s=2.0, idle_s=2.0, outage_s=4.0)
+FULL = Sizes(window_s=60.0, clients_per_predictor=2, rate=120.0, events=None, settle_s=5.0, idle_s=8.0, outage_s=10.0)
 
 
 @dataclass(frozen=True)
@@ -74,16 +76,18 @@ class _Run:
     hist: list[tuple[float, float]] = field(default_factory=list)   # publish-to-swap buckets in them
 
 
-def _window(run: _Run, slots: list[int]) -> dict[str, Any]:
-    """One load window over the predictors in ``slots``: its row of ``serving.predictors``."""
+def _window(run: _Run, slots: list[int], clients: int) -> dict[str, Any]:
+    """One load window of ``clients`` over the predictors in ``slots``: its row of ``serving.predictors``."""
     c, b = run.cluster, run.balancer
     preds = [c.predictors[s] for s in slots]
     assert c.learner is not None and c.learner.proc is not None
     idle = _idle_cpu_per_s(preds, run.sizes.idle_s)
     b.serve(slots)
+    b.clients = clients
     b.start()
     time.sleep(WARMUP_S)
-    hist0 = add_buckets(*(buckets_of(p.metrics(), HISTOGRAM) for p in preds))
+    metrics0 = [p.metrics() for p in preds]
+    hist0 = add_buckets(*(buckets_of(m, HISTOGRAM) for m in metrics0))
     cpu0 = [proc_cpu_s(p.proc.pid) for p in preds if p.proc]
     learner0, own0 = proc_cpu_s(c.learner.proc.pid), time.process_time()
     t0 = time.monotonic()
@@ -91,7 +95,8 @@ def _window(run: _Run, slots: list[int]) -> dict[str, Any]:
     t1 = time.monotonic()
     cpu = sum(proc_cpu_s(p.proc.pid) for p in preds if p.proc) - sum(cpu0)
     learner, own = proc_cpu_s(c.learner.proc.pid) - learner0, time.process_time() - own0
-    hist = add_buckets(*(buckets_of(p.metrics(), HISTOGRAM) for p in preds), minus=hist0)
+    metrics1 = [p.metrics() for p in preds]
+    hist = add_buckets(*(buckets_of(m, HISTOGRAM) for m in metrics1), minus=hist0)
     b.stop()
     run.spans.append((t0, t1))
     run.hist = add_buckets(run.hist, hist)
@@ -99,12 +104,21 @@ def _window(run: _Run, slots: list[int]) -> dict[str, Any]:
     if not row["requests"]:
         raise RuntimeError(f"no request answered in the n={len(slots)} window: {failures(b.samples)}")
     busy = cpu - idle * len(preds) * (t1 - t0)
-    row.update({"clients": run.sizes.clients, "learner_cpu_s": round(learner, 2), "load_generator_cpu_s": round(own, 2),
-                "idle_cpu_s_per_s": round(idle, 4),
+    row.update({"clients": clients, "learner_cpu_s": round(learner, 2), "load_generator_cpu_s": round(own, 2),
+                "idle_cpu_s_per_s": round(idle, 4), "mean_batch_instances": _mean_batch(metrics0, metrics1),
                 "req_per_busy_cpu_s": row["requests"] / busy if busy > 0 else float("nan")})
-    run.say(f"n={len(slots)}: {row['requests']} requests, {row['req_per_s']:.0f}/s, {row['req_per_cpu_s']:.0f} per "
-            f"predictor CPU s, p99 {row['p99_ms']:.1f} ms")
+    run.say(f"n={len(slots)}, {clients} clients: {row['requests']} requests, {row['req_per_s']:.0f}/s, "
+            f"{row['req_per_cpu_s']:.0f} per predictor CPU s, p99 {row['p99_ms']:.1f} ms, "
+            f"mean batch {row['mean_batch_instances']:.2f}")
     return row
+
+
+def _mean_batch(before: list[dict[str, float]], after: list[dict[str, float]]) -> float:
+    """Instances per model call in the window: how much the micro-batcher coalesced concurrent requests."""
+    name = "lifelong_predict_batch_instances"
+    total = sum(a.get(f"{name}_sum", 0.0) - b.get(f"{name}_sum", 0.0) for a, b in zip(after, before))
+    calls = sum(a.get(f"{name}_count", 0.0) - b.get(f"{name}_count", 0.0) for a, b in zip(after, before))
+    return round(total / calls, 3) if calls else float("nan")
 
 
 def _idle_cpu_per_s(preds: list[Daemon], seconds: float) -> float:
@@ -172,7 +186,8 @@ def _serving(run: _Run, windows: list[dict[str, Any]], fault_parts: dict[str, An
     swaps = publish_to_swap(in_windows, published)
     ages = _ages(run, run.spans)
     serving: dict[str, Any] = {
-        "predictors": windows,
+        "predictors": [w for w in windows if not w.get("same_clients_as_n2")],
+        "n1_with_n2_clients": next((w for w in windows if w.get("same_clients_as_n2")), None),
         "publish_to_swap_p99_s": _round(histogram_quantile(0.99, run.hist)),
         "publish_to_swap_histogram": [[le, n] for le, n in run.hist],
         "publish_to_swap_sampled_p99_s": _round(percentile(swaps, 99)), "publish_to_swap_samples": len(swaps),
@@ -221,10 +236,14 @@ def _measure(run: _Run, errors: dict[str, str]) -> dict[str, Any]:
     ctx = span = None
     run.sampler.start()
     try:
+        per = run.sizes.clients_per_predictor
         c.add_predictor()
-        windows.append(_window(run, [0]))
+        windows.append(_window(run, [0], per))
+        # The same predictor under n=2's total clients: how much of the n=1 vs n=2 per-CPU difference is
+        # only its higher concurrency (more requests coalesced per model call), not the second replica.
+        windows.append({**_window(run, [0], 2 * per), "same_clients_as_n2": True})
         c.add_predictor()
-        windows.append(_window(run, [0, 1]))
+        windows.append(_window(run, [0, 1], 2 * per))
         parts, ctx, span = _faults(run, errors)
     finally:
         run.sampler.stop()
@@ -249,7 +268,7 @@ def run_scaleout(opts: ScaleoutOptions, log: Callable[[str], None] | None = None
         cluster.feed(workdir / "events.jsonl", sizes.rate)
         say(f"learner ready in {cluster.start_learner():.1f} s")
         cluster.wait_published()
-        balancer = Balancer(cluster.predictors, bodies, sizes.clients, opts.seed)
+        balancer = Balancer(cluster.predictors, bodies, 2 * sizes.clients_per_predictor, opts.seed)
         run = _Run(cluster, balancer, Sampler(balancer), sizes, say)
         try:
             serving = _measure(run, errors)

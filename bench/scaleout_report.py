@@ -88,16 +88,23 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _row(label: str, w: Mapping[str, Any]) -> str:
+    return (f"| {label} | {w.get('clients')} | {w['requests']:,} | {_cell(w.get('req_per_s'))} | "
+            f"{_cell(w.get('req_per_cpu_s'))} | {_cell(w.get('p50_ms'))} | {_cell(w.get('p99_ms'))} | "
+            f"{w.get('version_regressions')} | {w.get('errors_5xx')} | {w.get('unavailable')} | "
+            f"{_cell(w.get('mean_batch_instances'))} | {_cell(w.get('idle_cpu_s_per_s'))} | "
+            f"{_cell(w.get('req_per_busy_cpu_s'))} |")
+
+
 def _windows(doc: Mapping[str, Any]) -> list[str]:
-    lines = ["| predictors | requests | req/s | req per predictor CPU s | p50 ms | p99 ms | version regressions | "
-             "5xx | unavailable | idle CPU s/s per predictor | req per CPU s above idle |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for w in doc.get("serving", {}).get("predictors", []):
-        lines.append(f"| {w['n']} | {w['requests']:,} | {_cell(w.get('req_per_s'))} | {_cell(w.get('req_per_cpu_s'))}"
-                     f" | {_cell(w.get('p50_ms'))} | {_cell(w.get('p99_ms'))} | {w.get('version_regressions')} | "
-                     f"{w.get('errors_5xx')} | {w.get('unavailable')} | {_cell(w.get('idle_cpu_s_per_s'))} | "
-                     f"{_cell(w.get('req_per_busy_cpu_s'))} |")
-    return lines
+    s = doc.get("serving", {})
+    lines = ["| predictors | clients | requests | req/s | req per predictor CPU s | p50 ms | p99 ms | version "
+             "regressions | 5xx | unavailable | instances per model call | idle CPU s/s per predictor | req per "
+             "CPU s above idle |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [(str(w["n"]), w) for w in s.get("predictors", [])]
+    if s.get("n1_with_n2_clients"):
+        rows.insert(1, ("1, with n=2's clients", s["n1_with_n2_clients"]))
+    return lines + [_row(label, w) for label, w in rows]
 
 
 SCENARIO_TITLES = {"garbage": "Forged and garbage snapshot records (plain producer)",
@@ -135,16 +142,20 @@ def render_md(doc: Mapping[str, Any]) -> str:
              f"One learner (`run --role learner`) learns elec2 from Kafka "
              f"({_cell(doc.get('learning', {}).get('events'))}"
              f" events produced at {z.get('rate')}/s) and publishes a snapshot at most every second; "
-             f"predictors (`run --role predictor`) follow the snapshot topic. {z.get('clients')} closed-loop clients "
-             f"send single-instance `/v1/predict` requests (elec2's held-out rows) round-robin over the "
-             f"predictors, {z.get('window_s')} s per predictor count.", "",
+             f"predictors (`run --role predictor`) follow the snapshot topic. {z.get('clients_per_predictor')} "
+             f"closed-loop clients per predictor send single-instance `/v1/predict` requests (elec2's held-out "
+             f"rows) round-robin over the predictors, {z.get('window_s')} s a window; a third window runs one "
+             f"predictor under the two predictors' clients.", "",
              CPU_NOTE.format(cpus=doc.get("cpu_count")), "",
              "| target | wanted | measured | met |", "|---|---|---|---|"]
     for t in targets(doc):
         met = "n/a" if t.ok is None else ("yes" if t.ok else "**no**")
         lines.append(f"| `{t.key}` | {t.wanted} | {_cell(t.measured)} | {met} |")
     lines += ["", "## Serving", ""] + _windows(doc) + [
-        "", f"- publish to swap: p99 {_cell(s.get('publish_to_swap_p99_s'))} s from the predictors' histogram "
+        "", "Instances per model call is how many concurrent requests the predictor's micro-batcher joined into "
+        "one model call: a predictor with more clients of its own coalesces more and spends less CPU per request, "
+        "so the row of one predictor under the two predictors' clients separates that from the cost of a second "
+        "replica.", "", f"- publish to swap: p99 {_cell(s.get('publish_to_swap_p99_s'))} s from the predictors' histogram "
         f"(`histogram_quantile` over its buckets), p99 {_cell(s.get('publish_to_swap_sampled_p99_s'))} s sampled "
         f"({s.get('publish_to_swap_samples')} swaps: manifest `created_at` to the first answer with that version)",
         f"- staleness (`lifelong_snapshot_age_seconds`, {s.get('staleness_samples')} readings): p99 "
@@ -170,9 +181,11 @@ def render_md(doc: Mapping[str, Any]) -> str:
 
 
 def render_text(doc: Mapping[str, Any]) -> str:
-    rows = [f"{'predictors':>10} {'requests':>9} {'req/s':>8} {'req/cpu-s':>10} {'p50 ms':>7} {'p99 ms':>7}"]
-    for w in doc.get("serving", {}).get("predictors", []):
-        rows.append(f"{w['n']:>10} {w['requests']:>9} {_cell(w.get('req_per_s')):>8} "
+    rows = [f"{'predictors':>10} {'clients':>7} {'requests':>9} {'req/s':>8} {'req/cpu-s':>10} {'p50 ms':>7} "
+            f"{'p99 ms':>7}"]
+    s = doc.get("serving", {})
+    for w in s.get("predictors", []) + ([s["n1_with_n2_clients"]] if s.get("n1_with_n2_clients") else []):
+        rows.append(f"{w['n']:>10} {w.get('clients', '?'):>7} {w['requests']:>9} {_cell(w.get('req_per_s')):>8} "
                     f"{_cell(w.get('req_per_cpu_s')):>10} {_cell(w.get('p50_ms')):>7} {_cell(w.get('p99_ms')):>7}")
     rows.append(f"{'target':<28} {'measured':>14}  met")
     for t in targets(doc):

@@ -35,6 +35,7 @@ def test_scaleout_quick_serves_no_forged_snapshot_and_never_goes_back(tmp_path: 
         assert WINDOW_KEYS <= set(w) and w["requests"] > 0 and w["req_per_cpu_s"] > 0
         assert 0 < w["p50_ms"] <= w["p99_ms"]
         assert w["version_regressions"] == 0 and w["errors_5xx"] == 0 and w["unavailable"] == 0
+    assert s["n1_with_n2_clients"]["n"] == 1 and s["n1_with_n2_clients"]["clients"] == s["predictors"][1]["clients"]
     assert s["publish_to_swap_samples"] > 0 and s["staleness_samples"] > 0 and s["ready_within_s"] > 0
 
     f = s["faults"]

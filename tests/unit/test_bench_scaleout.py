@@ -254,8 +254,9 @@ def doc(**faults: Any) -> dict[str, Any]:
                                         "generation_before": 1, "generation_after": 2}}, **faults}
     return {"quick": True, "commit": "abc", "cpu_count": 2, "total_seconds": 90.0,
             "sizes": {"rate": 100.0, "clients": 3, "window_s": 8.0}, "learning": {"events": 15000},
-            "serving": {"predictors": [{**window, "n": 1, "req_per_cpu_s": 1000.0},
-                                       {**window, "n": 2, "req_per_cpu_s": 900.0}],
+            "serving": {"predictors": [{**window, "n": 1, "clients": 2, "req_per_cpu_s": 1000.0},
+                                       {**window, "n": 2, "clients": 4, "req_per_cpu_s": 900.0}],
+                        "n1_with_n2_clients": {**window, "n": 1, "clients": 4, "req_per_cpu_s": 1200.0},
                         "publish_to_swap_p99_s": 0.2, "staleness_p99_s": 1.1, "ready_within_s": 4.0,
                         "ready_s": [{"why": "first start", "seconds": 4.0}], "version_regressions_all": 0,
                         "errors_5xx_all": 0, "faults": f}}
@@ -266,7 +267,8 @@ def test_targets_all_met_and_rendered() -> None:
     assert cpu_ratio(d) == 0.9
     assert all(t.ok for t in targets(d)), [t for t in targets(d) if not t.ok]
     md = render_md(d)
-    assert "Failing targets: none" in md and "| 2 | 1,000 |" in md and "2 CPU cores" in md
+    assert "Failing targets: none" in md and "| 2 | 4 | 1,000 |" in md and "2 CPU cores" in md
+    assert "| 1, with n=2's clients | 4 | 1,000 |" in md
     assert "req_per_cpu_s_n2_over_n1" in render_text(d)
 
 
