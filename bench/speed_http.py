@@ -76,13 +76,14 @@ def run_http(data: "StreamData", opts: "SpeedOptions") -> dict[str, Any]:
 
     from .speed_kafka import free_port
     from .speed_common import close_service, settings_summary, speed_settings
-    from ..service.runtime import Service, _Server
+    from ..service.runtime import Service
+    from ..service.server import SignalFreeServer
 
     settings = speed_settings(data, opts, {"kind": "file", "path": "replay"})
     service = Service(settings, source=ReplaySource(data.bodies))
     port = free_port()
     # The daemon's own protocol (header deadline), so the bench measures what users get.
-    server = _Server(uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+    server = SignalFreeServer(uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
                                     http=service.app.state.http_protocol))
     thread = threading.Thread(target=server.run, name="bench-http", daemon=True)
     levels = []

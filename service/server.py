@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from .config import HttpSettings
 
 
-class _Server(uvicorn.Server):
+class SignalFreeServer(uvicorn.Server):
     """uvicorn without its own signal handling.
 
     uvicorn re-raises a captured SIGTERM after shutting down, which would kill
@@ -30,7 +30,7 @@ def run_server(app: FastAPI, http: HttpSettings, start: Callable[[Callable[[], N
                stop: Callable[[], None]) -> None:
     """Serve ``app``; ``start(request_exit)`` runs first (a failing background part calls request_exit),
     ``stop()`` after in-flight requests have finished."""
-    server = _Server(uvicorn.Config(app, host=http.host, port=http.port, log_level="warning", access_log=False,
+    server = SignalFreeServer(uvicorn.Config(app, host=http.host, port=http.port, log_level="warning", access_log=False,
                                     timeout_keep_alive=http.keep_alive_s,
                                     timeout_graceful_shutdown=http.graceful_shutdown_s,
                                     http=app.state.http_protocol))  # h11, with a header deadline

@@ -264,11 +264,11 @@ def answer(raw: bytes) -> tuple[int, bytes, Any]:
 def test_the_daemon_serves_with_the_header_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    from lifelong.service import runtime
+    from lifelong.service import server
 
     service, _ = timed_service(tmp_path)
     seen: list[Any] = []
-    monkeypatch.setattr(runtime._Server, "run", lambda self, sockets=None: seen.append(self.config.http))
+    monkeypatch.setattr(server.SignalFreeServer, "run", lambda self, sockets=None: seen.append(self.config.http))
     assert service.serve() == 0
     (protocol,) = seen
     assert protocol is service.app.state.http_protocol and issubclass(protocol, H11Protocol)
