@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import __version__
 from .bench import cli as bench_cli
 from .service import cli as service_cli
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description="A service that learns continually from an event stream.")
+    p.add_argument("--version", action="version", version=f"lifelong {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     service_cli.register(sub)
     bench_cli.register(sub)

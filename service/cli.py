@@ -32,11 +32,9 @@ def _with_role(settings: Settings, role: str | None) -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _with_role(_load(args.config), args.role)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.log_level != "DEBUG":
-        # Client libraries narrate every connection at INFO; keep their warnings.
-        for name in ("kafka", "faiss.loader", "httpx"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    from .logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format, settings.http.access_log)
     from .checkpoint import CheckpointError, UnrecoverableCheckpoint
     from .loop import CheckpointMismatch
     from .runtime import Service  # heavy imports (torch) only when running

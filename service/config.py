@@ -145,6 +145,8 @@ class HttpSettings(Section):
                                     "headers; past it the connection is answered 408 and closed.")
     body_timeout_s: float = Field(30.0, gt=0, description="Longest a client may take to send a request's body; "
                                   "past it 408.")
+    access_log: bool = Field(False, description="Log every HTTP request (method, path, status) at INFO, in "
+                             "log_format.")
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> "HttpSettings":
@@ -259,6 +261,9 @@ class Settings(BaseSettings):
     prequential_window: int = Field(1000, ge=1, description="Labelled events in the prequential accuracy window.")
     publish_every_events: int = Field(256, ge=1, description="Learned events between serving snapshots.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["text", "json"] = Field("text", description="text: one readable line per message; json: one "
+                                                "JSON object per line (time, level, logger, message, and the "
+                                                "event/topic/partition/offset where there is one).")
 
     @model_validator(mode="after")
     def _kafka_for_roles(self) -> "Settings":

@@ -115,7 +115,10 @@ class Intake:
             if len(value) < len(record.value):
                 self.metrics.dead_letters_truncated.inc()
             self.sink.send(self._outputs.dead_letter_topic, value, key, headers)
-        log.debug("rejected %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+        # An internal error is the code's fault, not the record's: worth a warning an operator sees.
+        level = logging.WARNING if exc.reason == "internal_error" else logging.DEBUG
+        log.log(level, "rejected %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc,
+                extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
 
     def _reject(self, item: Item, exc: Exception) -> None:
         """An item that failed alone in a stage: its record's dead letter; its id is free again."""

@@ -30,10 +30,11 @@ def run_server(app: FastAPI, http: HttpSettings, start: Callable[[Callable[[], N
                stop: Callable[[], None]) -> None:
     """Serve ``app``; ``start(request_exit)`` runs first (a failing background part calls request_exit),
     ``stop()`` after in-flight requests have finished."""
-    server = SignalFreeServer(uvicorn.Config(app, host=http.host, port=http.port, log_level="warning", access_log=False,
-                                    timeout_keep_alive=http.keep_alive_s,
-                                    timeout_graceful_shutdown=http.graceful_shutdown_s,
-                                    http=app.state.http_protocol))  # h11, with a header deadline
+    # log_config=None: uvicorn logs through the handlers configure_logging set (text or JSON).
+    server = SignalFreeServer(uvicorn.Config(app, host=http.host, port=http.port, log_config=None,
+                                             access_log=http.access_log, timeout_keep_alive=http.keep_alive_s,
+                                             timeout_graceful_shutdown=http.graceful_shutdown_s,
+                                             http=app.state.http_protocol))  # h11, with a header deadline
     previous = {sig: signal.signal(sig, lambda *_: server.request_exit()) for sig in (signal.SIGTERM, signal.SIGINT)}
     start(server.request_exit)
     try:
