@@ -120,6 +120,15 @@ def test_alert_rules_are_valid_and_labelled() -> None:
         assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
 
 
+def test_every_alert_links_to_its_runbook_section() -> None:
+    book = (PROMETHEUS / "RUNBOOK.md").read_text()
+    anchors = {"#" + line[3:].strip().lower() for line in book.splitlines() if line.startswith("## ")}
+    for rule in alert_rules():
+        url = rule["annotations"]["runbook_url"]
+        assert url.startswith("deploy/prometheus/RUNBOOK.md#"), rule["alert"]
+        assert url[url.index("#"):] in anchors and url.endswith(rule["alert"].lower()), rule["alert"]
+
+
 def test_alert_unit_tests_pass_and_cover_every_alert() -> None:
     tested = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())
     cases = [case for test in tested["tests"] for case in test["alert_rule_test"]]
