@@ -101,10 +101,15 @@ def _windows(doc: Mapping[str, Any]) -> list[str]:
     lines = ["| predictors | clients | requests | req/s | req per predictor CPU s | p50 ms | p99 ms | version "
              "regressions | 5xx | unavailable | instances per model call | idle CPU s/s per predictor | req per "
              "CPU s above idle |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    return lines + [_row(label, w) for label, w in _labelled(s)]
+
+
+def _labelled(s: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The load windows in the order they ran, each with its label."""
     rows = [(str(w["n"]), w) for w in s.get("predictors", [])]
     if s.get("n1_with_n2_clients"):
         rows.insert(1, ("1, with n=2's clients", s["n1_with_n2_clients"]))
-    return lines + [_row(label, w) for label, w in rows]
+    return rows
 
 
 SCENARIO_TITLES = {"garbage": "Forged and garbage snapshot records (plain producer)",
@@ -162,8 +167,9 @@ def render_md(doc: Mapping[str, Any]) -> str:
         f"{_cell(s.get('staleness_p99_s'))} s, max {_cell(s.get('staleness_max_s'))} s",
         f"- ready (process start to `/readyz` 200): " + ", ".join(
             f"{r['why']} {r['seconds']:.1f} s" for r in s.get("ready_s", [])),
-        f"- CPU seconds in the windows: predictors {_cell([w.get('cpu_s') for w in s.get('predictors', [])])}, "
-        f"learner {_cell(s.get('learner_cpu_s'))}, load generator {_cell(s.get('load_generator_cpu_s'))}"]
+        "- CPU seconds in each window (predictors / learner / load generator): " + "; ".join(
+            f"{label}: {_cell(w.get('cpu_s'))} / {_cell(w.get('learner_cpu_s'))} / "
+            f"{_cell(w.get('load_generator_cpu_s'))}" for label, w in _labelled(s))]
     lines += _faults(doc)
     lines += ["## Definitions", "",
               "- A version regression is an answer with a lower `model_version` than one the same predictor process "
