@@ -28,6 +28,14 @@ PHASES = {"collecting": ({}, 10, True), "trained": ({}, 20, True), "switched": (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# The expected numbers were computed on another machine: another CPU's vector kernels round float32
+# sums differently (1 ulp, seen: 1.8e-7 at the restore), and dozens of training steps later the
+# rounding has grown (seen: 1.3e-5). Decisions (correct, drift signals) must match exactly; numbers to
+# float32 rounding at the restore and to 1e-4 after the rest of the stream (a component restored
+# wrongly, such as optimiser moments, moves them by orders of magnitude more).
+def same(actual: np.ndarray, desired: np.ndarray, rtol: float = 2e-6, **kw: str) -> None:
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol / 2, **kw)
+
 
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_an_old_checkpoint_loads_and_continues_as_the_original_did(phase: str) -> None:
@@ -41,13 +49,13 @@ def test_an_old_checkpoint_loads_and_continues_as_the_original_did(phase: str) -
     learner = ContinualLearner(FeatureEncoder(DIM, warmup_events=0), ContinualConfig(**(BASE | overrides)))
     learner.load_state_dict(*load_state(DATA / phase))
     assert learner.events_learned == cut * BATCH
-    np.testing.assert_array_equal(learner.predict_many(probe).scores, expected["live"])
-    np.testing.assert_array_equal(learner.snapshot().predict_many(probe).scores, expected["served"])
+    same(learner.predict_many(probe).scores, expected["live"])
+    same(learner.snapshot().predict_many(probe).scores, expected["served"])
     for b, i in enumerate(range(cut * BATCH, len(y), BATCH)):
         stats = learner.learn_many(x[i:i + BATCH], y[i:i + BATCH])
-        np.testing.assert_array_equal(stats.losses, expected[f"losses.{b}"], err_msg=f"batch {b}")
+        same(stats.losses, expected[f"losses.{b}"], rtol=1e-4, err_msg=f"batch {b}")
         np.testing.assert_array_equal(stats.correct, expected[f"correct.{b}"].astype(bool), err_msg=f"batch {b}")
         assert [s for s in stats.signals if s != "adwin"] == signals[b]  # ADWIN's window was not saved then
     assert learner.memory.compressed == compressed
-    np.testing.assert_array_equal(learner.predict_many(probe).scores, expected["live_after"])
-    np.testing.assert_array_equal(learner.snapshot().predict_many(probe).scores, expected["served_after"])
+    same(learner.predict_many(probe).scores, expected["live_after"], rtol=1e-4)
+    same(learner.snapshot().predict_many(probe).scores, expected["served_after"], rtol=1e-4)
