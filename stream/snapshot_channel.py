@@ -138,8 +138,12 @@ class SnapshotReader:
                 for tp in sorted(batches, key=lambda t: t.partition) for m in batches[tp]]
 
     def caught_up(self) -> bool:
-        """Whether every assigned partition has been read to its (committed) end."""
+        """Whether every partition has been read to its (committed) end; a topic that does not exist
+        (asked of the broker, not of possibly stale metadata) has nothing to read."""
         if not self._assigned:
+            if self.topic not in self._consumer.topics():  # a metadata request: the broker's answer
+                return True
+            self._assign()
             return False
         ends = self._consumer.end_offsets(self._assigned)
         return all(self._consumer.position(tp) >= ends.get(tp, 0) for tp in self._assigned)
