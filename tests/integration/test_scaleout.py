@@ -80,6 +80,15 @@ class Cluster:
     def predictor(self) -> Daemon:
         return self._start(self.config(role="predictor"))
 
+    def pair(self, n_events: int) -> tuple[Daemon, Daemon]:
+        """A learner that has events to learn, and a predictor once the learner serves."""
+        learner = self.learner()
+        self.produce(n_events)
+        learner.wait_ready(120)
+        predictor = self.predictor()
+        predictor.wait_ready(60)
+        return learner, predictor
+
     def produce(self, n: int, start: int = 0) -> None:
         lines, keys = events(n, start)
         self.broker.produce(self.events_topic, lines, keys=keys)
@@ -166,11 +175,7 @@ def test_a_predictor_serves_the_learners_snapshots_and_forwards_labels(cluster: 
 
 
 def test_kill_9_of_the_learner_then_of_a_predictor_never_moves_a_predictor_back(cluster: Cluster) -> None:
-    learner = cluster.learner()
-    cluster.produce(400)
-    learner.wait_ready(120)
-    predictor = cluster.predictor()
-    predictor.wait_ready(60)
+    learner, predictor = cluster.pair(400)
     watcher = Watcher(predictor)
     wait_until(lambda: model(learner)["events_learned"] == 400, 120, "400 events learned")
     before = model(predictor)["model_version"]
@@ -197,11 +202,7 @@ def test_forged_and_truncated_snapshot_records_are_refused_and_never_served(clus
 
     from lifelong.stream.snapshot_channel import SnapshotReader
 
-    learner = cluster.learner()
-    cluster.produce(300)
-    learner.wait_ready(120)
-    predictor = cluster.predictor()
-    predictor.wait_ready(60)
+    learner, predictor = cluster.pair(300)
     wait_until(lambda: model(learner)["events_learned"] == 300, 120, "300 events learned")
     reader = SnapshotReader(cluster.broker.bootstrap, cluster.snapshot_topic)  # heartbeats never let it idle
     records = []
@@ -240,11 +241,7 @@ def test_forged_and_truncated_snapshot_records_are_refused_and_never_served(clus
 
 
 def test_a_predictor_is_unready_once_the_learner_is_silent_and_ready_again_when_it_returns(cluster: Cluster) -> None:
-    learner = cluster.learner()
-    cluster.produce(200)
-    learner.wait_ready(120)
-    predictor = cluster.predictor()
-    predictor.wait_ready(60)
+    learner, predictor = cluster.pair(200)
     learner.stop()  # SIGTERM: a clean stop, no more heartbeats
     wait_until(lambda: http_json("GET", f"{predictor.url}/readyz")[0] == 503, 30, "stale after max_staleness_s")
     status, body = http_json("GET", f"{predictor.url}/readyz")
@@ -272,11 +269,7 @@ def test_a_second_learner_with_the_same_transactional_id_fences_the_first(cluste
 def test_a_broker_restart_is_survived_by_learner_and_predictor(own_broker: Broker, lifelong_daemon: Callable[..., Daemon],
                                                                tmp_path: Path) -> None:
     cluster = Cluster(own_broker, lifelong_daemon, tmp_path)
-    learner = cluster.learner()
-    cluster.produce(200)
-    learner.wait_ready(120)
-    predictor = cluster.predictor()
-    predictor.wait_ready(60)
+    learner, predictor = cluster.pair(200)
     watcher = Watcher(predictor)
     before = model(predictor)["model_version"]
     own_broker.stop()
