@@ -152,7 +152,7 @@ def test_the_restored_snapshot_predicts_like_the_checkpointed_learner(tmp_path: 
     assert list(preds.labels) == saved_labels
     assert preds.model_version == saved_version
     client = TestClient(second.app)
-    assert client.get("/readyz").json() == {"ready": True, "model_version": saved_version}
+    assert client.get("/readyz").json() == {"ready": True, "model_version": saved_version, "reason": None}
     model = client.get("/v1/model").json()
     assert model["restored_from_checkpoint"] is True
     assert model["events_learned"] == second.learner.events_learned

@@ -41,13 +41,13 @@ def test_readyz_503_before_learning_then_200(make_service: Callable[..., Harness
     h = make_service(labelled_events(9, seed=2))
     resp = h.client.get("/readyz")
     assert resp.status_code == 503
-    assert resp.json() == {"ready": False, "model_version": None}
+    assert resp.json() == {"ready": False, "model_version": None, "reason": "no model yet"}
     h.service.loop.step()
     resp = h.client.get("/readyz")
     assert resp.status_code == 200
     snap = h.service.holder.current
     assert snap is not None
-    assert resp.json() == {"ready": True, "model_version": snap.version}
+    assert resp.json() == {"ready": True, "model_version": snap.version, "reason": None}
     assert snap.version == 1
 
 
