@@ -106,6 +106,8 @@ def _window(run: _Run, slots: list[int], clients: int) -> dict[str, Any]:
     busy = cpu - idle * len(preds) * (t1 - t0)
     row.update({"clients": clients, "learner_cpu_s": round(learner, 2), "load_generator_cpu_s": round(own, 2),
                 "idle_cpu_s_per_s": round(idle, 4), "mean_batch_instances": _mean_batch(metrics0, metrics1),
+                # Other work on a shared machine moves every figure here: its 1-minute load at the window's end.
+                "load_average_1m": round(os.getloadavg()[0], 2),
                 "req_per_busy_cpu_s": row["requests"] / busy if busy > 0 else float("nan")})
     run.say(f"n={len(slots)}, {clients} clients: {row['requests']} requests, {row['req_per_s']:.0f}/s, "
             f"{row['req_per_cpu_s']:.0f} per predictor CPU s, p99 {row['p99_ms']:.1f} ms, "

@@ -169,7 +169,10 @@ def render_md(doc: Mapping[str, Any]) -> str:
             f"{r['why']} {r['seconds']:.1f} s" for r in s.get("ready_s", [])),
         "- CPU seconds in each window (predictors / learner / load generator): " + "; ".join(
             f"{label}: {_cell(w.get('cpu_s'))} / {_cell(w.get('learner_cpu_s'))} / "
-            f"{_cell(w.get('load_generator_cpu_s'))}" for label, w in _labelled(s))]
+            f"{_cell(w.get('load_generator_cpu_s'))}" for label, w in _labelled(s)),
+        "- the machine's 1-minute load average at each window's end (other work on it, if above about 2-3, "
+        "slows every process here): " + ", ".join(f"{label}: {_cell(w.get('load_average_1m'))}"
+                                                 for label, w in _labelled(s))]
     lines += _faults(doc)
     lines += ["## Definitions", "",
               "- A version regression is an answer with a lower `model_version` than one the same predictor process "
