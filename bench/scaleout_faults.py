@@ -149,7 +149,8 @@ def run_broker_restart(ctx: FaultContext) -> dict[str, Any]:
     time.sleep(ctx.settle_s)
     # outage_s: from the stop command to the broker accepting connections again (its clean stop takes a
     # while on top of the ``outage_s`` it stays down).
-    return {"outage_s": round(accepted - started, 3), "down_after_stop_s": ctx.outage_s, "fresh_snapshot_after_comeback_s": round(fresh, 3),
+    return {"outage_s": round(accepted - started, 3), "down_after_stop_s": ctx.outage_s,
+            "fresh_snapshot_after_comeback_s": round(fresh, 3),
             "advanced_after": {str(k): v for k, v in advanced.items()},
             "learner_running": bool(c.learner and c.learner.running), "feeder_running": c.feeding(),
             "max_staleness_s": _max_age(ctx, started)}

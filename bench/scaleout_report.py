@@ -160,7 +160,8 @@ def render_md(doc: Mapping[str, Any]) -> str:
         "", "Instances per model call is how many concurrent requests the predictor's micro-batcher joined into "
         "one model call: a predictor with more clients of its own coalesces more and spends less CPU per request, "
         "so the row of one predictor under the two predictors' clients separates that from the cost of a second "
-        "replica.", "", f"- publish to swap: p99 {_cell(s.get('publish_to_swap_p99_s'))} s from the predictors' histogram "
+        "replica.", "",
+        f"- publish to swap: p99 {_cell(s.get('publish_to_swap_p99_s'))} s from the predictors' histogram "
         f"(`histogram_quantile` over its buckets), p99 {_cell(s.get('publish_to_swap_sampled_p99_s'))} s sampled "
         f"({s.get('publish_to_swap_samples')} swaps: manifest `created_at` to the first answer with that version)",
         f"- staleness (`lifelong_snapshot_age_seconds`, {s.get('staleness_samples')} readings): p99 "
