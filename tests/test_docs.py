@@ -37,7 +37,11 @@ def test_every_rejection_reason_is_documented() -> None:
 
 
 def test_readme_has_exactly_two_setup_commands() -> None:
+    """One runs the service, one runs the tests; both in the virtual environment .venv, since the
+    distribution's Python refuses pip installs outside one (tests/integration/test_newcomer.py runs
+    the first as a newcomer would; tests/run.sh makes and uses the same .venv)."""
     setup = README.split("## Set up", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```bash\n(.*?)\n```", setup, re.S)
     runnable = [c for c in commands if not c.startswith("curl")]
-    assert runnable == ["pip install -e . && lifelong run", "bash tests/run.sh"]
+    assert runnable == ["python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/lifelong run",
+                        "bash tests/run.sh"]
