@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 DISTRO_PYTHON = Path("/usr/bin/python3")
 INSTALL_AND_READY_S = 1800
+STOP_S = 60
 
 
 def first_setup_command(readme: str) -> str:
@@ -83,26 +84,44 @@ def test_readme_first_command_serves_predictions_from_a_fresh_clone(tmp_path: Pa
             assert status == 200, f"no answer in {INSTALL_AND_READY_S} s from `{command}` ({status} {body}):\n{tail}"
             [prediction] = body["predictions"]
             assert isinstance(prediction["label"], str) and body["model_version"] >= 1, body
-            print(f"`{command}`: predictions after {time.monotonic() - start:.0f} s", file=sys.stderr)
+            ready_s = time.monotonic() - start
+            stopped_s = stop_group(proc)
+            assert stopped_s is not None, f"still running {STOP_S} s after SIGTERM:\n{tail}"
+            print(f"`{command}`: predictions after {ready_s:.0f} s, stopped {stopped_s:.1f} s after SIGTERM",
+                  file=sys.stderr)
         finally:
             stop_group(proc)
     finally:
         shutil.rmtree(clone, ignore_errors=True)  # its .venv is gigabytes: not kept with pytest's tmp dirs
 
 
-def stop_group(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    """SIGTERM to the command's process group (bash, pip or the service), SIGKILL if it outlasts timeout_s."""
+def stop_group(proc: subprocess.Popen[bytes]) -> float | None:
+    """SIGTERM to the command's process group (bash, pip or the service): the seconds until all of it
+    ended, or None if it outlasted STOP_S and was killed."""
+    start = time.monotonic()
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+        return 0.0
+    while time.monotonic() - start < STOP_S:
         proc.poll()
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
+        if not live_members(proc.pid):
+            return time.monotonic() - start
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    return None
+
+
+def live_members(pgid: int) -> list[int]:
+    """The group's processes that have not exited: a zombie counts as gone (one whose parent died is
+    reparented to PID 1, which need not reap it)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            pids.append(int(stat.parent.name))
+    return pids
