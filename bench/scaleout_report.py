@@ -180,7 +180,10 @@ def render_md(doc: Mapping[str, Any]) -> str:
               "gave before the request was sent (a restarted predictor starts a new sequence; replicas may differ).",
               "- `unavailable`: the balancer's request found no process (connection refused or reset): what a client "
               "sees between a kill -9 and the balancer taking the predictor out; never counted as a 5xx. The "
-              "balancer ejects a predictor on a failed connection and puts it back when `/readyz` answers 200.",
+              "balancer ejects a predictor on a failed connection and puts it back when `/readyz` answers 200; it "
+              "does not take out a predictor whose `/readyz` turns 503 as stale (a broker outage longer than "
+              "`snapshots.max_staleness_s` does that to every predictor at once, while each keeps answering from "
+              "its last snapshot).",
               "- Forged records carry versions from 10^9 up; `corrupt_snapshots_served` counts answers with one.", ""]
     errors = doc.get("errors") or {}
     if errors:
