@@ -24,6 +24,7 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v kcat >/dev/null || missing+=(kcat)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 [ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 if ((${#missing[@]})); then
   sudo=""
