@@ -4,11 +4,13 @@ Records are taken as they are read; :meth:`SnapshotFollower.settle` then tries
 the waiting manifests newest first and swaps in the first that checks out, if
 it is newer than the one served: (generation, version) never goes down, and
 anything that fails a check is counted by reason and never served. While a
-reader catches up on a long topic it only collects, then settles once, so a
-start does one unpack however many old snapshots the topic still holds.
+reader catches up on a long topic it only collects, settling when more than
+``keep`` manifests wait, so a start unpacks one snapshot in ``keep`` at most.
 
-Memory is bounded: chunks are kept for at most ``keep`` snapshots (the most
-recently written), manifests likewise.
+Memory is bounded: chunks still waiting for their manifest are kept for at most
+``keep`` snapshots (the most recently written); when its manifest arrives a
+snapshot's chunks move aside with it, so chunks that never get one (forged)
+cannot push out a real snapshot; waiting manifests are tried, never dropped.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class SnapshotFollower:
         self.confirmed_at = float("nan")   # learner clock: when the served version was last stated as the latest
         self._chunks: dict[Order, dict[int, bytes]] = {}
         self._waiting: dict[Order, _Waiting] = {}
+        self._ready: dict[Order, dict[int, bytes]] = {}  # the chunks of the waiting manifests
 
     @property
     def served_order(self) -> Order:
@@ -94,9 +97,13 @@ class SnapshotFollower:
             self._reject("model_key", f"offset {record.offset}: manifest names {manifest.model_key[:40]!r}")
             return
         if manifest.order > self.served_order:
+            # Its chunks came before it (same transaction, same partition): they leave the table of
+            # chunks still waiting for a manifest, so chunks without one (forged) cannot evict them.
+            self._ready[manifest.order] = self._chunks.pop(manifest.order, {})
             self._waiting.pop(manifest.order, None)
             self._waiting[manifest.order] = _Waiting(manifest, live)
-            self._trim(self._waiting)
+            if len(self._waiting) > self.keep:
+                self.settle()  # try them now rather than drop one untried (bounded while catching up)
 
     def _take_heartbeat(self, record: ChannelRecord) -> None:
         try:
@@ -123,11 +130,10 @@ class SnapshotFollower:
         for order in sorted(self._waiting, reverse=True):
             waiting = self._waiting[order]
             try:
-                snapshot = unpack(waiting.manifest, self._chunks.get(order, {}), self.encoder,
+                snapshot = unpack(waiting.manifest, self._ready.get(order, {}), self.encoder,
                                   max_bytes=self.max_bytes)
             except SnapshotRejected as exc:
                 self._reject(exc.reason, f"generation {order[0]} version {order[1]}: {exc.detail}")
-                self._chunks.pop(order, None)  # its manifest was tried: they can never be served
                 continue
             self.served = waiting.manifest
             self.latest_heard = max(self.latest_heard, order)
@@ -136,6 +142,7 @@ class SnapshotFollower:
             swapped = True
             break
         self._waiting.clear()  # tried, or older than what is served now
+        self._ready.clear()
         for old in [o for o in self._chunks if o <= self.served_order]:
             del self._chunks[old]
         return swapped

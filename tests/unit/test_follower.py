@@ -58,12 +58,13 @@ def test_the_newest_snapshot_is_served_and_an_older_one_read_later_is_not(snapsh
     assert h.swaps[-1] == (2, 3) and h.follower.served_order == (2, 3)
 
 
-def test_catching_up_unpacks_only_the_newest(snapshot: Any) -> None:
+def test_catching_up_unpacks_one_snapshot_in_keep(snapshot: Any) -> None:
     h = Harness()
     backlog = [r for v in range(1, 30) for r in published(snapshot, 1, v)]
     h.follower.take(backlog, live=False)
     h.follower.settle()
-    assert h.swaps == [(1, 29)]
+    assert h.swaps[-1] == (1, 29) and h.swaps == sorted(h.swaps)
+    assert len(h.swaps) <= 29 // h.follower.keep + 1 and not h.rejects
 
 
 def test_forged_manifests_are_rejected_and_the_real_one_still_served(snapshot: Any) -> None:
@@ -108,3 +109,13 @@ def test_chunks_kept_for_a_bounded_number_of_snapshots(snapshot: Any) -> None:
         chunks = [r for r in published(snapshot, 1, 100 + v) if r.key != b"m"]  # chunks whose manifest never comes
         h.follower.take(chunks, live=True)
     assert len(h.follower._chunks) <= h.follower.keep
+
+
+def test_forged_records_after_the_newest_snapshot_cannot_push_it_out_of_a_starting_predictor(snapshot: Any) -> None:
+    h = Harness()
+    real = published(snapshot, 1, 4)
+    orphan_chunks = [r for v in range(20) for r in published(snapshot, 9, 10**9 + v) if r.key != b"m"]
+    forged = [r for v in range(20) for r in published(snapshot, 9, 2 * 10**9 + v, sha256="0" * 64)]
+    h.follower.take(real + orphan_chunks + forged, live=False)  # a start: all of it read before settling
+    h.follower.settle()
+    assert h.swaps == [(1, 4)] and h.rejects["checksum"] == 20
