@@ -14,6 +14,7 @@ from ..stream.demo import demo_path
 from ..stream.errors import REASONS
 from ..stream.events import LabelMessage
 from ..stream.sinks import Sink, SinkError
+from ..stream.snapshot_channel import ChannelFenced
 from ..stream.sources import FileSource, Source, TopicPartition
 from .app import create_app
 from .checkpoint import Checkpointer
@@ -23,6 +24,10 @@ from .server import run_server
 from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)
+
+# Exit status of a learner fenced by a newer one: a supervisor should not restart it (it would fence
+# the newer one back); systemd: RestartPreventExitStatus=3.
+EXIT_FENCED = 3
 
 
 def resolve_device(settings: Settings) -> str:
@@ -191,6 +196,10 @@ class Service:
             self.loop.close()
 
         run_server(self.app, self.settings.http, start, stop)
+        if isinstance(self.loop.error, ChannelFenced):
+            log.error("exiting: another learner took over snapshots.model_key %r (fenced)",
+                      self.settings.snapshots.model_key)
+            return EXIT_FENCED
         if self.loop.error is not None:
             log.error("exiting: the learning loop failed: %s", self.loop.error)
             return 1

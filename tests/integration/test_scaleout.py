@@ -261,7 +261,7 @@ def test_a_second_learner_with_the_same_transactional_id_fences_the_first(cluste
     second.wait_ready(120)
     # The zombie's next publish fails: it stops with an error instead of learning unseen.
     wait_until(lambda: first.proc.poll() is not None, 60, "the fenced learner exits")
-    assert first.proc.returncode != 0
+    assert first.proc.returncode == 3  # EXIT_FENCED: a supervisor must not restart it
     assert "fenced" in first.log().lower()
     assert second.proc.poll() is None
 
