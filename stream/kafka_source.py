@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import KafkaConfigurationError, KafkaError
@@ -100,7 +100,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
-        self.source.note_assigned(assigned)
+        self.source.note_assigned(assigned, self.source.cached_partitions())
 
 
 class KafkaSource:
@@ -136,6 +136,8 @@ class KafkaSource:
         self._consumer: KafkaConsumer = retry_with_backoff(
             self._connect, what=f"consumer for {','.join(options.topics)}", timeout_s=options.startup_timeout_s,
             initial_s=options.backoff_initial_s, max_s=options.backoff_max_s)
+        self._join_state: Literal["ok", "no_metadata"] = "ok"
+        self._last_topic_check = 0.0
         self._consumer.subscribe(list(options.topics), listener=_Rebalance(self))
 
     def _connect(self) -> KafkaConsumer:
@@ -169,6 +171,7 @@ class KafkaSource:
             time.sleep(min(timeout_s, 1.0))
             return []
         moved = self._seek_to_checkpoint(batches) if self._assigned_since_poll else set()
+        self._rejoin_if_topics_appeared()
         out: list[Record] = []
         for tp, records in batches.items():
             key = (tp.topic, tp.partition)
@@ -183,10 +186,39 @@ class KafkaSource:
             out += kept
         return out
 
-    def note_assigned(self, partitions: Any) -> None:
-        """Called by the rebalance listener (on the client's thread)."""
+    def note_assigned(self, partitions: Any, known: int) -> None:
+        """Called by the rebalance listener (on the client's thread) with the partitions the
+        metadata cache knew of then (what the assignment was computed from)."""
         with self._assigned_lock:
             self._assigned_since_poll.update(partitions)
+            self._join_state = "no_metadata" if not partitions and known == 0 else "ok"
+
+    def cached_partitions(self) -> int:
+        """Partitions of the subscribed topics in the client's metadata cache (no request: safe on
+        the client's own thread; -1 if the cache cannot be read)."""
+        cluster = getattr(getattr(self, "_consumer", None), "_cluster", None)
+        if cluster is None:
+            return -1
+        return sum(len(cluster.partitions_for_topic(t) or ()) for t in self.options.topics)
+
+    def _rejoin_if_topics_appeared(self) -> None:
+        """Join the group again when it assigned nothing because the topics did not exist yet.
+
+        kafka-python (3.0) joins with whatever metadata it has: if no subscribed topic
+        existed then, the assignment is empty and stays so after the topics are created
+        (seen: more than 120 s, past the 30 s metadata refresh). A replica left without
+        partitions by a larger group joined while the partitions were known, so it is
+        left alone; only a join made on no metadata is repeated, once they are known.
+        """
+        if self._join_state == "ok" or time.monotonic() - self._last_topic_check < 5.0:
+            return
+        self._last_topic_check = time.monotonic()
+        known = sum(len(self._consumer.partitions_for_topic(t) or ()) for t in self.options.topics)
+        if known and not self._consumer.assignment():
+            log.info("the subscribed topics exist now (%d partitions): joining the group again", known)
+            self._join_state = "ok"
+            self._consumer.unsubscribe()
+            self._consumer.subscribe(list(self.options.topics), listener=_Rebalance(self))
 
     def _seek_to_checkpoint(self, batches: dict[Any, list[Any]]) -> set[TopicPartition]:
         """Seek newly assigned partitions to their checkpointed offsets; returns those moved."""

@@ -119,6 +119,24 @@ class FakeConsumer:
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self.topics, self.listener = topics, listener
+        self.subscriptions = getattr(self, "subscriptions", 0) + 1
+
+    # Partition metadata: the client's cache (read on its thread) and the broker's answer.
+    partitions: dict[str, set[int]] = {}
+    owned: set[Any] = set()
+
+    @property
+    def _cluster(self) -> Any:
+        return types.SimpleNamespace(partitions_for_topic=lambda t: self.partitions.get(t))
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return self.partitions.get(topic) or set()
+
+    def assignment(self) -> set[Any]:
+        return self.owned
+
+    def unsubscribe(self) -> None:
+        self.topics = []
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[KafkaTP, list[Any]]:
         return self.batches.pop(0) if self.batches else {}
@@ -303,3 +321,30 @@ def test_kafka_seek_failure_falls_back_to_the_floor(kafka: Callable[..., Any]) -
     consumer.listener.on_partitions_assigned([KafkaTP("events", 0)])
     consumer.batches = [{KafkaTP("events", 0): [consumer_record(2), consumer_record(4)]}]
     assert [r.offset for r in source.poll(100, 0.1)] == [4]
+
+
+def test_a_group_joined_before_its_topics_existed_is_joined_again_once_they_do(
+        kafka: Callable[..., Any], fake_time: FakeTime) -> None:
+    source, consumer, _ = kafka()
+    consumer.partitions = {}
+    consumer.listener.on_partitions_assigned([])  # the group formed on no metadata: nothing assigned
+    source.poll(10, 0.1)
+    assert consumer.subscriptions == 1  # the topics still do not exist: nothing to do
+    consumer.partitions = {"events": {0, 1}, "labels": {0, 1}}
+    fake_time.now += 5.0
+    source.poll(10, 0.1)
+    assert consumer.subscriptions == 2 and consumer.topics == ["events", "labels"]
+    fake_time.now += 10.0
+    source.poll(10, 0.1)
+    assert consumer.subscriptions == 2  # once
+
+
+def test_a_replica_left_without_partitions_by_a_larger_group_does_not_rejoin(
+        kafka: Callable[..., Any], fake_time: FakeTime) -> None:
+    source, consumer, _ = kafka()
+    consumer.partitions = {"events": {0}, "labels": {0}}
+    consumer.listener.on_partitions_assigned([])  # known partitions, all owned by the other replicas
+    for _ in range(5):
+        fake_time.now += 10.0
+        source.poll(10, 0.1)
+    assert consumer.subscriptions == 1
