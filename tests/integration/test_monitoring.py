@@ -57,6 +57,8 @@ def monitoring_config(broker: Broker, topic: str, state_dir: Path) -> dict[str, 
         "outputs": {"predictions_topic": f"{topic}-predictions", "dead_letter_topic": f"{topic}-dead"},
         # Frequent evaluations, and classes count as past after 500 events, so a short run has scores.
         "evaluation": {"eval_every": 200, "class_absent_window": 500},
+        # It publishes its snapshots too, for a predictor beside it: the snapshot panels get data.
+        "snapshots": {"topic": f"{topic}-snapshots", "publish": True, "min_interval_s": 0.5, "heartbeat_s": 0.5},
     }
 
 
@@ -121,10 +123,14 @@ def test_every_dashboard_panel_has_data(kafka_broker, prometheus, lifelong_daemo
     rng = random.Random(11)
     topic = f"monitoring-{uuid.uuid4().hex[:8]}"
     kafka_broker.produce(topic, phase_events(0, *PHASES[0], rng))
-    daemon = lifelong_daemon(monitoring_config(kafka_broker, topic, tmp_path / "state"))
-    prom = prometheus([daemon.target])
+    config = monitoring_config(kafka_broker, topic, tmp_path / "state")
+    daemon = lifelong_daemon(config)
+    predictor = lifelong_daemon({**config, "role": "predictor", "checkpoint": {"dir": None}})
+    prom = prometheus([daemon.target, predictor.target])
     daemon.wait_ready()
-    wait_until(lambda: prom.value('up{job="lifelong"}') == 1, 60, "Prometheus scraping lifelong")
+    predictor.wait_ready()
+    mine = f'instance="{daemon.target}"'  # the learning process (the predictor exports the same names)
+    wait_until(lambda: prom.value(f'up{{job="lifelong", {mine}}}') == 1, 60, "Prometheus scraping lifelong")
 
     # The rest arrives while Prometheus watches: rates and latency histograms move between scrapes.
     unlabelled, truth = unlabelled_events(rng)
@@ -136,7 +142,7 @@ def test_every_dashboard_panel_has_data(kafka_broker, prometheus, lifelong_daemo
         produced += len(records)
         predict_some(daemon.url, rng, 20)
         time.sleep(1.5)
-    wait_until(lambda: prom.value("lifelong_events_consumed_total") == produced, 180,
+    wait_until(lambda: prom.value(f"lifelong_events_consumed_total{{{mine}}}") == produced, 180,
                f"lifelong_events_consumed_total == {produced} in Prometheus")
 
     # Delayed labels for half the unlabelled events, and one for an event that never came.
@@ -145,10 +151,10 @@ def test_every_dashboard_panel_has_data(kafka_broker, prometheus, lifelong_daemo
         status, body = http_json("POST", f"{daemon.url}/v1/feedback", {"id": event_id, "label": label})
         assert status == 202, body
     predict_some(daemon.url, rng, 20)
-    wait_until(lambda: prom.value('lifelong_labels_total{outcome="joined"}') == N_UNLABELLED // 2, 60,
+    wait_until(lambda: prom.value(f'lifelong_labels_total{{outcome="joined", {mine}}}') == N_UNLABELLED // 2, 60,
                "joined labels in Prometheus")
     since = time.time()
-    wait_until(lambda: prom.value('timestamp(up{job="lifelong"})') > since + 2, 30, "two more scrapes")
+    wait_until(lambda: prom.value(f'min(timestamp(up{{job="lifelong"}}))') > since + 2, 30, "two more scrapes")
 
     missing, stale = panels_without_data(prom)
     assert not missing, f"panel queries without finite data: {missing}\n{daemon.log()[-3000:]}"
@@ -157,9 +163,10 @@ def test_every_dashboard_panel_has_data(kafka_broker, prometheus, lifelong_daemo
     # A few panels carry more than a finite value.
     assert prom.value(expand('histogram_quantile(0.99, sum by (le) (rate('
                              'lifelong_predict_latency_seconds_bucket[$__rate_interval])))', RATE_INTERVAL)) > 0
-    assert 0 < prom.value("lifelong_pq_reconstruction_error") < 1
+    assert 0 < prom.value(f"lifelong_pq_reconstruction_error{{{mine}}}") < 1
     assert prom.value("sum(lifelong_events_rejected_total)") == len(BAD_RECORDS)
-    assert prom.value('lifelong_drift_events_total{kind="peak"}') >= 1
+    assert prom.value(f'lifelong_drift_events_total{{kind="peak", {mine}}}') >= 1
+    assert prom.value("sum(lifelong_snapshot_swaps_total)") >= 2  # the predictor followed the learning
 
     # The exposition passes Prometheus's own linter.
     status, text = http_json("GET", f"{daemon.url}/metrics")
