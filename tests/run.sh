@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian/Ubuntu machine, then runs them all.
-#   apt: python3-venv, Java 17 + Maven (for the Kafka jars), prometheus (+ promtool), kcat, dataset-fashion-mnist
+#   apt: python3-venv, Java 17 + Maven (for the Kafka jars), prometheus (+ promtool), kcat, systemd
+#        (systemd-analyze, for the deploy kit's unit), dataset-fashion-mnist
 #   Maven Central: Apache Kafka 4.x jars (deploy/kafka/local-kafka install; ~/.m2 caches them)
 #   PyPI: this package with its test extras, into .venv: the virtual environment the README's first
 #         command makes (the distribution's Python refuses pip installs outside one, PEP 668);
