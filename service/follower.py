@@ -56,6 +56,8 @@ class SnapshotFollower:
 
     def age_s(self, now: float | None = None) -> float:
         """Seconds since the learner last confirmed the served version (NaN before a first snapshot)."""
+        if self.confirmed_at != self.confirmed_at:
+            return float("nan")  # max() would turn NaN into 0: "just confirmed"
         return max(0.0, (time.time() if now is None else now) - self.confirmed_at)
 
     # -- taking records --------------------------------------------------------------------

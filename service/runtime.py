@@ -134,6 +134,7 @@ class Service:
             from .snapshot_wire import REJECT_REASONS
 
             self.metrics.add_snapshot_channel(REJECT_REASONS)
+            self.metrics.snapshot_age.set(float("nan"))  # a predictor's reading: none here
             self.loop.publisher = Publisher(settings, self.learner.snapshot().encoder, self.learner.name,
                                             self.metrics)
         self.restored = self.loop.restore()

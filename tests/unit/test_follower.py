@@ -93,6 +93,7 @@ def test_truncated_chunks_are_rejected(snapshot: Any) -> None:
 
 def test_heartbeats_confirm_the_served_version_and_announce_newer_ones(snapshot: Any) -> None:
     h = Harness()
+    assert h.follower.age_s() != h.follower.age_s()  # NaN before a first snapshot, not 0
     h.feed(published(snapshot, 1, 4))
     k, v, hd = heartbeat_record("m", 1, 4, 2e9)
     h.feed([ChannelRecord(k, v, hd, 0, 50)])
