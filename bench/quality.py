@@ -37,8 +37,10 @@ from ..monitoring.continual_metrics import NAN, forgetting, min_acc, nanmean, po
 from .streams import BenchStream
 from .encode import Encoded, _bar, encode_stream
 
-# Every registry learner, and lifelong-live: the lifelong run's live (not EMA) weights scored beside it.
-LEARNERS = ("lifelong", "lifelong-live", *(name for name in REGISTRY if name != "lifelong"))
+# Every registry learner, lifelong-live (the lifelong run's live, not EMA, weights scored beside it),
+# and offline: joint training on all training events (bench/offline.py), the reference each learner's
+# final accuracy is compared with (gap_to_offline).
+LEARNERS = ("lifelong", "lifelong-live", *(name for name in REGISTRY if name != "lifelong"), "offline")
 DEFAULT_LEARNERS = ("lifelong", "nmc", "finetune", "er")
 Predict = Callable[[np.ndarray], Sequence[str | None]]
 
@@ -111,7 +113,7 @@ def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: i
         models = {"lifelong": served(lr), "lifelong-live": live(lr)}
         runs.append(("lifelong", lr, {k: v for k, v in models.items() if k in names}, {"lifelong"}))
     for name in names:
-        if name in ("lifelong", "lifelong-live"):
+        if name in ("lifelong", "lifelong-live", "offline"):
             continue
         entry = REGISTRY[name]
         lr = build(name, encoder, options)
@@ -222,6 +224,10 @@ def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] =
                                   "eval_seconds")} | {"run_seconds": time.perf_counter() - t0,
                 "served_prequential_accuracy": r["served_prequential"].get(name, r["prequential_accuracy"])}
             histories[name] = [asdict(e) for e in hist]
+    if "offline" in learners:
+        results["offline"], histories["offline"] = _offline(stream, enc, seed)
+        for name, r in results.items():
+            r["gap_to_offline"] = r["final_accuracy"] - results["offline"]["final_accuracy"]
     ordered = {name: results[name] for name in learners if name in results}
     boundaries = np.cumsum(np.bincount(stream.train.segments, minlength=stream.num_segments)).tolist()
     doc = {"stream": stream.name, "protocol": stream.protocol, "events": len(stream.train),
@@ -235,6 +241,20 @@ def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] =
                                                          "learners": histories})) + "\n")
     write_report(out, _clean(doc), _clean(histories))
     return _clean(doc)
+
+
+def _offline(stream: BenchStream, enc: Encoded, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The offline reference scored like the learners, at one final evaluation after training."""
+    from .offline import train_offline
+
+    ref = train_offline(enc.train, stream.train.labels, seed)
+    te, k = stream.test, stream.num_segments
+    hit = np.array(ref.predict(enc.test), dtype=object) == np.array(te.labels, dtype=object)
+    acc = tuple(float(hit[te.segments == j].mean()) if (te.segments == j).any() else NAN for j in range(k))
+    final = Evaluation(len(stream.train), k - 1, acc, final=True)
+    sizes = np.bincount(te.segments, minlength=k).tolist()
+    metrics = compute_metrics([final], sizes) | {"run_seconds": ref.seconds, "l2": ref.l2}
+    return metrics, [asdict(final)]
 
 
 def _clean(x: Any) -> Any:

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-COLUMNS = (("final_accuracy", "final acc"), ("a_auc", "A_auc"), ("forgetting", "forgetting"),
+COLUMNS = (("final_accuracy", "final acc"), ("gap_to_offline", "vs offline"), ("a_auc", "A_auc"), ("forgetting", "forgetting"),
            ("min_acc", "min-ACC"), ("wc_acc", "WC-ACC"), ("stability_gap", "stability gap"),
            ("prequential_accuracy", "prequential"), ("served_prequential_accuracy", "prequential (scored)"),
            ("events_per_s", "events/s"), ("memory_bytes", "memory"))

@@ -134,3 +134,32 @@ def test_cli_refuses_bad_arguments(tmp_path) -> None:
         main(["bench", "--stream", "digits-split", "--learners", "lifelong,magic", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="memory-budget"):
         main(["bench", "--stream", "digits-split", "--memory-budget", "big", "--out", str(tmp_path)])
+
+
+def test_the_offline_reference_trains_on_training_events_only_and_every_learner_reports_its_gap(tmp_path) -> None:
+    src, out = tmp_path / "stream.jsonl", tmp_path / "out"
+    _write_stream(src)
+    assert main(["bench", "--stream-file", str(src), "--learners", "nmc,offline", "--eval-every", "50",
+                 "--batch-size", "10", "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    offline, nmc = doc["learners"]["offline"], doc["learners"]["nmc"]
+    # Six clusters in 8-d with overlap, 30 training events each: joint training does as well as an online learner.
+    assert offline["final_accuracy"] > 0.7 and offline["final_accuracy"] >= nmc["final_accuracy"] - 0.05
+    assert offline["l2"] in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    assert nmc["gap_to_offline"] == pytest.approx(nmc["final_accuracy"] - offline["final_accuracy"])
+    assert offline["gap_to_offline"] == 0.0
+    assert "| offline |" in (out / "report.md").read_text()
+
+
+def test_the_offline_reference_never_sees_test_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifelong.bench import offline
+
+    seen: list[int] = []
+    real = offline._fit
+    monkeypatch.setattr(offline, "_fit", lambda x, *a, **k: (seen.append(len(x)), real(x, *a, **k))[1])
+    rng = np.random.default_rng(0)
+    taps = np.concatenate([rng.normal(c, 0.3, (50, 4)) for c in range(3)]).astype(np.float32)
+    labels = [str(c) for c in range(3) for _ in range(50)]
+    ref = offline.train_offline(taps, labels)
+    assert seen == [135] * len(offline.PENALTIES) + [150]  # 9/10 to choose, then all 150 training events
+    assert np.mean(np.array(ref.predict(taps)) == np.array(labels)) > 0.95
