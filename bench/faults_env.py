@@ -46,6 +46,19 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str, interval_s: 
     raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s (last: {last!r})")
 
 
+def stop_process(proc: "subprocess.Popen[bytes]", timeout_s: float) -> int | None:
+    """SIGTERM and wait; SIGKILL after ``timeout_s``. The exit status, or None if it had to be killed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+            return None
+    return proc.returncode
+
+
 def accepts(host_port: str, timeout_s: float = 0.5) -> bool:
     host, port = host_port.rsplit(":", 1)
     try:
@@ -302,17 +315,7 @@ class Daemon:
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM and wait; SIGKILL after ``timeout_s`` (then None: it did not stop by itself)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-                return None
-        return self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc, timeout_s)
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -187,7 +187,7 @@ def _model_inputs(inputs: list[Inputs], input_kind: str) -> list[str] | np.ndarr
     return x
 
 
-def _check_min_version(request: Request, served: int, latest: int) -> None:
+def _check_min_version(request: Request, served: int, latest: Callable[[], int]) -> None:
     """Read-your-writes: a client that saw version N may insist on an answer from N or later."""
     raw = request.headers.get(MIN_VERSION_HEADER)
     if raw is None:
@@ -198,8 +198,8 @@ def _check_min_version(request: Request, served: int, latest: int) -> None:
         raise HTTPException(400, detail=f"{MIN_VERSION_HEADER} must be an integer model_version") from None
     if wanted <= served:
         return
-    if wanted > latest:
-        raise HTTPException(409, detail=f"model_version {wanted} is not published yet (newest known: {latest})")
+    if wanted > (newest := latest()):
+        raise HTTPException(409, detail=f"model_version {wanted} is not published yet (newest known: {newest})")
     raise HTTPException(503, detail=f"this replica serves model_version {served}, catching up to {wanted}",
                         headers={"Retry-After": "1"})
 
@@ -296,7 +296,7 @@ def create_app(service: ServiceHandle) -> FastAPI:
         snap = holder.current
         if snap is None or not snap.classes:
             raise HTTPException(503, detail="no model yet: the learner has not learned a labelled event")
-        _check_min_version(request, snap.version, service.latest_version())
+        _check_min_version(request, snap.version, service.latest_version)
         if len(body.instances) > http.max_instances:
             raise HTTPException(413, detail=f"{len(body.instances)} instances, limit http.max_instances="
                                             f"{http.max_instances}")

@@ -22,7 +22,7 @@ from ..monitoring.metrics import Metrics
 from ..stream.errors import REASONS
 from ..stream.events import LabelMessage
 from ..stream.sinks import KafkaSink, SinkError
-from ..stream.snapshot_channel import SnapshotReader
+from ..stream.snapshot_channel import POLL_RECORDS, SnapshotReader
 from .app import create_app
 from .config import Settings
 from .follower import SnapshotFollower
@@ -103,7 +103,7 @@ class PredictorService:
         try:
             records = reader.poll(0.2)
             self.follower.take(records, live=self.live)
-            if not self.live and len(records) < 500 and reader.caught_up():
+            if not self.live and len(records) < POLL_RECORDS and reader.caught_up():
                 self.live = True
         except KafkaError as exc:  # broker away: kafka-python reconnects by itself
             log.warning("reading the snapshot topic failed (retrying): %s", exc)

@@ -24,7 +24,8 @@ from typing import Callable
 from ..learner.base import ServingModel
 from ..learner.encoders import Encoder
 from ..monitoring.metrics import Metrics
-from ..stream.snapshot_channel import ChannelError, ChannelFenced, SnapshotReader, SnapshotWriter, partition_for
+from ..stream.snapshot_channel import (POLL_RECORDS, ChannelError, ChannelFenced, SnapshotReader, SnapshotWriter,
+                                       partition_for)
 from .config import Settings
 from .follower import SnapshotFollower
 from .snapshot_records import chunk_record, heartbeat_record, manifest_record
@@ -39,7 +40,7 @@ def read_to_end(reader: SnapshotReader, follower: SnapshotFollower, timeout_s: f
     while time.monotonic() < deadline:
         records = reader.poll(0.5)
         follower.take(records, live=False)
-        if len(records) < 500 and reader.caught_up():
+        if len(records) < POLL_RECORDS and reader.caught_up():
             break
     follower.settle()
 

@@ -31,6 +31,7 @@ from .kafka_source import CLIENT_DEFAULTS
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+POLL_RECORDS = 500  # most records one poll returns; a poll returning fewer may have reached the end
 
 
 class ChannelFenced(RuntimeError):
@@ -128,7 +129,7 @@ class SnapshotReader:
             self._consumer.seek_to_beginning(*new)
             self._assigned = wanted
 
-    def poll(self, timeout_s: float, max_records: int = 500) -> list[ChannelRecord]:
+    def poll(self, timeout_s: float, max_records: int = POLL_RECORDS) -> list[ChannelRecord]:
         if not self._assigned:
             self._assign()  # the topic may not exist yet
             if not self._assigned:

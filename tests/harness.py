@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 # One polling helper and one free-port finder for the package's benches and these tests.
+from lifelong.bench.faults_env import stop_process
 from lifelong.bench.faults_env import wait_for as wait_until  # noqa: F401 (re-exported to the tests)
 from lifelong.bench.speed_kafka import free_port
 
@@ -145,14 +145,8 @@ class Daemon:
         raise KeyError(name)
 
     def stop(self, timeout_s: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return int(self.proc.returncode)
+        stop_process(self.proc, timeout_s)
+        return int(self.proc.returncode)  # -9 when it had to be killed
 
 
 def start_broker(data_dir: Path, partitions: int = 2) -> Broker:
