@@ -7,10 +7,18 @@ predicting each batch before learning it. At ``base_events`` its hidden layers f
 and learns the buffered base events in stream order (head rows, prototypes and replay memory
 start from them), and from then on every call goes to that learner.
 
+Until the switch, predictions come from an *early* continual learner on the standardised taps
+(the lifelong learner a feature stream gets without the MLP), trained on the same events beside
+the MLP: a stream shorter than ``base_events``, or a class that first arrives then, is learned as
+quickly as without base-initialisation. At the switch it is dropped.
+
 Taps: this learner's tap is always the *standardised* input, before and after the switch; the
 frozen bottom runs inside ``learn_taps`` / ``predict_taps``. So a tap the daemon parked for a
-delayed label before the switch is still a valid input after it. The standardiser stops moving
-at the switch at the latest (the bottom was trained on its statistics).
+delayed label before the switch is still a valid input after it. A frozen standardiser stops
+moving at the switch at the latest (the bottom was trained on its statistics). One that follows
+the stream's scales keeps moving: each step of its mapping is folded into the frozen bottom's
+first layer (``W x + b`` with ``x = (x' - shift) / scale``), so the bottom computes exactly what it
+did on the raw input, and the continual learner's stored taps follow on their input part.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..memory.pq import subquantizers
 from ..memory.replay import ReplayStore
 from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .continual import ContinualConfig, ContinualLearner
@@ -28,6 +37,7 @@ from .head import softmax
 from .mlp_encoder import MLPEncoder, OnlineMLP, bottom_forward
 from .parts import part, with_prefix
 from .serving import CosineSnapshot, SnapshotInfo, to_predictions
+from .tap_space import TapSpace
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,7 @@ class BaseInitLearner(TapsLearner):
         self.input_kind: InputKind = "features"
         self.input_dim: int | None = encoder.input_dim
         self.inner: ContinualLearner | None = None
+        self.space = TapSpace()
         self._base_phase()
         self.version = 0
         self.events_learned = 0
@@ -109,6 +120,8 @@ class BaseInitLearner(TapsLearner):
     def _base_phase(self) -> None:
         c = self.config
         self.mlp: OnlineMLP | None = OnlineMLP(self.encoder.dim, c.widths, c.lr, c.seed)
+        early = dataclasses.replace(self.continual, pq_m=subquantizers(self.encoder.dim, self.continual.pq_m))
+        self.early: ContinualLearner | None = ContinualLearner(self.encoder, early)
         self._rng = np.random.default_rng(c.seed)
         self._buf_x = np.zeros((0, self.encoder.dim), np.float32)
         self._buf_y = np.zeros(0, np.int64)
@@ -122,14 +135,34 @@ class BaseInitLearner(TapsLearner):
 
     @property
     def memory(self) -> ReplayStore:
-        """The replay memory (after the switch only)."""
-        if self.inner is None:
+        """The replay memory (the early learner's until the switch)."""
+        learner = self.inner or self.early
+        if learner is None:
             raise AttributeError("no replay memory during base-initialisation")
-        return self.inner.memory
+        return learner.memory
 
     # -- taps and predictions ------------------------------------------------------------
     def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
-        return self.encoder.encode(inputs, learning=learning and self.inner is None)
+        moving = self.inner is None or getattr(self.encoder, "adaptive", False)
+        taps = self.encoder.encode(inputs, learning=learning and moving)
+        if learning:
+            self.space.follow(self.encoder, self._remap)
+        return taps
+
+    def _remap(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """The standardisation moved: ``t' = t * scale + shift`` for every standardised tap."""
+        if self.inner is None:
+            self._buf_x = (self._buf_x * scale + shift).astype(np.float32)  # the MLP itself is still training
+            return
+        bottom = self.inner.encoder
+        (w, b), rest = bottom.layers[0], bottom.layers[1:]  # type: ignore[attr-defined]
+        folded = [(w / scale[None, :], b - w @ (shift / scale)), *rest]
+        # A new encoder, not the old one changed: published snapshots keep the bottom they were made with.
+        self.inner.encoder = MLPEncoder.from_layers(self.encoder, folded, self.config.keep_input)
+        if self.config.keep_input:
+            hidden = self.config.widths[-1]
+            self.inner.remap_taps(np.r_[scale, np.ones(hidden, np.float32)],
+                                  np.r_[shift, np.zeros(hidden, np.float32)].astype(np.float32))
 
     def _bottom(self, taps: np.ndarray) -> np.ndarray:
         assert self.inner is not None
@@ -140,6 +173,8 @@ class BaseInitLearner(TapsLearner):
         taps = np.ascontiguousarray(taps, dtype=np.float32)
         if self.inner is not None:
             return self.inner.predict_proba_taps(self._bottom(taps))
+        if self.early is not None:
+            return self.early.predict_proba_taps(taps)
         assert self.mlp is not None
         return self.mlp.probs(taps) if self._classes else np.zeros((len(taps), 0), np.float32)
 
@@ -152,6 +187,7 @@ class BaseInitLearner(TapsLearner):
     def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
         if len(taps) != len(labels):
             raise ValueError(f"{len(taps)} inputs but {len(labels)} labels")
+        self.space.follow(self.encoder, self._remap)
         taps = np.ascontiguousarray(taps, dtype=np.float32)
         if self.inner is not None:
             stats = self.inner.learn_taps(self._bottom(taps), labels)
@@ -160,6 +196,8 @@ class BaseInitLearner(TapsLearner):
         if len(labels) == 0:
             return StepStats(0, 0.0, np.zeros(0), np.zeros(0, bool), (), self.version)
         stats = self._learn_base(taps, labels)
+        if self.early is not None:  # it is what predicts: its prediction before learning is the prequential one
+            stats = dataclasses.replace(self.early.learn_taps(taps, labels), version=self.version)
         if self.events_learned >= self.config.base_events:
             self._switch()
         return stats
@@ -206,16 +244,18 @@ class BaseInitLearner(TapsLearner):
         for i in range(0, n, 64):
             inner.learn_taps(encoder.from_standardised(self._buf_x[i:i + 64]),
                              [self._classes[k] for k in self._buf_y[i:i + 64]])
-        self.inner, self.mlp = inner, None
+        self.inner, self.mlp, self.early = inner, None, None
         self._buf_x, self._buf_y = self._buf_x[:0], self._buf_y[:0]
         self._version_offset = self.version - inner.version
 
     # -- serving and state ------------------------------------------------------------------
-    def snapshot(self) -> MLPSnapshot | BottomSnapshot:
+    def snapshot(self) -> MLPSnapshot | BottomSnapshot | CosineSnapshot:
         info = (self.version, self.classes, self.input_kind, self.input_dim, self.events_learned,
                 self.encoder.serving_copy())
         if self.inner is not None:
             return BottomSnapshot(*info, self.inner.encoder, self.inner.snapshot())  # type: ignore[arg-type]
+        if self.early is not None:
+            return dataclasses.replace(self.early.snapshot(), version=self.version)
         assert self.mlp is not None
         p = [t.detach().numpy().copy() for t in self.mlp.params]
         return MLPSnapshot(*info, tuple(zip(p[:-2:2], p[1:-2:2])), (p[-2], p[-1]))
@@ -225,14 +265,18 @@ class BaseInitLearner(TapsLearner):
                                 "version": self.version, "events_learned": self.events_learned}
         if self.inner is not None:
             arrays, inner_meta = self.inner.state_dict()
-            return (with_prefix("inner.", arrays),
+            return (with_prefix("inner.", arrays) | with_prefix("space.", self.space.state_dict()),
                     meta | {"phase": "continual", "inner": inner_meta, "version_offset": self._version_offset})
         assert self.mlp is not None
         mlp_arrays, mlp_meta = self.mlp.state_dict()
         arrays = with_prefix("mlp.", mlp_arrays) | with_prefix("std.", self.encoder.state_dict())
         arrays |= {"buffer.x": self._buf_x.copy(), "buffer.y": self._buf_y.copy()}
-        return arrays, meta | {"phase": "base", "mlp": mlp_meta, "classes": list(self._classes),
-                               "rng": self._rng.bit_generator.state}
+        arrays |= with_prefix("space.", self.space.state_dict())
+        meta |= {"phase": "base", "mlp": mlp_meta, "classes": list(self._classes), "rng": self._rng.bit_generator.state}
+        if self.early is not None:
+            early_arrays, meta["early"] = self.early.state_dict()
+            arrays |= with_prefix("early.", early_arrays)
+        return arrays, meta
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         expected = (self.name, self.input_dim, list(self.config.widths))
@@ -245,7 +289,7 @@ class BaseInitLearner(TapsLearner):
             inner = ContinualLearner(MLPEncoder(self.encoder, self.config.widths, self.config.keep_input),
                                      self.continual)
             inner.load_state_dict(part("inner.", arrays), meta["inner"])  # the standardiser is restored with it
-            self.inner, self.mlp = inner, None
+            self.inner, self.mlp, self.early = inner, None, None
             self._version_offset = int(meta["version_offset"])
         else:
             assert self.mlp is not None
@@ -255,6 +299,12 @@ class BaseInitLearner(TapsLearner):
             self._classes = list(meta["classes"])
             self._class_ids = {c: i for i, c in enumerate(self._classes)}
             self._rng.bit_generator.state = meta["rng"]
+            if "early" in meta:
+                assert self.early is not None
+                self.early.load_state_dict(part("early.", arrays), meta["early"])
+            else:  # a state from before the early learner: the MLP goes on predicting until the switch
+                self.early = None
+        self.space.load_state_dict(part("space.", arrays))
         self.version, self.events_learned = int(meta["version"]), int(meta["events_learned"])
 
     def nbytes(self) -> int:
@@ -262,10 +312,13 @@ class BaseInitLearner(TapsLearner):
             return int(self.inner.nbytes() + sum(w.nbytes + b.nbytes for w, b in self.inner.encoder.layers))
         assert self.mlp is not None
         # Parameters and their two Adam moments, plus the buffer of base events.
-        return int(3 * sum(p.numel() * 4 for p in self.mlp.params) + self._buf_x.nbytes + self._buf_y.nbytes)
+        early = self.early.nbytes() if self.early is not None else 0
+        return int(3 * sum(p.numel() * 4 for p in self.mlp.params) + self._buf_x.nbytes + self._buf_y.nbytes + early)
 
     def gauges(self) -> dict[str, float]:
         if self.inner is not None:
             return self.inner.gauges()
+        if self.early is not None:
+            return self.early.gauges()
         return {"replay_items": len(self._buf_y), "replay_bytes": self._buf_x.nbytes + self._buf_y.nbytes,
                 "pq_error": float("nan"), "adapters_merged": 0, "prototypes": 0}

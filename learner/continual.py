@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..memory.codec_schedule import CodecSchedule, CompressWhen
+from ..memory.codec_schedule import CodecSchedule, CompressWhen, learner_layout, restore_learner_layout
 from ..memory.pq import PQCodec
 from ..memory.prototypes import PrototypeIndex
 from ..memory.replay import ReplayStore
@@ -34,13 +34,14 @@ from ..memory.replay_items import PQCodes
 from .adam_state import adam_state, load_adam_state
 from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .drift import LossWindow, RiverDetector
-from .ema import EmaCopy
+from .ema import AdaptiveDecay, EmaCopy
 from .encoders import Encoder
 from .hard_buffer import HardBuffer
 from .head import softmax
 from .lora import LoRALinear
 from .parts import part, with_prefix
 from .serving import CosineSnapshot, to_predictions, unit
+from .tap_space import TapSpace
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class ContinualConfig:
     # A class row's EMA averages only the steps since the class appeared (Adam-style bias
     # correction), so a new class is served from its trained row, not its first guess.
     ema_bias_correction: bool = True
+    # The decay follows the served copy's loss against the live weights' (see ``ema.AdaptiveDecay``).
+    ema_adaptive: bool = True
     plateau_mean: float = 0.35
     plateau_var: float = 0.01
     loss_window: int = 5
@@ -97,10 +100,12 @@ class ContinualLearner(TapsLearner):
         self._class_ids: dict[str, int] = {}
         self.hard = HardBuffer(d, config.hard_buffer)
         self.ema = EmaCopy(d, self.device, config.ema_decay, config.ema_warm_decay, config.ema_warmup_steps,
-                           enabled=config.ema, bias_correction=config.ema_bias_correction)
+                           enabled=config.ema, bias_correction=config.ema_bias_correction,
+                           adaptive=AdaptiveDecay() if config.ema_adaptive else None)
         self.steps = 0
         self.version = 0
         self.events_learned = 0
+        self.space = TapSpace()  # the encoder's standardisation the stored taps were made under
         self._new_optimizer()
 
     def _new_codec_schedule(self) -> CodecSchedule | None:
@@ -167,7 +172,23 @@ class ContinualLearner(TapsLearner):
         return p
 
     def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
-        return self.encoder.encode(inputs, learning=learning)
+        taps = self.encoder.encode(inputs, learning=learning)
+        if learning:
+            self.follow_encoder()
+        return taps
+
+    def follow_encoder(self) -> None:
+        """Re-map what is stored if the encoder's standardisation moved (see ``tap_space``)."""
+        self.space.follow(self.encoder, self.remap_taps)
+
+    def remap_taps(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """Every stored tap ``t`` becomes ``t * scale + shift``. Prototypes (running means of
+        unit taps) cannot follow exactly and are left: predictions use them only with proto_weight."""
+        self.memory.remap(scale, shift)
+        if len(self.hard):
+            self.hard.x = (self.hard.x * scale + shift).astype(np.float32)
+        if self.codec_schedule is not None:
+            self.codec_schedule.remap(scale, shift)
 
     def predict_proba_taps(self, taps: np.ndarray) -> np.ndarray:
         """Live class probabilities, shape (n, len(classes))."""
@@ -182,6 +203,7 @@ class ContinualLearner(TapsLearner):
             raise ValueError(f"{len(taps)} inputs but {len(labels)} labels")
         if len(labels) == 0:
             return StepStats(0, 0.0, np.zeros(0), np.zeros(0, bool), (), self.version)
+        self.follow_encoder()
         taps = np.ascontiguousarray(taps, dtype=np.float32)
         known = len(self._classes)
         before = self._probs(taps) if known and self.config.proto_weight > 0 else None
@@ -200,8 +222,8 @@ class ContinualLearner(TapsLearner):
         is_new = np.isin(y, [self._class_ids[lab] for lab in new])
         losses = np.where(is_new, np.maximum(losses, np.log(max(len(self._classes), 2))), losses).astype(np.float32)
         self.protos.add(unit(taps), y)
-        for _ in range(self.config.steps_per_batch):
-            self._train_step(taps, y)
+        for i in range(self.config.steps_per_batch):
+            self._train_step(taps, y, compare=i == 0)
         self.hard.update(taps, y, self._losses)
         self._remember(taps, y)
         signals = self._drift(float(losses.mean()), ~correct)
@@ -212,7 +234,7 @@ class ContinualLearner(TapsLearner):
         return StepStats(len(y), float(losses.mean()), losses, correct, tuple(new), self.version, signals,
                          self.window.mean, self.window.var)
 
-    def _train_step(self, taps: np.ndarray, y: np.ndarray) -> None:
+    def _train_step(self, taps: np.ndarray, y: np.ndarray, compare: bool = False) -> None:
         xs, ys = [taps, self.hard.x], [y, self.hard.y]
         if self.config.replay and self.memory.n:
             rx, ry = self.memory.sample(self.config.replay_per_step)
@@ -220,7 +242,14 @@ class ContinualLearner(TapsLearner):
             ys.append(ry)
         x = self._t(np.concatenate(xs))
         target = self._t(np.concatenate(ys))
-        loss = F.cross_entropy(self._logits(x), target)
+        logits = self._logits(x)
+        loss = F.cross_entropy(logits, target)
+        if compare and self.ema.adaptive is not None:
+            # The served copy scored on the same items, before this batch moves the live weights.
+            with torch.no_grad():
+                served = self.ema.served_logits(x, self.head, self.config.cos_scale).argmax(1) != target
+                live = logits.argmax(1) != target
+            self.ema.adapt(float(served.float().mean()), float(live.float().mean()), self.steps)
         if self.config.lora and self.config.consolidation and self.adapter.plateaus:
             loss = loss + self.config.penalty * self.adapter.penalty()
         self.opt.zero_grad()
@@ -307,7 +336,8 @@ class ContinualLearner(TapsLearner):
                   | with_prefix("ema.", self.ema.state_dict()) | with_prefix("hard.", self.hard.state_dict())
                   | with_prefix("opt.", opt_arrays) | with_prefix("protos.", self.protos.state_dict())
                   | with_prefix("encoder.", self.encoder.state_dict()) | with_prefix("memory.", memory_arrays)
-                  | codec_arrays | with_prefix("detector.", detector_arrays))
+                  | codec_arrays | with_prefix("detector.", detector_arrays)
+                  | with_prefix("space.", self.space.state_dict()))
         meta = {"learner": self.name, "dim": self.encoder.dim, "config": asdict(self.config),
                 "classes": self._classes, "version": self.version, "events_learned": self.events_learned,
                 "steps": self.steps, **adapter_meta, "opt_steps": opt_steps, "memory": memory_meta,
@@ -333,33 +363,20 @@ class ContinualLearner(TapsLearner):
             self.detector.load_state_dict(part("detector.", arrays), meta["detector"])
         else:
             self.detector = RiverDetector()
+        self.space.load_state_dict(part("space.", arrays))
         self._classes = list(meta["classes"])
         self._class_ids = {c: i for i, c in enumerate(self._classes)}
         self.version, self.events_learned, self.steps = (int(meta[k]) for k in ("version", "events_learned",
                                                                                     "steps"))
 
     def _codec_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        # The codebook waiting for the switch is saved where the memory kept it before the
-        # schedule was its own component, its sample and numbers under their old names.
-        if self.codec_schedule is None:
-            return {}, {"codec_started": False, "codec_due": 0}
-        arrays, meta = self.codec_schedule.state_dict()
-        out = with_prefix("memory.", {k: v for k, v in arrays.items() if k.startswith("codec.")})
-        if "sample" in arrays:
-            out["codec_sample"] = arrays["sample"]
-        return out, {"codec_started": meta["phase"] != "collecting", "codec_due": meta["due"]}
+        return learner_layout(self.codec_schedule)  # first in state_dict: it waits for a codebook in training
 
     def _load_codec_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         # Where the codebook was in its life is restored too (collecting, trained but not yet
         # switched to, or in use), so the switch happens at the same event as without the restart.
         self.codec_schedule = self._new_codec_schedule()
-        if self.codec_schedule is None:
-            return
-        phase = "switched" if self.memory.compressed else "trained" if meta["codec_started"] else "collecting"
-        state = {k: v for k, v in part("memory.", arrays).items() if k.startswith("codec.")}
-        if "codec_sample" in arrays:
-            state["sample"] = arrays["codec_sample"]
-        self.codec_schedule.load_state_dict(state, {"phase": phase, "due": meta["codec_due"]})
+        restore_learner_layout(self.codec_schedule, arrays, meta, self.memory.compressed)
 
     def _codec(self) -> PQCodec | None:
         """The codebook in use, or the one trained (or training) for the switch."""

@@ -5,18 +5,46 @@ each micro-batch, and an exact merge of the adapter does not disturb it (the eff
 weight does not change). Each head row also keeps the weight its average has gathered
 (``mass``): with bias correction a new class's row averages only the steps since the class
 appeared, so it is served from its trained row, not from its first guess.
+
+A fixed decay mis-balances the two on a changing stream: too short and the served model dips
+with the live one after every shift (the stability gap), too long and it lags what the live
+model has learned. With ``adaptive`` the decay follows a comparison the learner makes at no
+extra sampling cost: each step it scores the served and the live weights on the same items
+(the new micro-batch, before learning, with the replayed past and the hard buffer). While the
+served copy makes more errors than the live weights (it lags a shift the replay does not
+contradict) its horizon shortens; while it makes fewer (the live weights are noisy, or dip on
+the past), its horizon grows, between ``min_decay`` and ``max_decay``. Errors, not losses: the
+live weights keep sharpening a cosine head, which lowers their loss without changing a
+prediction, and a loss comparison would always find the average behind.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AdaptiveDecay:
+    """How the decay follows the served-vs-live loss ratio (used when ``EmaCopy.adaptive``)."""
+
+    min_decay: float = 0.9     # horizon of 10 steps: what the warm-up uses
+    max_decay: float = 0.998   # horizon of 500 steps
+    smoothing: float = 0.8     # EW average of the error-rate gap over about 5 steps
+    tolerance: float = 0.01    # a gap this small (one point of error rate) moves nothing
+    factor: float = 1.15       # the horizon's change per step outside the tolerance
 
 
 class EmaCopy:
     def __init__(self, dim: int, device: torch.device, decay: float = 0.99, warm_decay: float = 0.9,
-                 warmup_steps: int = 100, enabled: bool = True, bias_correction: bool = True) -> None:
+                 warmup_steps: int = 100, enabled: bool = True, bias_correction: bool = True,
+                 adaptive: AdaptiveDecay | None = None) -> None:
         self.device = device
         self.decay, self.warm_decay, self.warmup_steps = decay, warm_decay, warmup_steps
+        self.adaptive = adaptive
+        self.gap = 0.0  # smoothed served minus live error rate; read by the adaptive decay
         self.enabled, self.bias_correction = enabled, bias_correction
         self.weight = torch.eye(dim, device=device)
         self.head = torch.zeros(0, dim, device=device)
@@ -36,20 +64,41 @@ class EmaCopy:
             self.head.mul_(decay).add_((1 - decay) * head.detach())
             self.mass.mul_(decay).add_(1 - decay)
 
+    def adapt(self, served_error: float, live_error: float, steps: int) -> None:
+        """Move the decay by the served copy's error rate against the live weights' on the same items."""
+        rule = self.adaptive
+        if rule is None or not self.enabled or steps < self.warmup_steps:
+            return
+        self.gap = rule.smoothing * self.gap + (1 - rule.smoothing) * (served_error - live_error)
+        horizon = 1.0 / (1.0 - self.decay)
+        if self.gap > rule.tolerance:
+            horizon /= rule.factor
+        elif self.gap < -rule.tolerance:
+            horizon *= rule.factor
+        self.decay = min(max(1.0 - 1.0 / horizon, rule.min_decay), rule.max_decay)
+
+    def served_logits(self, x: torch.Tensor, live_head: torch.Tensor, scale: float) -> torch.Tensor:
+        """The served copy's cosine logits for taps ``x`` (as :class:`CosineSnapshot` computes them)."""
+        h = F.normalize(x @ self.weight.T, dim=1)
+        return scale * h @ F.normalize(self.served_head(live_head), dim=1).T
+
     def served_head(self, live: torch.Tensor) -> torch.Tensor:
         """Each row divided by the weight its average has gathered (the live row where it has none)."""
         mass = self.mass[:, None]
         return torch.where(mass > 0, self.head / mass.clamp(min=1e-12), live.detach())
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {name: t.cpu().numpy().copy() for name, t in (("weight", self.weight), ("head", self.head),
-                                                               ("mass", self.mass))}
+        state = {name: t.cpu().numpy().copy() for name, t in (("weight", self.weight), ("head", self.head),
+                                                                ("mass", self.mass))}
+        return state | {"decay": np.array([self.decay, self.gap])}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.weight = self._t(state["weight"])
         self.head = self._t(state["head"])
         # States written before the mass was kept averaged plainly: every row has its full weight.
         self.mass = self._t(state.get("mass", np.ones(len(state["head"]), np.float32)))
+        if "decay" in state and self.adaptive is not None:  # else the configured decay holds
+            self.decay, self.gap = (float(v) for v in state["decay"])
 
     def _t(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array.copy()).to(self.device)

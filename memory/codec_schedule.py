@@ -81,6 +81,14 @@ class CodecSchedule:
         return self._codec
 
     # -- state -------------------------------------------------------------------------------
+    def remap(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """The sample or the codebook waiting for the switch follows the store's taps (``ReplayStore.remap``)."""
+        self.wait()
+        if self._phase == "collecting":
+            self._sample = [t * scale + shift for t in self._sample]
+        elif self._phase == "trained":
+            self._trained_codec().remap(scale, shift)
+
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays: the sample while collecting, the codec (``codec.*``) once trained; meta: phase and due."""
         self.wait()
@@ -108,3 +116,27 @@ class CodecSchedule:
                 raise ValueError("a trained codec schedule's state holds no codebook")
         if phase == "switched":
             self._codec = None
+
+
+# -- where the continual learner's checkpoints have always kept the schedule ---------------------
+# The codebook waiting for the switch is saved where the memory kept it before the schedule was
+# its own component (``memory.codec.*``), its sample and numbers under their old names.
+def learner_layout(schedule: CodecSchedule | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    if schedule is None:
+        return {}, {"codec_started": False, "codec_due": 0}
+    arrays, meta = schedule.state_dict()
+    out = {f"memory.{k}": v for k, v in arrays.items() if k.startswith("codec.")}
+    if "sample" in arrays:
+        out["codec_sample"] = arrays["sample"]
+    return out, {"codec_started": meta["phase"] != "collecting", "codec_due": meta["due"]}
+
+
+def restore_learner_layout(schedule: CodecSchedule | None, arrays: dict[str, np.ndarray], meta: dict[str, Any],
+                           compressed: bool) -> None:
+    if schedule is None:
+        return
+    phase = "switched" if compressed else "trained" if meta["codec_started"] else "collecting"
+    state = {k.removeprefix("memory."): v for k, v in arrays.items() if k.startswith("memory.codec.")}
+    if "codec_sample" in arrays:
+        state["sample"] = arrays["codec_sample"]
+    schedule.load_state_dict(state, {"phase": phase, "due": meta["codec_due"]})

@@ -60,6 +60,18 @@ class PQCodec:
         assert self._pq is not None, "train the codec first"
         return self._pq.decode(np.ascontiguousarray(codes, dtype=np.uint8))
 
+    def remap(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """Decode ``t * scale + shift`` where it decoded ``t`` (per dimension), exactly.
+
+        Each sub-quantiser owns a contiguous slice of dimensions, so a per-dimension affine map
+        of every decoded vector is the same map of every centroid."""
+        assert self._pq is not None, "train the codec first"
+        sub = self.dim // self.m
+        c = faiss.vector_to_array(self._pq.centroids).reshape(self.m, -1, sub)
+        c = c * np.asarray(scale, np.float32).reshape(self.m, 1, sub) + np.asarray(shift, np.float32).reshape(
+            self.m, 1, sub)
+        faiss.copy_array_to_vector(np.ascontiguousarray(c.ravel(), np.float32), self._pq.centroids)
+
     def relative_error(self, x: np.ndarray) -> float:
         """Mean squared reconstruction error relative to the mean squared norm."""
         x = np.asarray(x, dtype=np.float32)

@@ -73,6 +73,11 @@ class ReplayStore:
         self._reserve()
         return True
 
+    def remap(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """Every stored item now decodes to ``t * scale + shift`` (per dimension), exactly: what a
+        learner needs when the standardisation its taps were made under moves."""
+        self.items.remap(np.asarray(scale, np.float32), np.asarray(shift, np.float32), self.n)
+
     def nbytes(self) -> int:
         """Bytes held now (items and codebook); at most ``budget_bytes``."""
         return int(self.n * self.item_bytes() + self.items.overhead_bytes)

@@ -40,6 +40,10 @@ class ExactTaps:
     def decode(self, slots: np.ndarray) -> np.ndarray:
         return self._taps[slots].copy()
 
+    def remap(self, scale: np.ndarray, shift: np.ndarray, n: int) -> None:
+        """Every stored tap ``t`` (slots ``0 .. n-1``) becomes ``t * scale + shift``, exactly."""
+        self._taps[:n] = self._taps[:n] * scale + shift
+
     def reserve(self, capacity: int, n: int) -> None:
         taps = np.zeros((capacity, self.dim), np.float32)
         taps[:n] = self._taps[:n]
@@ -78,6 +82,10 @@ class PQCodes:
 
     def decode(self, slots: np.ndarray) -> np.ndarray:
         return self.codec.decode(self._codes[slots])
+
+    def remap(self, scale: np.ndarray, shift: np.ndarray, n: int) -> None:
+        """Every decoded tap becomes ``t * scale + shift``: the codebook moves, the codes stay."""
+        self.codec.remap(scale, shift)
 
     def reserve(self, capacity: int, n: int) -> None:
         codes = np.zeros((capacity, self._codes.shape[1]), np.uint8)

@@ -97,21 +97,25 @@ class Variant:
 SMALL_BASE = {"base_events": 100, "widths": (32, 8)}
 
 
-def _variant(name: str, device: str = "cpu") -> Variant:
-    """A registry learner on ``DIM``-d features with the suite's small settings."""
+def _variant(name: str, device: str = "cpu", horizon: int = 0) -> Variant:
+    """A registry learner on ``DIM``-d features with the suite's small settings; ``horizon``: its
+    feature statistics follow the stream (re-mapping what it stored), refreshed every 40 events."""
     entry = LEARNERS[name]
     mlp = entry.features_only  # the MLP base-initialised learners
 
     def make(warmup: int = 0, **overrides: Any) -> Any:
         options = LearnerOptions(seed=0, device=device, continual=BASE | overrides,
                                  base_init=SMALL_BASE if mlp else None)
-        return build(name, FeatureEncoder(DIM, warmup_events=warmup), options)
+        encoder = FeatureEncoder(DIM, warmup_events=warmup, horizon_events=horizon, refresh_events=40)
+        return build(name, encoder, options)
 
     width = tap_width(DIM, BaseInitConfig(**SMALL_BASE)) if mlp else DIM
-    return Variant(name if device == "cpu" else f"{name}-{device}", make, replay=entry.replay, tap_dim=width)
+    label = name + ("" if device == "cpu" else f"-{device}") + ("-following" if horizon else "")
+    return Variant(label, make, replay=entry.replay, tap_dim=width)
 
 
 # Every product learner of the registry: a new one joins the suite by its registry entry alone.
 VARIANTS = [_variant(name) for name in PRODUCT]
+VARIANTS += [_variant(name, horizon=200) for name in ("lifelong", "lifelong-mlp")]
 if torch.cuda.is_available():  # the same contracts on the GPU path, whenever a GPU is there to test on
     VARIANTS.append(_variant("lifelong", device="cuda"))
