@@ -129,7 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         doc = run_bench(stream, args.out, learners=learners, memory_budget=budget, seed=args.seed,
                         device=args.device, eval_every=args.eval_every, gap_probes=args.gap_probes,
-                        batch_size=args.batch_size or 64, progress=not args.quiet)
+                        batch_size=args.batch_size or 64, progress=not args.quiet, feature_horizon=args.feature_horizon)
     except ValueError as exc:
         raise SystemExit(f"lifelong bench: {exc}") from None
     width = max(len(n) for n in doc["learners"])
@@ -157,6 +157,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     bench.add_argument("--memory-budget", help="replay memory budget of every learner that keeps one, e.g. 64MB, "
                        "1MB, 500KB (binary units; default: the learner's 64MB)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the stream order, splits and learners")
+    bench.add_argument("--feature-horizon", type=int, default=None, help="learner.feature_horizon_events of the "
+                       "lifelong learners on a feature stream (default: the daemon's; 0: frozen statistics)")
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the text encoder (--speed: "
                        "the learner) runs")
     bench.add_argument("--limit", type=int, default=None, help="at most about N training events (and N test "

@@ -25,7 +25,7 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -94,33 +94,56 @@ def compute_metrics(history: Sequence[Evaluation], sizes: Sequence[int]) -> dict
 
 
 # -- learners ----------------------------------------------------------------------------------------
-Run = tuple[str, Any, dict[str, Callable[[], Predict]], set[str]]
+@dataclass(frozen=True)
+class Run:
+    name: str
+    learner: Any
+    models: dict[str, Callable[[], Predict]]  # scored model name -> factory of its predict function
+    served: set[str]  # the models served through an EMA snapshot
+    raw: bool = False  # the learner encodes raw inputs itself (its own feature statistics)
 
 
-def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: int, budget: int | None) -> list[Run]:
-    """(run name, learner, {scored model name: factory of its predict function}, the models served
-    through an EMA snapshot); ``lifelong`` and ``lifelong-live`` are two models of one run."""
+def _predictors(lr: Any, raw: bool) -> tuple[Callable[[], Predict], Callable[[], Predict]]:
+    """(served, live) predict factories; ``raw``: they take raw inputs and encode them as the
+    service does (the snapshot with the statistics it was published with)."""
+    if raw:
+        return (lambda: (lambda x: lr.snapshot().predict_many(x).labels),
+                lambda: (lambda x: lr.predict_taps(lr.encode(x)).labels))
+    return (lambda: (lambda taps: lr.snapshot().predict_taps(taps).labels),
+            lambda: (lambda taps: lr.predict_taps(taps).labels))
+
+
+def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: int, budget: int | None,
+              own_encoder: Callable[[], Any] | None = None) -> list[Run]:
+    """The runs of ``names``; ``lifelong`` and ``lifelong-live`` are two models of one run.
+
+    ``own_encoder`` (feature streams): each lifelong learner gets an encoder of its own from it
+    and learns from raw inputs, as in the daemon, where its statistics may follow the stream."""
     unknown = [n for n in names if n not in LEARNERS]
     if unknown:
         raise ValueError(f"unknown learner(s) {', '.join(unknown)}; known: {', '.join(LEARNERS)}")
     options = LearnerOptions(seed=seed, continual={"memory_budget_bytes": budget} if budget else {},
                              classes=tuple(sorted(set(labels))))
     runs: list[Run] = []
-    served = lambda lr: (lambda: (lambda taps: lr.snapshot().predict_taps(taps).labels))  # noqa: E731
-    live = lambda lr: (lambda: (lambda taps: lr.predict_taps(taps).labels))  # noqa: E731
+    raw = own_encoder is not None
+    # On feature vectors the daemon's lifelong learners learn an MLP encoder (learner.encoder auto);
+    # the baselines (er, finetune) stay on the standardised features.
+    product = replace(options, base_init={}) if raw else options
     if "lifelong" in names or "lifelong-live" in names:
-        lr = build("lifelong", encoder, options)
-        models = {"lifelong": served(lr), "lifelong-live": live(lr)}
-        runs.append(("lifelong", lr, {k: v for k, v in models.items() if k in names}, {"lifelong"}))
+        lr = build("lifelong", own_encoder() if own_encoder else encoder, product)
+        served, live = _predictors(lr, raw)
+        models = {"lifelong": served, "lifelong-live": live}
+        runs.append(Run("lifelong", lr, {k: v for k, v in models.items() if k in names}, {"lifelong"}, raw))
     for name in names:
         if name in ("lifelong", "lifelong-live", "offline"):
             continue
         entry = REGISTRY[name]
-        lr = build(name, encoder, options)
+        own = raw and entry.continual
+        lr = build(name, own_encoder() if own and own_encoder else encoder, product if entry.product else options)
         if not entry.snapshots:  # river models answer one row at a time
-            runs.append((name, lr, {name: (lambda lr=lr: lr.predict_taps_labels)}, set()))
+            runs.append(Run(name, lr, {name: (lambda lr=lr: lr.predict_taps_labels)}, set()))
         else:
-            runs.append((name, lr, {name: served(lr)}, {name} if entry.served else set()))
+            runs.append(Run(name, lr, {name: _predictors(lr, own)[0]}, {name} if entry.served else set(), own))
     return runs
 
 
@@ -137,7 +160,7 @@ def _batches(segments: np.ndarray, batch_size: int) -> list[tuple[int, int, bool
 
 def run_one(stream: BenchStream, enc: Encoded, learner: Any, models: dict[str, Callable[[], Predict]], *,
             served: Sequence[str] = (), eval_every: int = 1000, gap_probes: int = 4, batch_size: int = 64,
-            desc: str = "", progress: bool = True) -> dict[str, Any]:
+            desc: str = "", progress: bool = True, raw: bool = False) -> dict[str, Any]:
     """Learn the stream with one learner; evaluation histories of its scored models and its speed.
 
     ``served`` models also get a served prequential accuracy: their own prediction of each batch
@@ -152,6 +175,7 @@ def run_one(stream: BenchStream, enc: Encoded, learner: Any, models: dict[str, C
     learn_s = eval_s = 0.0
     next_periodic, probes_left = eval_every, 0
     batches = _batches(tr.segments, batch_size)
+    x_train, x_test = (np.asarray(tr.inputs), np.asarray(te.inputs)) if raw else (enc.train, enc.test)
 
     def evaluate(cur: int, **flags: bool) -> None:
         nonlocal eval_s
@@ -161,7 +185,7 @@ def run_one(stream: BenchStream, enc: Encoded, learner: Any, models: dict[str, C
         for name, factory in models.items():
             acc = np.full(k, NAN)
             if mask.any():
-                hit = np.array(factory()(enc.test[mask]), dtype=object) == test_labels[mask]
+                hit = np.array(factory()(x_test[mask]), dtype=object) == test_labels[mask]
                 for j in segs:
                     sel = te.segments[mask] == j
                     if sel.any():
@@ -174,9 +198,10 @@ def run_one(stream: BenchStream, enc: Encoded, learner: Any, models: dict[str, C
             cur = int(tr.segments[lo])
             seen.add(cur)
             for m in served_correct:
-                served_correct[m] += int(sum(p == y for p, y in zip(models[m]()(enc.train[lo:hi]), tr.labels[lo:hi])))
+                served_correct[m] += int(sum(p == y for p, y in zip(models[m]()(x_train[lo:hi]), tr.labels[lo:hi])))
             t0 = time.perf_counter()
-            step = learner.learn_taps(enc.train[lo:hi], tr.labels[lo:hi])
+            taps = learner.encode(x_train[lo:hi], learning=True) if raw else x_train[lo:hi]
+            step = learner.learn_taps(taps, tr.labels[lo:hi])
             learn_s += time.perf_counter() - t0
             learned += hi - lo
             correct += int(np.asarray(step.correct).sum())
@@ -199,7 +224,8 @@ def run_one(stream: BenchStream, enc: Encoded, learner: Any, models: dict[str, C
 
 def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] = DEFAULT_LEARNERS,
               memory_budget: int | None = None, seed: int = 0, device: str = "cpu", eval_every: int = 1000,
-              gap_probes: int = 4, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+              gap_probes: int = 4, batch_size: int = 64, progress: bool = True,
+              feature_horizon: int | None = None) -> dict[str, Any]:
     import torch
 
     from .quality_report import write_report
@@ -212,18 +238,17 @@ def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] =
     enc = encode_stream(stream, device, batch_size, progress)
     results: dict[str, Any] = {}
     histories: dict[str, Any] = {}
-    runs = make_runs(list(dict.fromkeys(learners)), enc.encoder, stream.train.labels, seed, memory_budget)
-    for run_name, learner, models, served in runs:
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        r = run_one(stream, enc, learner, models, served=sorted(served), eval_every=eval_every, gap_probes=gap_probes,
-                    batch_size=batch_size, desc=run_name, progress=progress)
-        for name, hist in r["history"].items():
-            results[name] = compute_metrics(hist, r["sizes"]) | {
-                k: r[k] for k in ("prequential_accuracy", "events_per_s", "memory_bytes", "learn_seconds",
-                                  "eval_seconds")} | {"run_seconds": time.perf_counter() - t0,
-                "served_prequential_accuracy": r["served_prequential"].get(name, r["prequential_accuracy"])}
-            histories[name] = [asdict(e) for e in hist]
+    own = feature_encoder(stream, feature_horizon)
+    runs = make_runs(list(dict.fromkeys(learners)), enc.encoder, stream.train.labels, seed, memory_budget,
+                     own_encoder=own)
+    threads = torch.get_num_threads()
+    if own is not None:
+        torch.set_num_threads(1)  # as the daemon does on feature vectors (service.runtime.resolve_device)
+    try:
+        _run_all(stream, enc, runs, results, histories, seed=seed, eval_every=eval_every, gap_probes=gap_probes,
+                 batch_size=batch_size, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
     if "offline" in learners:
         results["offline"], histories["offline"] = _offline(stream, enc, seed)
         for name, r in results.items():
@@ -235,12 +260,52 @@ def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] =
            "test_sizes": np.bincount(stream.test.segments, minlength=stream.num_segments).tolist(),
            "boundaries": boundaries, "seed": seed, "memory_budget_bytes": memory_budget, "device": device,
            "eval_every": eval_every, "gap_probes": gap_probes, "batch_size": batch_size,
+           "feature_horizon_events": None if own is None else (default_horizon() if feature_horizon is None
+                                                               else feature_horizon),
            "encode_seconds": enc.seconds, "total_seconds": time.perf_counter() - t_start, "learners": ordered}
     (out / "results.json").write_text(json.dumps(_clean(doc), indent=2) + "\n")
     (out / "history.json").write_text(json.dumps(_clean({"test_sizes": doc["test_sizes"], "boundaries": boundaries,
                                                          "learners": histories})) + "\n")
     write_report(out, _clean(doc), _clean(histories))
     return _clean(doc)
+
+
+def _run_all(stream: BenchStream, enc: Encoded, runs: list[Run], results: dict[str, Any],
+             histories: dict[str, Any], *, seed: int, **options: Any) -> None:
+    """Each run in turn, its models' metrics into ``results`` and their evaluations into ``histories``."""
+    import torch
+
+    for run in runs:
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        r = run_one(stream, enc, run.learner, run.models, served=sorted(run.served), desc=run.name, raw=run.raw,
+                    **options)
+        for name, hist in r["history"].items():
+            results[name] = compute_metrics(hist, r["sizes"]) | {
+                k: r[k] for k in ("prequential_accuracy", "events_per_s", "memory_bytes", "learn_seconds",
+                                  "eval_seconds")} | {"run_seconds": time.perf_counter() - t0,
+                "served_prequential_accuracy": r["served_prequential"].get(name, r["prequential_accuracy"])}
+            histories[name] = [asdict(e) for e in hist]
+
+
+def default_horizon() -> int:
+    from ..service.config import LearnerSettings
+
+    return int(LearnerSettings.model_fields["feature_horizon_events"].default)
+
+
+def feature_encoder(stream: BenchStream, horizon: int | None = None) -> Callable[[], Any] | None:
+    """For a feature stream, a maker of the daemon's default feature encoder (its settings' defaults;
+    ``horizon``: another ``feature_horizon_events``)."""
+    if stream.kind != "features" or stream.encoder is not None:
+        return None
+    from ..learner.encoders import FeatureEncoder
+    from ..service.config import LearnerSettings
+
+    dim = np.asarray(stream.train.inputs).shape[1]
+    warmup = LearnerSettings.model_fields["feature_warmup_events"].default
+    horizon = default_horizon() if horizon is None else horizon
+    return lambda: FeatureEncoder(dim, warmup_events=warmup, horizon_events=horizon)
 
 
 def _offline(stream: BenchStream, enc: Encoded, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:

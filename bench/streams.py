@@ -47,10 +47,11 @@ from typing import Literal, Sequence
 import numpy as np
 
 from ..stream.files import iter_records
+from .streams_rescaled import rescaled
 
 InputKind = Literal["text", "features"]
-STREAMS = ("clinc150", "youtube-spam", "elec2", "weather", "digits-split", "fashion-mnist-split",
-           "fashion-mnist-split-full")
+STREAMS = ("clinc150", "youtube-spam", "elec2", "elec2-rescaled", "weather", "digits-split",
+           "fashion-mnist-split", "fashion-mnist-split-full")
 SEGMENTS_TIME_ORDERED = 10
 TEST_FRACTION_TIME_ORDERED = 0.1
 FASHION_MNIST_TRAIN_PER_CLASS = 1200  # of 6,000: see the module docstring
@@ -294,7 +295,8 @@ def fashion_mnist_split(seed: int = 0, train_per_class: int | None = FASHION_MNI
 
 
 def builtin(name: str, seed: int = 0) -> BenchStream:
-    makers = {"clinc150": clinc150, "youtube-spam": youtube_spam, "elec2": elec2, "weather": weather,
+    makers = {"clinc150": clinc150, "youtube-spam": youtube_spam, "elec2": elec2,
+              "elec2-rescaled": lambda seed: rescaled(elec2(seed)), "weather": weather,
               "digits-split": digits_split, "fashion-mnist-split": fashion_mnist_split,
               "fashion-mnist-split-full": lambda seed: fashion_mnist_split(seed, train_per_class=None)}
     if name not in makers:

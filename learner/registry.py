@@ -67,10 +67,10 @@ def _continual(**flags: Any) -> Factory:
     return make
 
 
-def _with(factory: Factory, *, mlp: bool = False, fast: bool | None = None) -> Factory:
-    """``factory`` with the MLP base-initialisation and/or the fast expert forced on (or off)."""
+def _with(factory: Factory, *, mlp: bool | None = None, fast: bool | None = None) -> Factory:
+    """``factory`` with the MLP base-initialisation and/or the fast expert forced on or off (None: as asked)."""
     def make(encoder: Encoder, opts: LearnerOptions) -> Any:
-        base = (opts.base_init or {}) if mlp else opts.base_init
+        base = opts.base_init if mlp is None else (opts.base_init or {}) if mlp else None
         return factory(encoder, replace(opts, base_init=base, fast_expert=opts.fast_expert if fast is None else fast))
     return make
 
@@ -107,11 +107,15 @@ LEARNERS: dict[str, Entry] = {
     "lifelong-no-replay": Entry(_continual(replay=False), "lifelong without replay", replay=False),
     "lifelong-no-lora": Entry(_continual(lora=False), "lifelong without the LoRA adapter"),
     "lifelong-no-ema": Entry(_continual(ema=False), "lifelong serving its live weights", served=False),
+    "lifelong-fixed-ema": Entry(_continual(ema_adaptive=False), "lifelong serving an EMA of fixed decay",
+                                product=False),
     "lifelong-no-consolidation": Entry(_continual(consolidation=False), "lifelong without consolidation"),
     "lifelong-mlp": Entry(_with(_continual(), mlp=True, fast=True), "lifelong on a base-initialised MLP encoder, "
                           "with the fast expert", features_only=True),
     "lifelong-mlp-no-fast": Entry(_with(_continual(), mlp=True, fast=False), "lifelong on a base-initialised MLP "
                                   "encoder", features_only=True),
+    "lifelong-standardize": Entry(_with(_continual(), mlp=False), "lifelong on standardised features alone "
+                                  "(no MLP encoder)", product=False, features_only=True),
     "lifelong-fast": Entry(_with(_continual(), fast=True), "lifelong with the fast expert"),
     "finetune": Entry(_continual(replay=False, consolidation=False, ema=False), "plain fine-tuning (lower bound)",
                       product=False, served=False, replay=False),

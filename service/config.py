@@ -64,11 +64,12 @@ class LearnerSettings(Section):
     name: LearnerName = Field(
         "lifelong", description="; ".join(f"{n}: {LEARNERS[n].description}" for n in PRODUCT) + ".")
     input_kind: Literal["text", "features"] = Field("text", description="What events carry.")
-    encoder: Literal["auto", "efficientnet-lite0", "mlp"] = Field(
-        "auto", description="auto: all-MiniLM-L6-v2 for text, running standardisation for features; "
-        "efficientnet-lite0: frozen ImageNet CNN for images sent as pixel `features` (needs image_shape); "
-        "mlp: features only, standardised then a small MLP trained on the first base_init_events events, "
-        "its bottom then frozen (lifelong).")
+    encoder: Literal["auto", "efficientnet-lite0", "mlp", "standardize"] = Field(
+        "auto", description="auto: all-MiniLM-L6-v2 for text; for features mlp with a lifelong learner, "
+        "standardize otherwise; efficientnet-lite0: frozen ImageNet CNN for images sent as pixel `features` "
+        "(needs image_shape); mlp: features only, standardised then a small MLP trained on the first "
+        "base_init_events events (a lifelong learner on the standardised features predicts meanwhile), its "
+        "bottom then frozen; standardize: features only, running standardisation alone.")
     base_init_events: int = Field(2000, ge=1, description="Labelled events that train the mlp encoder before "
                                   "its bottom freezes.")
     fast_expert: bool = Field(False, description="Mix a per-event softmax regression on the taps (learned "
@@ -82,6 +83,9 @@ class LearnerSettings(Section):
     feature_dim: int | None = Field(None, ge=1, description="Feature vector width; required when "
                                     "input_kind is 'features'.")
     feature_warmup_events: int = Field(1000, ge=0, description="Events whose statistics standardise features.")
+    feature_horizon_events: int = Field(0, ge=0, description="After the warm-up, feature statistics follow the "
+                                        "stream over about this many events (lifelong learners; stored taps are "
+                                        "re-mapped exactly); 0: frozen after the warm-up.")
     max_tokens: int = Field(128, ge=8, le=512, description="Text is truncated to this many tokens.")
     memory_budget_bytes: int = Field(64 << 20, ge=1 << 16, description="Replay memory budget (lifelong), "
                                      "codebook included.")
@@ -107,11 +111,21 @@ class LearnerSettings(Section):
         entry = LEARNERS[self.name]
         if self.encoder == "mlp" and (self.input_kind != "features" or not entry.continual):
             raise ValueError("learner.encoder mlp needs learner.input_kind 'features' and a lifelong learner")
+        if self.encoder == "standardize" and (self.input_kind != "features" or entry.features_only):
+            raise ValueError("learner.encoder standardize needs learner.input_kind 'features' and not "
+                             f"{self.name!r}, which always learns an MLP encoder")
         if self.fast_expert and not entry.continual:
             raise ValueError(f"learner.fast_expert needs a lifelong learner, not {self.name!r}")
         if entry.features_only and self.input_kind != "features":
             raise ValueError(f"learner.name {self.name!r} needs learner.input_kind 'features'")
         return self
+
+    @property
+    def mlp_encoder(self) -> bool:
+        """Whether the learner learns an MLP encoder on the standardised features (base-initialisation)."""
+        entry = LEARNERS[self.name]
+        auto = self.encoder == "auto" and self.input_kind == "features" and entry.continual
+        return self.encoder == "mlp" or entry.features_only or auto
 
     @model_validator(mode="after")
     def _dim_for_features(self) -> "LearnerSettings":

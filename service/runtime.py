@@ -51,7 +51,10 @@ def build_encoder(settings: Settings, device: str) -> Encoder:
                             device=device)
     if ls.input_kind == "text":
         return make_encoder("text", max_tokens=ls.max_tokens, device=device)
-    return make_encoder("features", feature_dim=ls.feature_dim, warmup_events=ls.feature_warmup_events)
+    # Only the lifelong learners re-map what they stored when the statistics move.
+    horizon = ls.feature_horizon_events if LEARNERS[ls.name].continual else 0
+    return make_encoder("features", feature_dim=ls.feature_dim, warmup_events=ls.feature_warmup_events,
+                        horizon_events=horizon)
 
 
 def build_learner(settings: Settings) -> Learner:
@@ -63,8 +66,7 @@ def build_learner(settings: Settings) -> Learner:
         seed=ls.seed, device=device, fast_expert=ls.fast_expert,
         continual={"memory_budget_bytes": ls.memory_budget_bytes, "pq_m": ls.pq_m, "steps_per_batch": ls.steps_per_batch,
                    "replay_per_step": ls.replay_per_step, "rank": ls.rank, "ema_decay": ls.ema_decay},
-        base_init={"base_events": ls.base_init_events} if ls.encoder == "mlp" or LEARNERS[ls.name].features_only
-        else None,
+        base_init={"base_events": ls.base_init_events} if ls.mlp_encoder else None,
         nmc={"lr": ls.lr, "head_weight": ls.head_weight, "proto_scale": ls.proto_scale})
     return build(ls.name, encoder, options)  # type: ignore[no-any-return]
 
