@@ -126,8 +126,8 @@ def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: i
                              classes=tuple(sorted(set(labels))))
     runs: list[Run] = []
     raw = own_encoder is not None
-    # On feature vectors the daemon's lifelong learners learn an MLP encoder (learner.encoder auto);
-    # the baselines (er, finetune) stay on the standardised features.
+    # On feature vectors the daemon's lifelong learners learn an MLP encoder (learner.encoder auto), and
+    # so do their ablations; the baselines (er, finetune) stay on the standardised features.
     product = replace(options, base_init={}) if raw else options
     if "lifelong" in names or "lifelong-live" in names:
         lr = build("lifelong", own_encoder() if own_encoder else encoder, product)
@@ -139,7 +139,8 @@ def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: i
             continue
         entry = REGISTRY[name]
         own = raw and entry.continual
-        lr = build(name, own_encoder() if own and own_encoder else encoder, product if entry.product else options)
+        mirrors = entry.continual and name.startswith("lifelong")  # the daemon's learner or an ablation of it
+        lr = build(name, own_encoder() if own and own_encoder else encoder, product if mirrors else options)
         if not entry.snapshots:  # river models answer one row at a time
             runs.append(Run(name, lr, {name: (lambda lr=lr: lr.predict_taps_labels)}, set()))
         else:

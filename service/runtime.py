@@ -71,6 +71,29 @@ def build_learner(settings: Settings) -> Learner:
     return build(ls.name, encoder, options)  # type: ignore[no-any-return]
 
 
+def keep_checkpointed_encoder(settings: Settings, checkpointer: Checkpointer) -> Settings:
+    """``learner.encoder: auto`` on features where the checkpoint holds a learner on standardised features.
+
+    Up to 0.1.0 ``auto`` meant standardisation alone on feature vectors; it now learns an MLP encoder.
+    A checkpoint written under the older default still restores: its learner is kept (``standardize``)."""
+    ls = settings.learner
+    if ls.encoder != "auto" or not ls.mlp_encoder or LEARNERS[ls.name].features_only:
+        return settings
+    from .checkpoint import UnrecoverableCheckpoint
+
+    try:
+        ckpt = checkpointer.load()
+    except UnrecoverableCheckpoint:
+        return settings  # the restore says so, with its own message
+    meta = ckpt.parts.get("learner", ({}, {}))[1] if ckpt is not None else {}
+    meta = meta.get("inner", meta) if meta.get("recency") else meta  # the fast expert wraps the learner
+    if meta.get("learner") != "lifelong" or meta.get("dim") != ls.feature_dim:
+        return settings
+    log.warning("checkpoint %s holds a lifelong learner on standardised features (the default before the "
+                "MLP encoder): keeping it, as learner.encoder: standardize", ckpt.path if ckpt else "")
+    return settings.model_copy(update={"learner": ls.model_copy(update={"encoder": "standardize"})})
+
+
 def build_source(settings: Settings, offsets: dict[TopicPartition, int],
                  on_revoke: Callable[[list[TopicPartition]], None]) -> Source:
     src = settings.source
@@ -114,18 +137,20 @@ class Service:
 
     def __init__(self, settings: Settings, learner: Learner | None = None, source: Source | None = None,
                  sink: Sink | None = None) -> None:
-        self.settings = settings
         self.metrics = Metrics(REASONS)
         self.holder = SnapshotHolder()
-        self.learner = learner or build_learner(settings)
-        self.metrics.model_info.info({"learner": self.learner.name, "input_kind": self.learner.input_kind})
-        factory = (lambda offsets, on_revoke: source) if source is not None else (
-            lambda offsets, on_revoke: build_source(settings, offsets, on_revoke))
         ckpt = settings.checkpoint
         checkpointer = Checkpointer(ckpt.dir, ckpt.every_s, ckpt.every_events, keep=ckpt.keep,
                                     on_unrecoverable=ckpt.on_unrecoverable) if ckpt.dir else None
         if checkpointer is not None:
             checkpointer.check_writable()  # now, not at the first checkpoint minutes later
+            if learner is None:
+                settings = keep_checkpointed_encoder(settings, checkpointer)
+        self.settings = settings
+        self.learner = learner or build_learner(settings)
+        self.metrics.model_info.info({"learner": self.learner.name, "input_kind": self.learner.input_kind})
+        factory = (lambda offsets, on_revoke: source) if source is not None else (
+            lambda offsets, on_revoke: build_source(settings, offsets, on_revoke))
         # Sources and sinks connect in the loop's thread (that may retry for a
         # while); HTTP health answers meanwhile.
         sink_factory = (lambda: sink) if sink is not None else (lambda: build_sink(settings, self.metrics))

@@ -183,3 +183,29 @@ def test_the_service_builds_it_from_settings() -> None:
     assert isinstance(mixed_in, RecencyMixture) and isinstance(mixed_in.inner, BaseInitLearner)
     with pytest.raises(ValueError, match="mlp"):
         Settings(learner={"encoder": "mlp"})  # text
+
+
+def test_auto_on_features_is_the_mlp_learner_and_an_older_standardised_checkpoint_keeps_its_learner(
+        tmp_path: Path) -> None:
+    from lifelong.service.config import Settings
+    from lifelong.service.runtime import Service, build_learner
+
+    features = {"input_kind": "features", "feature_dim": DIM, "device": "cpu", "pq_m": 0}
+    assert isinstance(build_learner(Settings(learner=features)), BaseInitLearner)  # auto: the MLP encoder
+    plain = build_learner(Settings(learner=features | {"encoder": "standardize"}))
+    assert isinstance(plain, ContinualLearner)
+    with pytest.raises(ValueError, match="standardize"):
+        Settings(learner=features | {"encoder": "standardize", "name": "lifelong-mlp"})
+    # A checkpoint written by a standardised learner (the default up to 0.1.0) restores under auto.
+    events = tmp_path / "events.jsonl"
+    x, y = mixed(120, seed=4)
+    events.write_text("".join(f'{{"id": "e{i}", "features": {list(map(float, x[i]))}, "label": "{y[i]}"}}\n'
+                              for i in range(len(y))))
+    checkpoint = {"dir": str(tmp_path / "ckpt")}
+    source = {"kind": "file", "path": str(events)}
+    old = Service(Settings(learner=features | {"encoder": "standardize"}, checkpoint=checkpoint, source=source))
+    old.learner.learn_many(x, y)
+    assert old.loop.checkpoint()
+    upgraded = Service(Settings(learner=features, checkpoint=checkpoint, source=source))
+    assert isinstance(upgraded.learner, ContinualLearner) and upgraded.learner.events_learned == 120
+    assert upgraded.settings.learner.encoder == "standardize"
