@@ -75,7 +75,7 @@ def run_http(data: "StreamData", opts: "SpeedOptions") -> dict[str, Any]:
     import uvicorn
 
     from .speed_kafka import free_port
-    from .speed_common import close_service, settings_summary, speed_settings
+    from .speed_common import WARMUP_EVENTS, close_service, settings_summary, speed_settings
     from ..service.runtime import Service
     from ..service.server import SignalFreeServer
 
@@ -93,8 +93,12 @@ def run_http(data: "StreamData", opts: "SpeedOptions") -> dict[str, Any]:
         try:
             thread.start()
             service.loop.start()
+            # Timing starts after the same untimed head as the pipeline part: one-off costs such as
+            # the MLP encoder's switch (seconds, once per model) are not serving latency.
+            warm = WARMUP_EVENTS[data.kind]
             _wait(lambda: server.started and service.holder.current is not None
-                  and bool(service.holder.current.classes), 300, "a served model")
+                  and bool(service.holder.current.classes) and service.loop.counters.learned >= warm,
+                  300, f"a served model past its first {warm} events")
             for clients in opts.clients:
                 levels.append(_load_level(service, port, Path(fh.name), clients, opts.seconds()))
         finally:
