@@ -92,17 +92,18 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)  # a concurrent or killed run never leaves half a file under the name
 
 
-def _image_taps(stream: BenchStream, device: str, progress: bool) -> tuple[np.ndarray, Any]:
-    """Taps of the training then the test images. Encoding 70,000 images takes minutes on a CPU, so
-    they are cached in memory and on disk (float32: 360 MB for Fashion-MNIST), keyed by the encoder,
-    its options, the device and the pixels."""
+def _image_taps(stream: BenchStream, device: str, progress: bool, enc: Any = None) -> tuple[np.ndarray, Any]:
+    """Taps of the training then the test images (``enc``: another image encoder than the stream's,
+    e.g. its mid-level cut). Encoding 70,000 images takes minutes on a CPU, so they are cached in
+    memory and on disk (float32: 360 MB for Fashion-MNIST), keyed by the encoder, its options, the
+    device and the pixels."""
     from ..learner.encoders import make_encoder
 
     key = (stream.encoder, stream.image_shape, device)
-    if key not in _IMAGE_ENCODERS:
+    if enc is None and key not in _IMAGE_ENCODERS:
         _IMAGE_ENCODERS[key] = make_encoder(stream.kind, encoder=stream.encoder, image_shape=stream.image_shape,
                                             device=device)
-    enc = _IMAGE_ENCODERS[key]
+    enc = enc if enc is not None else _IMAGE_ENCODERS[key]
     x = np.concatenate([np.asarray(stream.train.inputs), np.asarray(stream.test.inputs)])
     h = hashlib.sha1(repr((enc.name, enc.image_shape, enc.side, enc.normalize, device, x.dtype.str, x.shape)).encode())
     h.update(np.ascontiguousarray(x).tobytes())
@@ -121,6 +122,14 @@ def _image_taps(stream: BenchStream, device: str, progress: bool) -> tuple[np.nd
             _save_atomic(path, taps)
         _TAP_CACHE[device, digest] = taps
     return _TAP_CACHE[device, digest], enc
+
+
+def encode_with(stream: BenchStream, encoder: Any, device: str = "cpu", progress: bool = True) -> Encoded:
+    """An image stream's taps under ``encoder`` (a learner's own image encoder), cached as the stream's."""
+    t0 = time.perf_counter()
+    taps, enc = _image_taps(stream, device, progress, encoder)
+    n = len(stream.train)
+    return Encoded(taps[:n], taps[n:], enc, time.perf_counter() - t0)
 
 
 def encode_stream(stream: BenchStream, device: str = "cpu", batch_size: int = 64, progress: bool = True) -> Encoded:

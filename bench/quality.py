@@ -35,7 +35,7 @@ from ..learner.registry import LEARNERS as REGISTRY
 from ..learner.registry import LearnerOptions, build
 from ..monitoring.continual_metrics import NAN, forgetting, min_acc, nanmean, pooled, wc_acc
 from .streams import BenchStream
-from .encode import Encoded, _bar, encode_stream
+from .encode import Encoded, _bar, encode_stream, encode_with
 
 # Every registry learner, lifelong-live (the lifelong run's live, not EMA, weights scored beside it),
 # and offline: joint training on all training events (bench/offline.py), the reference each learner's
@@ -101,6 +101,7 @@ class Run:
     models: dict[str, Callable[[], Predict]]  # scored model name -> factory of its predict function
     served: set[str]  # the models served through an EMA snapshot
     raw: bool = False  # the learner encodes raw inputs itself (its own feature statistics)
+    encoded: Encoded | None = None  # its own taps (a learner on another image encoder: the mid-level cut)
 
 
 def _predictors(lr: Any, raw: bool) -> tuple[Callable[[], Predict], Callable[[], Predict]]:
@@ -129,8 +130,9 @@ def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: i
     # On feature vectors the daemon's lifelong learners learn an MLP encoder (learner.encoder auto), and
     # so do their ablations; the baselines (er, finetune) stay on the standardised features.
     product = replace(options, base_init={}) if raw else options
+    mirror = daemon_image_encoder(encoder)  # images: the cut the daemon's default learns above
     if "lifelong" in names or "lifelong-live" in names:
-        lr = build("lifelong", own_encoder() if own_encoder else encoder, product)
+        lr = build("lifelong", own_encoder() if own_encoder else mirror, product)
         served, live = _predictors(lr, raw)
         models = {"lifelong": served, "lifelong-live": live}
         runs.append(Run("lifelong", lr, {k: v for k, v in models.items() if k in names}, {"lifelong"}, raw))
@@ -140,12 +142,24 @@ def make_runs(names: Sequence[str], encoder: Any, labels: Sequence[str], seed: i
         entry = REGISTRY[name]
         own = raw and entry.continual
         mirrors = entry.continual and name.startswith("lifelong")  # the daemon's learner or an ablation of it
-        lr = build(name, own_encoder() if own and own_encoder else encoder, product if mirrors else options)
+        lr = build(name, own_encoder() if own and own_encoder else mirror if mirrors else encoder,
+                   product if mirrors else options)
         if not entry.snapshots:  # river models answer one row at a time
             runs.append(Run(name, lr, {name: (lambda lr=lr: lr.predict_taps_labels)}, set()))
         else:
             runs.append(Run(name, lr, {name: _predictors(lr, own)[0]}, {name} if entry.served else set(), own))
     return runs
+
+
+def daemon_image_encoder(encoder: Any) -> Any:
+    """``encoder``, or its mid-level cut where the daemon's ``learner.plastic_top: auto`` means on."""
+    from ..service.config import AUTO_PLASTIC_TOP
+
+    if AUTO_PLASTIC_TOP and getattr(encoder, "name", None) == "efficientnet-lite0":
+        from ..learner.plastic_top import MidImageEncoder
+
+        return MidImageEncoder.like(encoder)
+    return encoder
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -242,6 +256,7 @@ def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] =
     own = feature_encoder(stream, feature_horizon)
     runs = make_runs(list(dict.fromkeys(learners)), enc.encoder, stream.train.labels, seed, memory_budget,
                      own_encoder=own)
+    runs = [_with_own_taps(run, stream, enc, device, progress) for run in runs]
     threads = torch.get_num_threads()
     if own is not None:
         torch.set_num_threads(1)  # as the daemon does on feature vectors (service.runtime.resolve_device)
@@ -271,6 +286,14 @@ def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] =
     return _clean(doc)
 
 
+def _with_own_taps(run: Run, stream: BenchStream, enc: Encoded, device: str, progress: bool) -> Run:
+    """``run`` with its learner's own taps where its encoder is not the stream's (the mid-level cut)."""
+    own = getattr(run.learner, "encoder", None)
+    if run.raw or own is None or stream.encoder is None or getattr(own, "name", None) == enc.encoder.name:
+        return run
+    return replace(run, encoded=encode_with(stream, own, device, progress))
+
+
 def _run_all(stream: BenchStream, enc: Encoded, runs: list[Run], results: dict[str, Any],
              histories: dict[str, Any], *, seed: int, **options: Any) -> None:
     """Each run in turn, its models' metrics into ``results`` and their evaluations into ``histories``."""
@@ -279,8 +302,8 @@ def _run_all(stream: BenchStream, enc: Encoded, runs: list[Run], results: dict[s
     for run in runs:
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        r = run_one(stream, enc, run.learner, run.models, served=sorted(run.served), desc=run.name, raw=run.raw,
-                    **options)
+        r = run_one(stream, run.encoded or enc, run.learner, run.models, served=sorted(run.served), desc=run.name,
+                    raw=run.raw, **options)
         for name, hist in r["history"].items():
             results[name] = compute_metrics(hist, r["sizes"]) | {
                 k: r[k] for k in ("prequential_accuracy", "events_per_s", "memory_bytes", "learn_seconds",

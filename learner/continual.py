@@ -11,11 +11,10 @@ adapter. The loss window drives consolidation (Fisher, exact merge, fresh
 pair). Serving uses an EMA of the effective weights, which merges do not
 disturb. Configuration lives in :class:`ContinualConfig` only.
 
-Each component keeps and saves its own state: the adapter (``lora``), the EMA
-copy (``ema``), the hard buffer (``hard_buffer``), the replay store and the
-schedule of its switch to codes (``memory.replay``, ``memory.codec_schedule``),
-the prototypes, the loss window and ADWIN (``drift``). The learner owns the head,
-the optimiser and the class list, and composes the components' states into one.
+Each component (adapter, EMA, hard buffer, replay store and its codec schedule,
+prototypes, loss window, ADWIN) saves its own state; the learner owns the head, the
+optimiser and the class list, and composes the states into one. ``deep`` puts a
+plastic top below the tap through the hooks marked below.
 """
 from __future__ import annotations
 
@@ -26,16 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..memory.codec_schedule import CodecSchedule, CompressWhen, learner_layout, restore_learner_layout
+from ..memory.codec_schedule import (CodecSchedule, CompressWhen, codec_in_use, learner_layout,
+                                     restore_learner_layout)
 from ..memory.pq import PQCodec
 from ..memory.prototypes import PrototypeIndex
 from ..memory.replay import ReplayStore
-from ..memory.replay_items import PQCodes
 from .adam_state import adam_state, load_adam_state
 from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .drift import LossWindow, RiverDetector
 from .ema import AdaptiveDecay, EmaCopy
 from .encoders import Encoder
+from .fisher import diagonal_fisher
 from .hard_buffer import HardBuffer
 from .head import softmax
 from .lora import LoRALinear
@@ -89,8 +89,8 @@ class ContinualLearner(TapsLearner):
         self.input_dim: int | None = encoder.input_dim
         d = encoder.dim
         self.device = torch.device(config.device)
-        self.adapter = LoRALinear(torch.eye(d), config.rank, config.alpha, seed=config.seed).to(self.device)
-        self.head = torch.nn.Parameter(torch.zeros(0, d, device=self.device))
+        self.adapter = self._new_adapter()
+        self.head = torch.nn.Parameter(torch.zeros(0, self.embedding_dim, device=self.device))
         self.protos = PrototypeIndex(d)
         self.memory = ReplayStore(d, config.memory_budget_bytes, seed=config.seed)
         self.codec_schedule = self._new_codec_schedule()
@@ -99,14 +99,29 @@ class ContinualLearner(TapsLearner):
         self._classes: list[str] = []
         self._class_ids: dict[str, int] = {}
         self.hard = HardBuffer(d, config.hard_buffer)
-        self.ema = EmaCopy(d, self.device, config.ema_decay, config.ema_warm_decay, config.ema_warmup_steps,
-                           enabled=config.ema, bias_correction=config.ema_bias_correction,
-                           adaptive=AdaptiveDecay() if config.ema_adaptive else None)
+        self.ema = self._new_ema()
         self.steps = 0
         self.version = 0
         self.events_learned = 0
         self.space = TapSpace()  # the encoder's standardisation the stored taps were made under
         self._new_optimizer()
+
+    # -- the plastic part: hooks a learner with another top (``deep.DeepLearner``) overrides ------
+    embedding_dim = property(lambda self: self.encoder.dim)  # what the head's rows live in
+
+    def _new_adapter(self) -> Any:
+        return LoRALinear(torch.eye(self.encoder.dim), self.config.rank, self.config.alpha,
+                          seed=self.config.seed).to(self.device)
+
+    def _new_ema(self) -> EmaCopy:
+        c = self.config
+        return EmaCopy(self.embedding_dim, self.device, c.ema_decay, c.ema_warm_decay, c.ema_warmup_steps,
+                       enabled=c.ema, bias_correction=c.ema_bias_correction,
+                       adaptive=AdaptiveDecay() if c.ema_adaptive else None)
+
+    def _row_space(self, taps: np.ndarray) -> np.ndarray:
+        """Where a new class's head row starts: its events' mean in this space."""
+        return taps
 
     def _new_codec_schedule(self) -> CodecSchedule | None:
         c = self.config
@@ -121,7 +136,10 @@ class ContinualLearner(TapsLearner):
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     def _params(self) -> list[torch.nn.Parameter]:
-        return ([self.adapter.A, self.adapter.B] if self.config.lora else []) + [self.head]
+        return self._adapter_params() + [self.head]
+
+    def _adapter_params(self) -> list[torch.nn.Parameter]:
+        return list(self.adapter.trainable()) if self.config.lora else []
 
     def _new_optimizer(self) -> None:
         self.opt = torch.optim.Adam(self._params(), lr=self.config.lr, foreach=True)
@@ -138,7 +156,8 @@ class ContinualLearner(TapsLearner):
         y = np.array([self._class_ids[lab] for lab in labels], np.int64)
         if new:
             # A new row starts at the class's mean embedding (its prototype).
-            rows = self._t(np.stack([unit(taps[y == self._class_ids[lab]].mean(0, keepdims=True))[0]
+            space = self._row_space(taps)
+            rows = self._t(np.stack([unit(space[y == self._class_ids[lab]].mean(0, keepdims=True))[0]
                                      for lab in new]))
             state = self.opt.state.get(self.head, {})
             self.head = torch.nn.Parameter(torch.cat([self.head.detach(), rows]))
@@ -283,20 +302,13 @@ class ContinualLearner(TapsLearner):
         return tuple(signals)
 
     def _consolidate(self) -> None:
-        """Diagonal Fisher of the adapter pair on the hard buffer, then an exact merge."""
-        fa, fb = torch.zeros_like(self.adapter.A), torch.zeros_like(self.adapter.B)
-        x = self._t(self.hard.x)
-        for i in range(len(x)):
-            logits = self._logits(x[i:i + 1])
-            nll = F.cross_entropy(logits, logits.argmax(1).detach())
-            ga, gb = torch.autograd.grad(nll, [self.adapter.A, self.adapter.B])
-            fa += ga**2
-            fb += gb**2
-        self.adapter.fold_importance(fa / len(x), fb / len(x))
+        """Diagonal Fisher of the adapter pair(s) on the hard buffer, then an exact merge."""
+        params = self._adapter_params()
+        self.adapter.fold_importance(*diagonal_fisher(self._logits, self._t(self.hard.x), params))
         self.adapter.merge()
         self._regrow_optimizer(self.opt.state.get(self.head, {}), 0)
-        self.opt.state.pop(self.adapter.A, None)
-        self.opt.state.pop(self.adapter.B, None)
+        for p in params:
+            self.opt.state.pop(p, None)
 
     def _effective_weight(self) -> torch.Tensor:
         with torch.no_grad():
@@ -315,8 +327,10 @@ class ContinualLearner(TapsLearner):
                               self.config.proto_weight)
 
     def nbytes(self) -> int:
-        d = self.encoder.dim
-        params = 4 * (3 * d * d + 2 * (self.head.numel()) + 4 * self.adapter.A.numel() + 4 * self.adapter.B.numel())
+        # the top's buffers (frozen weights, importances), its trained tensors with Adam's two
+        # moments, the head likewise, the EMA copy
+        top = sum(b.numel() for b in self.adapter.buffers()) + 3 * sum(p.numel() for p in self.adapter.trainable())
+        params = 4 * (top + 3 * self.head.numel() + sum(t.numel() for t in self.ema.tensors()))
         return int(params + self.memory.nbytes() + self.protos.nbytes())
 
     # -- state: each component saves its own; this is only where each goes -------------------
@@ -327,7 +341,7 @@ class ContinualLearner(TapsLearner):
         return {"A": self.adapter.A, "B": self.adapter.B, "head": self.head}
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        codec_arrays, codec_meta = self._codec_state()  # first: it waits for a codebook in training
+        codec_arrays, codec_meta = learner_layout(self.codec_schedule)  # first: it waits for a codebook
         adapter_arrays, adapter_meta = self.adapter.state_dict()
         opt_arrays, opt_steps = adam_state(self.opt, self._named_params())
         memory_arrays, memory_meta = self.memory.state_dict()
@@ -369,23 +383,13 @@ class ContinualLearner(TapsLearner):
         self.version, self.events_learned, self.steps = (int(meta[k]) for k in ("version", "events_learned",
                                                                                     "steps"))
 
-    def _codec_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return learner_layout(self.codec_schedule)  # first in state_dict: it waits for a codebook in training
-
     def _load_codec_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        # Where the codebook was in its life is restored too (collecting, trained but not yet
-        # switched to, or in use), so the switch happens at the same event as without the restart.
+        # Where the codebook was in its life (collecting, trained, in use) is restored too.
         self.codec_schedule = self._new_codec_schedule()
         restore_learner_layout(self.codec_schedule, arrays, meta, self.memory.compressed)
 
-    def _codec(self) -> PQCodec | None:
-        """The codebook in use, or the one trained (or training) for the switch."""
-        if isinstance(self.memory.items, PQCodes):
-            return self.memory.items.codec
-        return None if self.codec_schedule is None else self.codec_schedule.codec
-
     def gauges(self) -> dict[str, float]:
-        codec = self._codec()
+        codec = codec_in_use(self.memory, self.codec_schedule)
         return {"replay_items": self.memory.n, "replay_bytes": self.memory.nbytes(),
                 "pq_error": codec.reconstruction_error if codec and codec.trained else float("nan"),
                 "adapters_merged": self.adapter.merges, "prototypes": self.protos.num_classes}

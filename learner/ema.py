@@ -46,9 +46,16 @@ class EmaCopy:
         self.adaptive = adaptive
         self.gap = 0.0  # smoothed served minus live error rate; read by the adaptive decay
         self.enabled, self.bias_correction = enabled, bias_correction
-        self.weight = torch.eye(dim, device=device)
+        self.weight = self._initial_weight(dim)
         self.head = torch.zeros(0, dim, device=device)
         self.mass = torch.zeros(0, device=device)  # per row: weight the average has gathered
+
+    def _initial_weight(self, dim: int) -> torch.Tensor:
+        return torch.eye(dim, device=self.device)  # the adapter starts as the identity
+
+    def _mix(self, weight: torch.Tensor, decay: float) -> None:
+        """Fold the live effective weight in (a top with several weights overrides this)."""
+        self.weight.mul_(decay).add_((1 - decay) * weight)
 
     def grow(self, rows: torch.Tensor) -> None:
         """Rows for new classes, starting at ``rows`` (or, bias-corrected, at nothing gathered yet)."""
@@ -60,7 +67,7 @@ class EmaCopy:
         """Fold in the live weights after learning step ``steps`` (a faster average while warming up)."""
         decay = 0.0 if not self.enabled else (self.warm_decay if steps < self.warmup_steps else self.decay)
         with torch.no_grad():
-            self.weight.mul_(decay).add_((1 - decay) * weight)
+            self._mix(weight, decay)
             self.head.mul_(decay).add_((1 - decay) * head.detach())
             self.mass.mul_(decay).add_(1 - decay)
 
@@ -87,13 +94,21 @@ class EmaCopy:
         mass = self.mass[:, None]
         return torch.where(mass > 0, self.head / mass.clamp(min=1e-12), live.detach())
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.weight, self.head, self.mass]
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        state = {name: t.cpu().numpy().copy() for name, t in (("weight", self.weight), ("head", self.head),
-                                                                ("mass", self.mass))}
-        return state | {"decay": np.array([self.decay, self.gap])}
+        state = {name: t.cpu().numpy().copy() for name, t in (("head", self.head), ("mass", self.mass))}
+        return state | self._weight_state() | {"decay": np.array([self.decay, self.gap])}
+
+    def _weight_state(self) -> dict[str, np.ndarray]:
+        return {"weight": self.weight.cpu().numpy().copy()}
+
+    def _load_weight(self, state: dict[str, np.ndarray]) -> None:
+        self.weight = self._t(state["weight"])
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.weight = self._t(state["weight"])
+        self._load_weight(state)
         self.head = self._t(state["head"])
         # States written before the mass was kept averaged plainly: every row has its full weight.
         self.mass = self._t(state.get("mass", np.ones(len(state["head"]), np.float32)))

@@ -75,20 +75,23 @@ class ImageEncoder:
         self._device = device
         self._model = _load_model(side, device)
 
-    def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
+    def _pixels(self, x: np.ndarray):  # -> torch.Tensor [n, 3, side, side], as the weights were trained
         torch, F = self._torch, self._torch.nn.functional
         h, w = self.image_shape[:2]
         c = self.image_shape[2] if len(self.image_shape) == 3 else 1
-        with torch.inference_mode():
-            t = torch.from_numpy(x).to(self._device).view(-1, h, w, c).permute(0, 3, 1, 2)
-            if (h, w) != (self.side, self.side):
-                t = F.interpolate(t, size=(self.side, self.side), mode="bilinear", align_corners=False,
-                                  antialias=max(h, w) > self.side)
-            t = ((t - 127.0) / 128.0).expand(-1, 3, -1, -1)  # a grey channel repeated: the net wants RGB
-            feats = self._model.extract_features(t.contiguous()).mean(dim=(2, 3))
-            if self.normalize:
-                feats = F.normalize(feats, dim=1)
-        return feats.float().cpu().numpy()
+        t = torch.from_numpy(x).to(self._device).view(-1, h, w, c).permute(0, 3, 1, 2)
+        if (h, w) != (self.side, self.side):
+            t = F.interpolate(t, size=(self.side, self.side), mode="bilinear", align_corners=False,
+                              antialias=max(h, w) > self.side)
+        return ((t - 127.0) / 128.0).expand(-1, 3, -1, -1).contiguous()  # a grey channel repeated: RGB
+
+    def _features(self, t):  # -> torch.Tensor [n, dim]
+        feats = self._model.extract_features(t).mean(dim=(2, 3))
+        return self._torch.nn.functional.normalize(feats, dim=1) if self.normalize else feats
+
+    def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self._features(self._pixels(x)).float().cpu().numpy()
 
     def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
         x = np.asarray(inputs, dtype=np.float32)

@@ -39,6 +39,9 @@ class LoRALinear(torch.nn.Module):
             self.A.copy_(torch.empty(self.A.shape).uniform_(-bound, bound, generator=self._gen))
             self.B.zero_()
 
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [self.A, self.B]
+
     def effective_weight(self) -> torch.Tensor:
         return self.frozen + self.scale * self.B @ self.A
 

@@ -24,6 +24,16 @@ def to_predictions(probs: np.ndarray, classes: Sequence[str], version: int) -> P
     return Predictions([classes[i] for i in ids], probs[np.arange(len(ids)), ids].astype(np.float32), version, ids)
 
 
+def cosine_probs(h: np.ndarray, head: np.ndarray, scale: float, protos: PrototypeIndex, proto_weight: float,
+                 taps: np.ndarray) -> np.ndarray:
+    """Softmax over cosine logits of embeddings ``h`` with the head's rows, mixed with the prototypes'
+    (over the taps) by ``proto_weight``."""
+    p = softmax(scale * unit(h) @ unit(head).T)
+    if proto_weight > 0:
+        p = (1 - proto_weight) * p + proto_weight * softmax(scale * protos.similarities(unit(taps)))
+    return p
+
+
 @dataclass(frozen=True)
 class SnapshotInfo:
     """What every serving snapshot carries: version, classes, input contract, and the frozen encoder."""
@@ -37,7 +47,21 @@ class SnapshotInfo:
 
 
 @dataclass(frozen=True)
-class CosineSnapshot(SnapshotInfo):
+class ScoredSnapshot(SnapshotInfo):
+    """A snapshot that answers from its class probabilities for taps (``probs``)."""
+
+    def probs(self, taps: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_taps(self, taps: np.ndarray) -> Predictions:
+        return to_predictions(self.probs(taps), self.classes, self.version)
+
+    def predict_many(self, inputs: RawInputs) -> Predictions:
+        return self.predict_taps(self.encoder.encode(inputs))
+
+
+@dataclass(frozen=True)
+class CosineSnapshot(ScoredSnapshot):
     """Serving copy of the continual learner: EMA adapter weight, EMA cosine head, prototypes."""
 
     weight: np.ndarray
@@ -49,18 +73,7 @@ class CosineSnapshot(SnapshotInfo):
     def probs(self, taps: np.ndarray) -> np.ndarray:
         if not self.classes:
             return np.zeros((len(taps), 0), np.float32)
-        h = unit(taps @ self.weight.T)
-        p = softmax(self.scale * h @ unit(self.head).T)
-        if self.proto_weight > 0:
-            p = (1 - self.proto_weight) * p + self.proto_weight * softmax(
-                self.scale * self.protos.similarities(unit(taps)))
-        return p
-
-    def predict_taps(self, taps: np.ndarray) -> Predictions:
-        return to_predictions(self.probs(taps), self.classes, self.version)
-
-    def predict_many(self, inputs: RawInputs) -> Predictions:
-        return self.predict_taps(self.encoder.encode(inputs))
+        return cosine_probs(taps @ self.weight.T, self.head, self.scale, self.protos, self.proto_weight, taps)
 
     def nbytes(self) -> int:
         return int(self.weight.nbytes + self.head.nbytes + self.protos.nbytes())

@@ -42,11 +42,13 @@ class SnapshotFormatError(ValueError):
 
 def _snapshot_types() -> dict[str, type]:
     from .base_init import BottomSnapshot, MLPSnapshot
+    from .deep import DeepSnapshot
     from .nmc import NMCSnapshot
     from .recency import MixtureSnapshot
     from .serving import CosineSnapshot
 
-    return {t.__name__: t for t in (CosineSnapshot, NMCSnapshot, MLPSnapshot, BottomSnapshot, MixtureSnapshot)}
+    return {t.__name__: t for t in (CosineSnapshot, NMCSnapshot, MLPSnapshot, BottomSnapshot, MixtureSnapshot,
+                                                DeepSnapshot)}
 
 
 def fingerprint(encoder: Encoder) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .pq import PQCodec
 from .replay import ReplayStore
+from .replay_items import PQCodes
 
 Phase = Literal["collecting", "training", "trained", "switched"]
 CompressWhen = Literal["full", "trained"]
@@ -140,3 +141,10 @@ def restore_learner_layout(schedule: CodecSchedule | None, arrays: dict[str, np.
     if "codec_sample" in arrays:
         state["sample"] = arrays["codec_sample"]
     schedule.load_state_dict(state, {"phase": phase, "due": meta["codec_due"]})
+
+
+def codec_in_use(memory: ReplayStore, schedule: CodecSchedule | None) -> PQCodec | None:
+    """The codebook the memory's codes use, or the one trained (or training) for the switch."""
+    if isinstance(memory.items, PQCodes):
+        return memory.items.codec
+    return None if schedule is None else schedule.codec

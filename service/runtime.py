@@ -47,8 +47,13 @@ def build_encoder(settings: Settings, device: str) -> Encoder:
     """The configured frozen encoder (a predictor builds the same one as its learner)."""
     ls = settings.learner
     if ls.encoder == "efficientnet-lite0":
-        return make_encoder("features", encoder=ls.encoder, image_shape=ls.image_shape, side=ls.image_side,
-                            device=device)
+        encoder = make_encoder("features", encoder=ls.encoder, image_shape=ls.image_shape, side=ls.image_side,
+                               device=device)
+        if ls.deep_top:  # the tap before the last block: the learner's top is plastic from there
+            from ..learner.plastic_top import MidImageEncoder
+
+            return MidImageEncoder.like(encoder)  # type: ignore[arg-type]
+        return encoder
     if ls.input_kind == "text":
         return make_encoder("text", max_tokens=ls.max_tokens, device=device)
     # Only the lifelong learners re-map what they stored when the statistics move.
@@ -64,8 +69,9 @@ def build_learner(settings: Settings) -> Learner:
     encoder = build_encoder(settings, device)
     options = LearnerOptions(
         seed=ls.seed, device=device, fast_expert=ls.fast_expert,
-        continual={"memory_budget_bytes": ls.memory_budget_bytes, "pq_m": ls.pq_m, "steps_per_batch": ls.steps_per_batch,
-                   "replay_per_step": ls.replay_per_step, "rank": ls.rank, "ema_decay": ls.ema_decay},
+        continual={k: v for k, v in (("memory_budget_bytes", ls.memory_budget_bytes), ("pq_m", ls.pq_m),
+                                     ("steps_per_batch", ls.steps_per_batch), ("replay_per_step", ls.replay_per_step),
+                                     ("rank", ls.rank), ("ema_decay", ls.ema_decay)) if v is not None},
         base_init={"base_events": ls.base_init_events} if ls.mlp_encoder else None,
         nmc={"lr": ls.lr, "head_weight": ls.head_weight, "proto_scale": ls.proto_scale})
     return build(ls.name, encoder, options)  # type: ignore[no-any-return]
@@ -75,9 +81,12 @@ def keep_checkpointed_encoder(settings: Settings, checkpointer: Checkpointer) ->
     """``learner.encoder: auto`` on features where the checkpoint holds a learner on standardised features.
 
     Up to 0.1.0 ``auto`` meant standardisation alone on feature vectors; it now learns an MLP encoder.
-    A checkpoint written under the older default still restores: its learner is kept (``standardize``)."""
+    A checkpoint written under the older default still restores: its learner is kept (``standardize``).
+    Likewise ``learner.plastic_top: auto`` on images, where the checkpoint holds the linear top (``off``)."""
     ls = settings.learner
-    if ls.encoder != "auto" or not ls.mlp_encoder or LEARNERS[ls.name].features_only:
+    old_features = ls.encoder == "auto" and ls.mlp_encoder and not LEARNERS[ls.name].features_only
+    old_images = ls.plastic_top == "auto" and ls.deep_top  # before 0.2 an image learner's top was linear
+    if not (old_features or old_images):
         return settings
     from .checkpoint import UnrecoverableCheckpoint
 
@@ -87,7 +96,11 @@ def keep_checkpointed_encoder(settings: Settings, checkpointer: Checkpointer) ->
         return settings  # the restore says so, with its own message
     meta = ckpt.parts.get("learner", ({}, {}))[1] if ckpt is not None else {}
     meta = meta.get("inner", meta) if meta.get("recency") else meta  # the fast expert wraps the learner
-    if meta.get("learner") != "lifelong" or meta.get("dim") != ls.feature_dim:
+    if old_images and meta.get("learner") == "lifelong":
+        log.warning("checkpoint %s holds a lifelong learner on pooled image taps: keeping it, as "
+                    "learner.plastic_top: off", ckpt.path if ckpt else "")
+        return settings.model_copy(update={"learner": ls.model_copy(update={"plastic_top": "off"})})
+    if not old_features or meta.get("learner") != "lifelong" or meta.get("dim") != ls.feature_dim:
         return settings
     log.warning("checkpoint %s holds a lifelong learner on standardised features (the default before the "
                 "MLP encoder): keeping it, as learner.encoder: standardize", ckpt.path if ckpt else "")

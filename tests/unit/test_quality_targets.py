@@ -38,3 +38,16 @@ def test_without_the_reference_the_relative_targets_are_not_measured() -> None:
     assert v["served final accuracy >= offline - 0.01"] == "not measured"
     assert v["CLINC150 served final_accuracy >= 0.945"] == "met"
     assert "elec2 prequential >= river-arf" not in v
+
+
+def test_fashion_mnist_holds_the_frozen_encoder_and_the_plastic_top_to_their_own_bounds() -> None:
+    d = doc("fashion-mnist-split", final_accuracy=0.887)
+    d["learners"]["offline"] = {"final_accuracy": 0.874}
+    v = verdicts(d)
+    frozen = "Fashion-MNIST served final accuracy >= 0.83 with the frozen encoder (lifelong-pooled)"
+    plastic = "Fashion-MNIST served final accuracy, plastic below the tap, >= offline on the frozen taps"
+    assert v[frozen] == "not measured" and v[plastic] == "met"
+    d["learners"]["lifelong-pooled"] = {"final_accuracy": 0.81}
+    d["learners"]["lifelong"]["final_accuracy"] = 0.87
+    v = verdicts(d)
+    assert v[frozen] == "missed" and v[plastic] == "missed"
