@@ -149,3 +149,24 @@ def test_the_pooled_ablation_goes_back_to_the_linear_top(pooled: ImageEncoder, m
     lr = build("lifelong-pooled", mid)
     assert type(lr) is ContinualLearner and lr.encoder.dim == 1280 and lr.encoder.name == "efficientnet-lite0"
     np.testing.assert_array_equal(lr.encoder.encode(images(2)), pooled.encode(images(2)))
+
+
+def test_a_checkpoint_of_the_linear_top_restores_under_auto(tmp_path) -> None:
+    from lifelong.learner.continual import ContinualLearner
+    from lifelong.service.runtime import Service
+
+    x, y = striped(40, seed=5)
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(f'{{"id": "e{i}", "features": {list(map(float, x[i]))}, "label": "{y[i]}"}}\n'
+                              for i in range(len(y))))
+    image = {"input_kind": "features", "encoder": "efficientnet-lite0", "image_shape": list(SHAPE),
+             "image_side": 64, "device": "cpu"}
+    common = {"checkpoint": {"dir": str(tmp_path / "ckpt")}, "source": {"kind": "file", "path": str(events)}}
+    old = Service(Settings.model_validate({"learner": image | {"plastic_top": "off"}} | common))
+    old.learner.learn_many(x, y)
+    assert old.loop.checkpoint()
+    upgraded = Service(Settings.model_validate({"learner": image} | common))  # auto: the plastic top, unless...
+    assert type(upgraded.learner) is ContinualLearner and upgraded.learner.events_learned == 40
+    fresh = Service(Settings.model_validate({"learner": image, "checkpoint": {"dir": str(tmp_path / "new")},
+                                             "source": common["source"]}))
+    assert isinstance(fresh.learner, DeepLearner)
