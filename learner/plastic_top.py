@@ -139,7 +139,10 @@ class PlasticTop(torch.nn.Module):
             return [s.effective_weight() for s in self.sites]
 
     def penalty(self) -> torch.Tensor:
-        return sum((s.penalty() for s in self.sites), torch.zeros(()))
+        total = self.sites[0].penalty()  # on the sites' device, whichever it is
+        for s in self.sites[1:]:
+            total = total + s.penalty()
+        return total
 
     def fold_importance(self, *fishers: torch.Tensor) -> None:
         for i, s in enumerate(self.sites):

@@ -170,3 +170,17 @@ def test_a_checkpoint_of_the_linear_top_restores_under_auto(tmp_path) -> None:
     fresh = Service(Settings.model_validate({"learner": image, "checkpoint": {"dir": str(tmp_path / "new")},
                                              "source": common["source"]}))
     assert isinstance(fresh.learner, DeepLearner)
+
+
+def test_consolidation_still_works_when_asked_for(mid: MidImageEncoder) -> None:
+    x, y = striped(64, seed=6)
+    lr = learner(mid, steps_per_batch=2, replay_per_step=16, hard_buffer=16)
+    lr.learn_taps(mid.encode(x[:32]), y[:32])
+    taps = mid.encode(x[32:])
+    before = lr.predict_proba_taps(taps)
+    lr._consolidate()  # what a plateau does: Fisher on the hard buffer, an exact merge of every site
+    assert lr.adapter.plateaus == 1 and lr.adapter.merges == 1
+    assert all(float(s.omega_A.sum()) > 0 for s in lr.adapter.sites)
+    np.testing.assert_allclose(lr.predict_proba_taps(taps), before, atol=1e-5)
+    penalty = float(lr.adapter.penalty())  # the importances now weigh the fresh pairs
+    assert np.isfinite(penalty) and penalty > 0
