@@ -1,7 +1,8 @@
 """``lifelong`` with plasticity below the tap: the continual learner over ``plastic_top``.
 
-Everything the continual learner does stays (replay of PQ-coded taps, hard buffer, loss-window
-consolidation, adaptive EMA serving, prototypes); what changes is where the tap is and what is
+Everything the continual learner does stays (replay, loss-window drift signal, adaptive EMA
+serving, prototypes; consolidation and the hard buffer too, off by default here:
+``registry.deep_defaults``); what changes is where the tap is and what is
 plastic. The taps are the image encoder's mid-level maps (``MidImageEncoder``), the adapter is
 the last block and head of the network with a LoRA pair on each 1x1 convolution
 (``PlasticTop``), and the head's rows live in the 1280-d pooled space above it. The EMA averages
@@ -9,7 +10,7 @@ each site's *effective* weight, so a merge does not disturb the served copy, and
 carries the averaged top, immutable, to serve with.
 
 Replayed maps pass through the current top at every step, so the representation keeps adapting
-to what was stored (REMIND's design); the codes stay valid because nothing below the tap moves.
+to what was stored (REMIND's design); stored maps stay valid because nothing below the tap moves.
 The top costs about 9 M multiply-adds an image and position grid 3 x 3 (side 96): a step over
 the batch, the hard buffer and the replayed sample costs several times the linear top's.
 """
@@ -46,9 +47,8 @@ class SitesEma(EmaCopy):
         for avg, live in zip(self.weights, weight):
             avg.mul_(decay).add_((1 - decay) * live)
 
-    def served_logits(self, x: torch.Tensor, live_head: torch.Tensor, scale: float) -> torch.Tensor:
-        h = F.normalize(self._top.embed_with(self.weights, x), dim=1)
-        return scale * h @ F.normalize(self.served_head(live_head), dim=1).T
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self._top.embed_with(self.weights, x)
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.weights, self.head, self.mass]

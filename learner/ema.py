@@ -86,8 +86,12 @@ class EmaCopy:
 
     def served_logits(self, x: torch.Tensor, live_head: torch.Tensor, scale: float) -> torch.Tensor:
         """The served copy's cosine logits for taps ``x`` (as :class:`CosineSnapshot` computes them)."""
-        h = F.normalize(x @ self.weight.T, dim=1)
+        h = F.normalize(self._embed(x), dim=1)
         return scale * h @ F.normalize(self.served_head(live_head), dim=1).T
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Taps through the averaged adapter (a top with several weights overrides this)."""
+        return x @ self.weight.T
 
     def served_head(self, live: torch.Tensor) -> torch.Tensor:
         """Each row divided by the weight its average has gathered (the live row where it has none)."""

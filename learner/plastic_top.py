@@ -4,7 +4,7 @@ A linear top on the frozen, pooled 1280-d embedding cannot beat that embedding's
 (``../shared/docs/algorithms.md``, section 7). Here the tap moves down, as REMIND's does: the
 encoder stops before the network's last MBConv block and hands on its input, the mid-level map
 (192 channels over the last (side/32)^2 positions, channels last: 1,728 values at side 96). The
-replay memory stores (and PQ-codes) those maps, and the layers above them stay plastic:
+replay memory stores those maps (exactly, by default), and the layers above them stay plastic:
 
     map -> expand 1x1 (192 -> 1152) -> ReLU6 -> depthwise 3x3 (frozen) -> ReLU6
         -> project 1x1 (1152 -> 320) -> head 1x1 (320 -> 1280) -> ReLU6 -> mean over positions
@@ -38,19 +38,20 @@ class MidImageEncoder(ImageEncoder):
 
     def __init__(self, image_shape: Sequence[int], **options: Any) -> None:
         super().__init__(image_shape, **options)
-        self.grid = self.side // 32
-        self.channels = int(self._model._blocks[-1]._block_args.input_filters)
-        self.dim = self.channels * self.grid * self.grid  # instance attribute: it depends on the side
+        self._cut()
 
     @classmethod
     def like(cls, encoder: ImageEncoder) -> "MidImageEncoder":
         """The same network and options as ``encoder`` (its weights shared, not loaded again)."""
         mid = cls.__new__(cls)
         mid.__dict__.update(encoder.__dict__)
-        mid.grid = mid.side // 32
-        mid.channels = int(mid._model._blocks[-1]._block_args.input_filters)
-        mid.dim = mid.channels * mid.grid * mid.grid
+        mid._cut()
         return mid
+
+    def _cut(self) -> None:
+        self.grid = self.side // 32
+        self.channels = int(self._model._blocks[-1]._block_args.input_filters)
+        self.dim = self.channels * self.grid * self.grid  # instance attribute: it depends on the side
 
     def pooled(self) -> ImageEncoder:
         """The whole network again (pooled 1280-d taps), its weights shared."""
