@@ -3,13 +3,15 @@ takes the same next step as the original: a fresh one would restart its moments 
 correction, and the learner would drift from the run it continues."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-def adam_state(opt: torch.optim.Optimizer, params: dict[str, torch.Tensor]
+def adam_state(opt: Any, params: dict[str, torch.Tensor]
                ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Arrays ``<name>.exp_avg`` / ``<name>.exp_avg_sq`` and the step of each parameter that has a state."""
     arrays: dict[str, np.ndarray] = {}
@@ -22,7 +24,7 @@ def adam_state(opt: torch.optim.Optimizer, params: dict[str, torch.Tensor]
     return arrays, steps
 
 
-def load_adam_state(opt: torch.optim.Optimizer, params: dict[str, torch.Tensor], arrays: dict[str, np.ndarray],
+def load_adam_state(opt: Any, params: dict[str, torch.Tensor], arrays: dict[str, np.ndarray],
                     steps: dict[str, float]) -> None:
     """The inverse of :func:`adam_state`, into an optimiser over ``params`` (moments on their device)."""
     for name, p in params.items():

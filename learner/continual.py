@@ -30,6 +30,7 @@ from ..memory.codec_schedule import (CodecSchedule, CompressWhen, codec_in_use, 
 from ..memory.pq import PQCodec
 from ..memory.prototypes import PrototypeIndex
 from ..memory.replay import ReplayStore
+from .adam import Adam
 from .adam_state import adam_state, load_adam_state
 from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .drift import LossWindow, RiverDetector
@@ -142,7 +143,7 @@ class ContinualLearner(TapsLearner):
         return list(self.adapter.trainable()) if self.config.lora else []
 
     def _new_optimizer(self) -> None:
-        self.opt = torch.optim.Adam(self._params(), lr=self.config.lr, foreach=True)
+        self.opt = Adam(self._params(), lr=self.config.lr, foreach=True)
 
     @property
     def classes(self) -> tuple[str, ...]:

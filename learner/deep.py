@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adam import Adam
 from .continual import ContinualConfig, ContinualLearner
 from .ema import AdaptiveDecay, EmaCopy
 from .plastic_top import SITES, MidImageEncoder, PlasticTop, embed
@@ -112,7 +113,7 @@ class DeepLearner(ContinualLearner):
         groups = [{"params": [self.head], "lr": self.config.lr}]
         if self._adapter_params():
             groups.insert(0, {"params": self._adapter_params(), "lr": self.config.lr * TOP_LR})
-        self.opt = torch.optim.Adam(groups, foreach=True)
+        self.opt = Adam(groups, foreach=True)
 
     def _row_space(self, taps: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adam import Adam
 from .base import InputKind, RawInputs
 from .encoders import Encoder
 
@@ -97,7 +98,7 @@ class OnlineMLP:
         self.params.append(torch.nn.Parameter(torch.zeros(0, dims[-1])))
         self.params.append(torch.nn.Parameter(torch.zeros(0)))
         self.lr = lr
-        self.opt = torch.optim.Adam(self.params, lr=lr)
+        self.opt = Adam(self.params, lr=lr)
 
     @property
     def num_classes(self) -> int:
@@ -124,7 +125,7 @@ class OnlineMLP:
         self.params[-2] = torch.nn.Parameter(torch.cat([w.detach(), torch.zeros(extra, w.shape[1])]))
         self.params[-1] = torch.nn.Parameter(torch.cat([b.detach(), torch.zeros(extra)]))
         kept = {id(p): self.opt.state.get(p, {}) for p in self.params[:-2]}
-        self.opt = torch.optim.Adam(self.params, lr=self.lr)
+        self.opt = Adam(self.params, lr=self.lr)
         for p in self.params[:-2]:
             if kept[id(p)]:
                 self.opt.state[p] = kept[id(p)]
@@ -154,7 +155,7 @@ class OnlineMLP:
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.params = [torch.nn.Parameter(torch.from_numpy(arrays[f"p{i}"].copy())) for i in range(len(self.params))]
-        self.opt = torch.optim.Adam(self.params, lr=self.lr)
+        self.opt = Adam(self.params, lr=self.lr)
         for key, step in meta["opt_steps"].items():
             i = int(key)
             self.opt.state[self.params[i]] = {"step": torch.tensor(step),
