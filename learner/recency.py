@@ -179,7 +179,15 @@ class RecencyMixture(TapsLearner):
     def predict_taps(self, taps: np.ndarray) -> Predictions:
         return self.snapshot().predict_taps(taps)
 
-
+    def learn_event(self, tap: np.ndarray, label: str) -> bool:
+        """The fast expert alone learns one event of a class the slow expert knows (test-then-train,
+        Hedge updated); the caller hands the slow expert the same events later, in micro-batches, with
+        ``inner.learn_taps``. Returns whether the mixture predicted the event right."""
+        y = self.inner.classes.index(label)
+        known = len(self.inner.classes)
+        self.fast.grow(known)
+        slow = self._slow().probs(tap[None])
+        return bool(self._sequential(np.asarray(tap[None], np.float64), np.array([y]), slow, known)[0])
 
     def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
         if len(taps) != len(labels):

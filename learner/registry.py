@@ -30,6 +30,7 @@ class LearnerOptions:
     continual: Mapping[str, Any] = field(default_factory=dict)  # ContinualConfig fields (pq_m: at most)
     base_init: Mapping[str, Any] | None = None  # BaseInitConfig fields: an MLP trained first, under the learner
     fast_expert: bool = False  # mix a per-event softmax regression into predictions (RecencyMixture)
+    recency: Mapping[str, Any] = field(default_factory=dict)  # RecencyConfig fields of that fast expert
     nmc: Mapping[str, Any] = field(default_factory=dict)  # NMCLearner keyword options
     classes: tuple[str, ...] = ()  # the stream's classes (a binary river baseline needs them)
 
@@ -54,7 +55,7 @@ def _continual(**flags: Any) -> Factory:
         from ..memory.pq import subquantizers
         from .base_init import BaseInitConfig, BaseInitLearner, tap_width
         from .continual import ContinualConfig, ContinualLearner
-        from .recency import RecencyMixture
+        from .recency import RecencyConfig, RecencyMixture
 
         deep = is_mid_level(encoder)
         settings = {"seed": opts.seed, "device": opts.device, **(deep_defaults() if deep else {}),
@@ -70,7 +71,7 @@ def _continual(**flags: Any) -> Factory:
             learner: Any = DeepLearner(encoder, config)  # type: ignore[arg-type]
         else:
             learner = BaseInitLearner(encoder, base, config) if base else ContinualLearner(encoder, config)
-        return RecencyMixture(learner) if opts.fast_expert else learner
+        return RecencyMixture(learner, RecencyConfig(**opts.recency)) if opts.fast_expert else learner
     return make
 
 

@@ -30,6 +30,11 @@ from .registry import LearnerOptions, build
 if TYPE_CHECKING:
     import pandas as pd  # the _many methods take DataFrames; the _one path works without pandas
 
+# The fast expert under learn_one: the slow learner lags its queue (up to batch_size events), so
+# Hedge may hand the fast one the whole vote (the daemon caps it at half); a smaller step than the
+# daemon's as River's logistic regression takes. On Phishing: 0.895 against 0.871 with the daemon's.
+FAST_EXPERT = {"lr": 0.1, "max_fast": 1.0}
+
 # Hyper-parameters each learner takes through ``**options`` (seed and device have their own).
 OPTIONS = {"lifelong": {f.name for f in fields(ContinualConfig)} - {"seed", "device"},
            "nmc": {"lr", "head_weight", "proto_scale"}}
@@ -60,11 +65,15 @@ def _schema(x: dict) -> tuple:
 class LifelongClassifier(base.MiniBatchClassifier):
     """A lifelong learner (``lifelong`` or ``nmc``) as a River classifier.
 
-    Each ``learn_one`` is one learning step on a micro-batch of one event, so the
-    next prediction already reflects it; ``learn_many`` learns a DataFrame in
-    micro-batches of ``batch_size`` rows, in order (with ``batch_size=1`` it is a
-    ``learn_one`` loop exactly). Predictions use the live weights, not the EMA
-    snapshot the daemon serves.
+    ``learn_many`` learns a DataFrame in micro-batches of ``batch_size`` rows, in
+    order. ``learn_one`` with the lifelong learner does not pay a micro-batch's
+    steps per event: the event is learned at once by a fast expert (softmax
+    regression on the taps, one SGD step per event, mixed into predictions by
+    Hedge: ``fast_expert``) and queued for the slow learner, which learns its
+    queue as one micro-batch of ``batch_size`` events (an event of a new class
+    empties the queue at once). With ``batch_size=1`` every ``learn_one`` is a
+    micro-batch of its own, and ``learn_many`` a ``learn_one`` loop exactly.
+    Predictions use the live weights, not the EMA snapshot the daemon serves.
 
     Parameters
     ----------
@@ -75,7 +84,11 @@ class LifelongClassifier(base.MiniBatchClassifier):
     features
         The feature keys, in order; None: the sorted keys of the first event learned.
     batch_size
-        Largest micro-batch ``learn_many`` hands the learner.
+        Largest micro-batch ``learn_many`` hands the learner, and the slow learner's
+        queue under ``learn_one``.
+    fast_expert
+        Mix the per-event fast expert into predictions (lifelong only; None: on).
+        Off, ``learn_one`` learns each event as a micro-batch of its own at once.
     warmup_events
         Events whose statistics standardise numeric features (then frozen).
     max_tokens
@@ -101,7 +114,7 @@ class LifelongClassifier(base.MiniBatchClassifier):
 
     def __init__(self, learner: str = "lifelong", text: str | None = None, features: tuple | None = None,
                  batch_size: int = 64, warmup_events: int = 1000, max_tokens: int = 128, seed: int = 0,
-                 device: str = "cpu", **options: Any) -> None:
+                 device: str = "cpu", fast_expert: bool | None = None, **options: Any) -> None:
         if learner not in OPTIONS:
             raise ValueError(f"learner must be one of {sorted(OPTIONS)}, not {learner!r}")
         unknown = set(options) - OPTIONS[learner]
@@ -113,7 +126,9 @@ class LifelongClassifier(base.MiniBatchClassifier):
             raise ValueError("features, when given, must name at least one feature")
         self.learner, self.text, self.features = learner, text, features
         self.batch_size, self.warmup_events, self.max_tokens = batch_size, warmup_events, max_tokens
-        self.seed, self.device, self.options = seed, device, options
+        self.seed, self.device, self.fast_expert, self.options = seed, device, fast_expert, options
+        self._queue: list[Any] = []  # learn_one's inputs the slow learner has not learned yet, in order
+        self._queued: list[str] = []
         self._schema: tuple | None = tuple(features) if features is not None else None
         self._labels: list[Any] = []  # original labels; the learner knows label i as str(i)
         self._label_ids: dict[Any, str] = {}
@@ -143,8 +158,12 @@ class LifelongClassifier(base.MiniBatchClassifier):
             encoder = FeatureEncoder(len(self._schema), warmup_events=self.warmup_events)
         # Through the registry, as the daemon builds them (pq_m fitted to the tap width alike).
         key = "nmc" if self.learner == "nmc" else "continual"
-        return build(self.learner, encoder, LearnerOptions(seed=self.seed, device=self.device,
-                                                           **{key: dict(self.options)}))  # type: ignore[no-any-return]
+        return build(self.learner, encoder, LearnerOptions(  # type: ignore[no-any-return]
+            seed=self.seed, device=self.device, fast_expert=self._fast, recency=FAST_EXPERT, **{key: dict(self.options)}))
+
+    @property
+    def _fast(self) -> bool:
+        return self.learner == "lifelong" and self.fast_expert is not False
 
     def _label_keys(self, ys: Sequence[Any]) -> list[str]:
         for y in ys:
@@ -183,12 +202,36 @@ class LifelongClassifier(base.MiniBatchClassifier):
     def _learn(self, inputs: Any, ys: Sequence[Any]) -> None:
         if self._model is None:
             self._model = self._build()
+        self._flush()
         self._model.learn_many(inputs, self._label_keys(ys))
+
+    def _flush(self) -> None:
+        """The slow learner learns learn_one's queue as one micro-batch. The feature statistics learn
+        from it here too, once per micro-batch as under ``learn_many`` (per event, each move of the
+        mapping would re-map the whole replay memory)."""
+        if not self._queued:
+            return
+        assert self._model is not None
+        parts, labels = self._queue, self._queued
+        self._queue, self._queued = [], []
+        inputs = sum(parts, []) if self.text is not None else np.concatenate(parts)
+        self._model.inner.learn_taps(self._model.encode(inputs, learning=True), labels)  # type: ignore[union-attr]
 
     def learn_one(self, x: dict, y: base.typing.ClfTarget, **kwargs: Any) -> None:
         if self._schema is None and self.text is None:
             self._schema = _schema(x)
-        self._learn(self._one(x), [y])
+        inputs = self._one(x)
+        if self._model is None:
+            self._model = self._build()
+        label = self._label_keys([y])[0]
+        if not self._fast or self.batch_size == 1 or label not in self._model.classes:
+            self._learn(inputs, [y])  # a class the slow learner must know before the fast one can
+            return
+        self._model.learn_event(self._model.encode(inputs)[0], label)  # type: ignore[union-attr]
+        self._queue.append(inputs)
+        self._queued.append(label)
+        if len(self._queued) >= self.batch_size:
+            self._flush()
 
     def learn_many(self, X: pd.DataFrame, y: pd.Series, **kwargs: Any) -> None:
         if len(X) != len(y):
@@ -198,6 +241,7 @@ class LifelongClassifier(base.MiniBatchClassifier):
         if self._schema is None and self.text is None:
             self._schema = _schema(X.iloc[0].to_dict())
         labels = y.tolist()
+        self._flush()  # learn_one's queue first: the learner sees events in order
         for start in range(0, len(X), self.batch_size):
             chunk = X.iloc[start:start + self.batch_size]
             self._learn(self._many(chunk), labels[start:start + self.batch_size])
