@@ -44,20 +44,22 @@ class Encoded:
     seconds: float
 
 
-_TEXT_ENCODERS: dict[str, Any] = {}
+_TEXT_ENCODERS: dict[tuple[str, str], Any] = {}
 _IMAGE_ENCODERS: dict[tuple[Any, ...], Any] = {}
 _TAP_CACHE: dict[tuple[str, str], np.ndarray] = {}
 
 
-def _text_taps(texts: list[str], device: str, progress: bool) -> tuple[np.ndarray, Any]:
+def _text_taps(texts: list[str], device: str, progress: bool, runtime: str = "auto") -> tuple[np.ndarray, Any]:
     from ..learner.encoders import TextEncoder
+    from ..learner.text_runtime import resolve
 
-    if device not in _TEXT_ENCODERS:
-        _TEXT_ENCODERS[device] = TextEncoder(device=device)
-    enc = _TEXT_ENCODERS[device]
-    key = (device, hashlib.sha1("\x00".join(texts).encode()).hexdigest())
+    runtime = resolve(runtime, device)
+    if (device, runtime) not in _TEXT_ENCODERS:
+        _TEXT_ENCODERS[device, runtime] = TextEncoder(device=device, runtime=runtime)
+    enc = _TEXT_ENCODERS[device, runtime]
+    key = (f"{device}-{runtime}", hashlib.sha1("\x00".join(texts).encode()).hexdigest())
     folder = tap_cache_dir()  # MiniLM takes minutes on a CPU: keep the taps between runs too
-    path = folder / f"text-{enc.name}-{device}-{key[1][:16]}.npy" if folder else None
+    path = folder / f"text-{enc.name}-{key[0]}-{key[1][:16]}.npy" if folder else None
     if key not in _TAP_CACHE and path is not None and path.exists():
         _TAP_CACHE[key] = np.load(path)
     if key not in _TAP_CACHE:
@@ -132,7 +134,8 @@ def encode_with(stream: BenchStream, encoder: Any, device: str = "cpu", progress
     return Encoded(taps[:n], taps[n:], enc, time.perf_counter() - t0)
 
 
-def encode_stream(stream: BenchStream, device: str = "cpu", batch_size: int = 64, progress: bool = True) -> Encoded:
+def encode_stream(stream: BenchStream, device: str = "cpu", batch_size: int = 64, progress: bool = True,
+                  text_runtime: str = "auto") -> Encoded:
     t0 = time.perf_counter()
     if stream.encoder is not None:
         taps, enc = _image_taps(stream, device, progress)
@@ -140,7 +143,7 @@ def encode_stream(stream: BenchStream, device: str = "cpu", batch_size: int = 64
         return Encoded(taps[:n], taps[n:], enc, time.perf_counter() - t0)
     if stream.kind == "text":
         texts = list(stream.train.inputs) + list(stream.test.inputs)
-        taps, enc = _text_taps(texts, device, progress)
+        taps, enc = _text_taps(texts, device, progress, text_runtime)
         n = len(stream.train)
         return Encoded(taps[:n], taps[n:], enc, time.perf_counter() - t0)
     from ..learner.encoders import FeatureEncoder

@@ -240,7 +240,7 @@ def run_one(stream: BenchStream, enc: Encoded, learner: Any, models: dict[str, C
 def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] = DEFAULT_LEARNERS,
               memory_budget: int | None = None, seed: int = 0, device: str = "cpu", eval_every: int = 1000,
               gap_probes: int = 4, batch_size: int = 64, progress: bool = True,
-              feature_horizon: int | None = None) -> dict[str, Any]:
+              feature_horizon: int | None = None, text_runtime: str = "auto") -> dict[str, Any]:
     import torch
 
     from .quality_report import write_report
@@ -250,7 +250,7 @@ def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    enc = encode_stream(stream, device, batch_size, progress)
+    enc = encode_stream(stream, device, batch_size, progress, text_runtime)
     results: dict[str, Any] = {}
     histories: dict[str, Any] = {}
     own = feature_encoder(stream, feature_horizon)
@@ -275,6 +275,7 @@ def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] =
            "test_events": len(stream.test), "segments": stream.num_segments, "segment_names": stream.segment_names,
            "test_sizes": np.bincount(stream.test.segments, minlength=stream.num_segments).tolist(),
            "boundaries": boundaries, "seed": seed, "memory_budget_bytes": memory_budget, "device": device,
+           "text_runtime": getattr(enc.encoder, "runtime", None),
            "eval_every": eval_every, "gap_probes": gap_probes, "batch_size": batch_size,
            "feature_horizon_events": None if own is None else (default_horizon() if feature_horizon is None
                                                                else feature_horizon),

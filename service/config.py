@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from ..learner.registry import LEARNERS, PRODUCT
+from ..learner.text_runtime import AUTO_CPU
 
 ENV_PREFIX = "LIFELONG_"
 
@@ -97,6 +98,11 @@ class LearnerSettings(Section):
                                         "stream over about this many events (lifelong learners; stored taps are "
                                         "re-mapped exactly); 0: frozen after the warm-up.")
     max_tokens: int = Field(128, ge=8, le=512, description="Text is truncated to this many tokens.")
+    encoder_runtime: Literal["auto", "torch", "torch-int8", "onnx", "onnx-int8"] = Field(
+        "auto", description="How all-MiniLM-L6-v2 runs. torch: fp32 (the reference); torch-int8: linear layers "
+        "quantised to int8; onnx / onnx-int8: ONNX Runtime on a graph exported once from the packaged weights "
+        "(cached under $LIFELONG_CACHE_DIR or ~/.cache/lifelong/onnx), int8 per output channel. auto: "
+        f"{AUTO_CPU} on the CPU, torch on CUDA (by measurement; docs/benchmarks/speed).")
     memory_budget_bytes: int = Field(64 << 20, ge=1 << 16, description="Replay memory budget (lifelong), "
                                      "codebook included.")
     pq_m: int | None = Field(None, ge=0, description="PQ sub-quantisers, i.e. bytes per stored tap (lifelong; 0: "

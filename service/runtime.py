@@ -55,7 +55,7 @@ def build_encoder(settings: Settings, device: str) -> Encoder:
             return MidImageEncoder.like(encoder)  # type: ignore[arg-type]
         return encoder
     if ls.input_kind == "text":
-        return make_encoder("text", max_tokens=ls.max_tokens, device=device)
+        return make_encoder("text", max_tokens=ls.max_tokens, device=device, runtime=ls.encoder_runtime)
     # Only the lifelong learners re-map what they stored when the statistics move.
     horizon = ls.feature_horizon_events if LEARNERS[ls.name].continual else 0
     return make_encoder("features", feature_dim=ls.feature_dim, warmup_events=ls.feature_warmup_events,
