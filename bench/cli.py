@@ -81,7 +81,28 @@ def cmd_bench_scaleout(args: argparse.Namespace) -> int:
                 (RuntimeError, TimeoutError, OSError))
 
 
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    if args.speed or args.faults or args.scaleout or args.checkpoint or args.stream_file:
+        raise SystemExit("lifelong bench: --soak runs alone (--stream picks its stream; no --speed / --faults / "
+                         "--scaleout / --checkpoint / --stream-file)")
+    if args.soak <= 0:
+        raise SystemExit("lifelong bench: --soak must be a positive number of events")
+    from pathlib import Path
+
+    from .soak import SoakOptions, render_text, run_soak
+
+    stream = args.stream or "elec2"
+    if stream not in STREAMS:
+        raise SystemExit(f"lifelong bench: --stream: unknown stream {stream!r}; known: {', '.join(STREAMS)}")
+    opts = SoakOptions(events=args.soak, stream=stream, out=Path(args.out or "docs/benchmarks/soak"),
+                       device=args.device)
+    return _run("--soak", lambda: run_soak(opts), render_text, f"{opts.out}/soak-{stream}.json and .md",
+                (RuntimeError, TimeoutError, OSError))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.soak is not None:
+        return cmd_bench_soak(args)
     if args.scaleout:
         return cmd_bench_scaleout(args)
     if args.faults:
@@ -129,7 +150,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         doc = run_bench(stream, args.out, learners=learners, memory_budget=budget, seed=args.seed,
                         device=args.device, eval_every=args.eval_every, gap_probes=args.gap_probes,
-                        batch_size=args.batch_size or 64, progress=not args.quiet, feature_horizon=args.feature_horizon)
+                        batch_size=args.batch_size or 64, progress=not args.quiet, feature_horizon=args.feature_horizon,
+                        text_runtime=args.encoder_runtime)
     except ValueError as exc:
         raise SystemExit(f"lifelong bench: {exc}") from None
     width = max(len(n) for n in doc["learners"])
@@ -159,6 +181,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     bench.add_argument("--seed", type=int, default=0, help="seed of the stream order, splits and learners")
     bench.add_argument("--feature-horizon", type=int, default=None, help="learner.feature_horizon_events of the "
                        "lifelong learners on a feature stream (default: the daemon's; 0: frozen statistics)")
+    bench.add_argument("--encoder-runtime", choices=("auto", "torch", "torch-int8", "onnx", "onnx-int8"),
+                       default="auto", help="learner.encoder_runtime of the text encoder (default: the daemon's)")
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the text encoder (--speed: "
                        "the learner) runs")
     bench.add_argument("--limit", type=int, default=None, help="at most about N training events (and N test "
@@ -186,6 +210,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     speed.add_argument("--torch-threads", type=int, help="learner.torch_threads (default: 1 for the vector "
                        "stream, every CPU for text)")
     speed.add_argument("--profile", action="store_true", help="also profile a second in-process run of each stream")
+    speed.add_argument("--soak", type=int, metavar="N", help="learn N events of --stream (default elec2), replayed "
+                       "with fresh ids when shorter, through the daemon's loop with checkpoints on; RSS and events/s "
+                       "every 10%%; writes OUT/soak-STREAM.json and .md (--out default: docs/benchmarks/soak)")
     faults = bench.add_argument_group("fault benchmark (--faults)")
     faults.add_argument("--faults", action="store_true", help="delivery under kill -9, a broker outage, bad records, "
                         "bad HTTP requests, 2 MB records and damaged checkpoints, on a local broker it starts; writes "

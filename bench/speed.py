@@ -7,8 +7,9 @@ Parts (each a real component, run in this process unless said otherwise):
   checkpoints off; events/s over all records read, from the first poll to the last learned.
 - *kafka*: the same streams pre-produced into a real broker (bench/speed_kafka.py), then consumed
   by the loop with ``source.kind=kafka``; events/s from the first record polled to the last learned.
-- *river*: ``StandardScaler | LogisticRegression`` learn_one/predict_one, prequential, on the same
-  vector events as dicts (parsed before the clock starts, so river pays no JSON parsing).
+- *river*, *encoder*, *adapter* (bench/speed_parts.py): river's logistic regression on the same
+  JSON bytes (parse timed on both sides), the text encoder's bound and each of its runtimes, the
+  River adapter on Phishing one event at a time.
 - *http*: the HTTP app with the loop learning an endless replay of each stream at full speed, and
   a load generator in another process (bench/speed_http.py) posting single-instance
   ``/v1/predict`` requests over keep-alive loopback connections.
@@ -31,6 +32,7 @@ from typing import Any, Iterator
 
 from .speed_common import (PROFILE_EVENTS, SCHEMA, WARMUP_EVENTS, SpeedOptions, StreamData, close_service,
                            drive, finite, logged, settings_summary, speed_settings, stream_data)
+from .speed_parts import run_adapter, run_encoder, run_river
 from .streams import builtin
 
 
@@ -98,30 +100,6 @@ def top_functions(stats: dict[Any, Any], n: int = 15) -> list[dict[str, Any]]:
     return out
 
 
-def run_river(data: StreamData) -> dict[str, Any]:
-    """(c) river's StandardScaler | LogisticRegression, prequential, on the same events as dicts."""
-    from river import linear_model, multiclass, preprocessing
-
-    events = [json.loads(b"{" + body) for body in data.bodies]
-    xs = [dict(enumerate(e["features"])) for e in events]
-    labels = [str(e["label"]) for e in events]
-    classes = sorted(set(labels))
-    binary = len(classes) <= 2
-    positive = classes[-1]
-    ys: list[Any] = [y == positive for y in labels] if binary else labels
-    clf = linear_model.LogisticRegression()
-    model = preprocessing.StandardScaler() | (clf if binary else multiclass.OneVsRestClassifier(clf))
-    correct = 0
-    started = time.perf_counter()
-    for x, y in zip(xs, ys):
-        correct += model.predict_one(x) == y
-        model.learn_one(x, y)
-    seconds = time.perf_counter() - started
-    return {"model": "StandardScaler | LogisticRegression" + ("" if binary else " (one vs rest)"),
-            "stream": data.name, "events": len(xs), "seconds": seconds, "events_per_s": len(xs) / seconds,
-            "prequential_accuracy": correct / len(xs)}
-
-
 def machine(opts: SpeedOptions) -> dict[str, Any]:
     import river
     import torch
@@ -146,14 +124,21 @@ def _torch_threads_kept() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def compare_with_river(doc: dict[str, Any]) -> None:
-    """Our in-process vector run beside river's: speed ratio and accuracy difference."""
-    ours, river = doc.get("pipeline", {}).get("vector"), doc["river"]
-    if ours:
+def compare(doc: dict[str, Any]) -> None:
+    """Ratios between parts of one run: ours over river, the loop over the encoder, Kafka over in process."""
+    pipe = doc.get("pipeline", {})
+    ours, river = pipe.get("vector"), doc.get("river")
+    if ours and river:
         river["ours_events_per_s"] = ours["events_per_s"]
         river["ours_prequential_accuracy"] = ours["prequential_accuracy"]
         river["speed_ratio"] = ours["events_per_s"] / river["events_per_s"]
         river["accuracy_delta"] = ours["prequential_accuracy"] - river["prequential_accuracy"]
+    encoder, text = doc.get("encoder"), pipe.get("text")
+    if encoder and text:
+        encoder["loop_over_bound"] = text["learned_per_s"] / encoder["events_per_s"]
+    for key, r in (doc.get("kafka") or {}).items():
+        if pipe.get(key) and isinstance(r, dict) and r.get("events_per_s"):
+            r["over_in_process"] = r["events_per_s"] / pipe[key]["events_per_s"]
 
 
 def run_speed(opts: SpeedOptions) -> dict[str, Any]:
@@ -180,7 +165,10 @@ def run_speed(opts: SpeedOptions) -> dict[str, Any]:
                                for k, d in streams.items()}
         if "river" in opts.parts and "vector" in streams:
             doc["river"] = logged(opts, f"river {streams['vector'].name}", lambda: run_river(streams["vector"]))
-            compare_with_river(doc)
+        if "encoder" in opts.parts and "text" in streams:
+            doc["encoder"] = logged(opts, f"encoder {streams['text'].name}", lambda: run_encoder(streams["text"], opts))
+        if "adapter" in opts.parts:
+            doc["adapter"] = logged(opts, "river adapter on Phishing", run_adapter)
         if "kafka" in opts.parts and not opts.skip_kafka:
             from .speed_kafka import run_kafka_parts
 
@@ -192,6 +180,7 @@ def run_speed(opts: SpeedOptions) -> dict[str, Any]:
         if opts.profile and "pipeline" in opts.parts:
             doc["profiles"] = {k: logged(opts, f"profile {d.name}", lambda d=d: profile_pipeline(d, opts, work))
                                for k, d in streams.items()}
+    compare(doc)
     doc["total_seconds"] = time.perf_counter() - started
     doc["targets"] = evaluate_targets(doc)
     opts.out.mkdir(parents=True, exist_ok=True)

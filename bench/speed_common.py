@@ -41,7 +41,7 @@ class SpeedOptions:
     load_seconds: float | None = None        # per load level; None: 10 (quick: 2)
     clients: tuple[int, ...] = (1, 8)
     profile: bool = False
-    parts: tuple[str, ...] = ("pipeline", "kafka", "river", "http")
+    parts: tuple[str, ...] = ("pipeline", "kafka", "river", "encoder", "adapter", "http")
     streams: tuple[str, ...] = ("vector", "text")
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
 

@@ -32,21 +32,41 @@ def single_client(level_list: list[dict[str, Any]] | None) -> dict[str, Any] | N
     return min(level_list, key=lambda lv: lv["clients"])
 
 
+def _clients_ratio(levels: list[dict[str, Any]] | None, clients: int = 8) -> float | None:
+    """p99 at ``clients`` over the single client's: how much concurrency stretches the tail."""
+    one, many = single_client(levels), next((lv for lv in levels or [] if lv["clients"] == clients), None)
+    if not one or not many or not one.get("p99_ms"):
+        return None
+    return float(many["p99_ms"]) / float(one["p99_ms"])
+
+
 TARGETS = (
     Target("vector stream, learn+predict in process", "events/s", True, 20_000,
            lambda d: _get(d, "pipeline", "vector", "events_per_s"), "vector"),
-    Target("vector stream, speed vs river LogisticRegression", "x", True, 2.0,
+    Target("vector stream, speed vs river LogisticRegression (parse included)", "x", True, 2.0,
            lambda d: _get(d, "river", "speed_ratio"), "vector"),
     Target("vector stream, prequential accuracy minus river's", "", True, 0.0,
            lambda d: _get(d, "river", "accuracy_delta"), "vector"),
-    Target("vector stream, through Kafka end to end", "events/s", True, 10_000,
-           lambda d: _get(d, "kafka", "vector", "events_per_s"), "vector"),
-    Target("text stream, learned in process", "events/s", True, 150,
+    Target("vector stream, through Kafka over in process", "x", True, 0.8,
+           lambda d: _get(d, "kafka", "vector", "over_in_process"), "vector"),
+    Target("text stream, learned in process", "events/s", True, 350,
            lambda d: _get(d, "pipeline", "text", "learned_per_s"), "text"),
+    Target("text stream, learned in process over the encoder alone", "x", True, 0.8,
+           lambda d: _get(d, "encoder", "loop_over_bound"), "text"),
+    Target("text stream, through Kafka over in process", "x", True, 0.95,
+           lambda d: _get(d, "kafka", "text", "over_in_process"), "text"),
     Target("vector /v1/predict p99 while learning (1 client)", "ms", False, 10,
            lambda d: _get(single_client(_get(d, "http", "vector", "levels")), "p99_ms"), "vector"),
     Target("text /v1/predict p99 while learning (1 client)", "ms", False, 50,
            lambda d: _get(single_client(_get(d, "http", "text", "levels")), "p99_ms"), "text"),
+    Target("vector /v1/predict p99, 8 clients over 1", "x", False, 2.0,
+           lambda d: _clients_ratio(_get(d, "http", "vector", "levels")), "vector"),
+    Target("text /v1/predict p99, 8 clients over 1", "x", False, 2.0,
+           lambda d: _clients_ratio(_get(d, "http", "text", "levels")), "text"),
+    Target("River adapter on Phishing, one event at a time", "events/s", True, 1000,
+           lambda d: _get(d, "adapter", "lifelong", "events_per_s"), "adapter"),
+    Target("River adapter on Phishing, accuracy", "", True, 0.88,
+           lambda d: _get(d, "adapter", "lifelong", "accuracy"), "adapter"),
 )
 
 
@@ -83,6 +103,19 @@ def result_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ratio = f", ours/river {river['speed_ratio']:.2f}x" if "speed_ratio" in river else ""
         rows.append((f"{river['stream']} river {river['model']}", f"{_num(river['events_per_s'])} ev/s",
                      f"preq {_num(river['prequential_accuracy'], 3)}", f"{river['events']:,} events{ratio}"))
+    enc = doc.get("encoder")
+    for r in (enc or {}).get("runtimes", []):
+        mark = " (the daemon's)" if r["runtime"] == enc["runtime"] else ""
+        rows.append((f"{enc['stream']} encoder alone, {r['runtime']}{mark}", f"{_num(r['events_per_s'])} ev/s",
+                     f"cosine to fp32 {r['cosine_to_fp32_mean']:.4f} (min {r['cosine_to_fp32_min']:.4f})",
+                     f"{enc['events']:,} texts in micro-batches of {enc['batch_size']}"))
+    adapter = doc.get("adapter")
+    for name in ("lifelong", "river LogisticRegression"):
+        r = _get(adapter, name)
+        if r:
+            rows.append((f"Phishing, StandardScaler | {name} (River adapter)" if name == "lifelong"
+                         else f"Phishing, StandardScaler | {name}", f"{_num(r['events_per_s'])} ev/s",
+                         f"accuracy {r['accuracy']:.3f}", f"{r['events']:,} events one at a time, {r['seconds']:.2f} s"))
     for key in ("vector", "text"):
         r = _get(doc, "http", key)
         for lv in (r or {}).get("levels", []):
