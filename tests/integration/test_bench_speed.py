@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.integration, needs_data]
 
 
 def test_speed_through_kafka_learns_every_produced_event(kafka_broker: Broker, tmp_path: Path) -> None:
-    doc = run_speed(SpeedOptions(out=tmp_path, quick=True, bootstrap=kafka_broker.bootstrap, parts=("kafka",),
-                                 streams=("vector",), vector_events=3000))
+    doc = run_speed(SpeedOptions(out=tmp_path, quick=True, bootstrap=kafka_broker.bootstrap,
+                                 parts=("pipeline", "kafka"), streams=("vector",), vector_events=3000))
     run = doc["kafka"]["vector"]
     assert doc["kafka"]["broker"] == kafka_broker.bootstrap
     assert run["events"] == 3000 and run["rejected"] == 0
@@ -29,8 +29,11 @@ def test_speed_through_kafka_learns_every_produced_event(kafka_broker: Broker, t
     assert run["produce_events_per_s"] > 0 and 0.5 < run["prequential_accuracy"] <= 1.0
     assert run["settings"]["source"]["kind"] == "kafka"
     saved = json.loads((tmp_path / "speed.json").read_text())
-    target = next(t for t in saved["targets"] if t["name"] == "vector stream, through Kafka end to end")
-    assert target["value"] == pytest.approx(run["events_per_s"]) and target["met"] == (run["events_per_s"] >= 10_000)
+    # The Kafka target is a ratio to the in-process loop over the same records in the same run.
+    ratio = run["events_per_s"] / doc["pipeline"]["vector"]["events_per_s"]
+    assert run["over_in_process"] == pytest.approx(ratio)
+    target = next(t for t in saved["targets"] if t["name"] == "vector stream, through Kafka over in process")
+    assert target["value"] == pytest.approx(ratio) and target["met"] == (ratio >= 0.8)
 
 
 def test_speed_serving_while_learning(tmp_path: Path) -> None:
