@@ -22,6 +22,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+DRAIN_FACTOR = 8  # an oversized body up to this many times the limit is read before the 413
+
+
 def _too_large(size: str, limit: int) -> str:
     return f"request body of {size} bytes exceeds limits.max_record_bytes={limit}"
 
@@ -81,11 +84,31 @@ class HttpGuard:
                 await _send_json(counted_send, 401, {"detail": "missing or wrong bearer token"},
                                  ((b"www-authenticate", b"Bearer"),))
             elif length.isdigit() and int(length) > self.max_body:
-                await _send_json(counted_send, 413, {"detail": _too_large(length.decode(), self.max_body)})
+                await self._refuse_large(receive, counted_send, int(length))
             else:
                 await self.app(scope, self._limited(receive), counted_send)
         finally:
             self.count(path if path in self.routes else "other", status)
+
+    async def _refuse_large(self, receive: Receive, send: Send, length: int) -> None:
+        """413 for a declared body over the limit, read and discarded first when it is at most
+        ``DRAIN_FACTOR`` times the limit and arrives within the body deadline.
+
+        Answering before the body is read and then closing makes the kernel reset the connection
+        while the client is still sending: most clients (urllib, requests, curl) then report a
+        broken pipe instead of the 413. Draining costs reading bytes, never keeping them; a body
+        larger than that (or slower) is answered at once and the connection closed.
+        """
+        if length <= self.max_body * DRAIN_FACTOR:
+            deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    while (await receive()).get("more_body", False):
+                        pass
+            except TimeoutError:
+                pass
+        await _send_json(send, 413, {"detail": _too_large(str(length), self.max_body)},
+                         ((b"connection", b"close"),))
 
     def _limited(self, receive: Receive) -> Receive:
         received = 0

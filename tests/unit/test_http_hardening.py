@@ -342,3 +342,26 @@ def test_a_slow_client_within_the_deadlines_is_answered_and_kept_alive(tmp_path:
         code, _, body = answer(read_all(sock))
     assert code == 408 and "header_timeout_s" in body["detail"]
 
+
+
+def test_a_declared_body_over_the_limit_gets_its_413_not_a_reset(tmp_path: Path) -> None:
+    """The 413 is answered after the body is read and discarded (up to 8x the limit): answering first
+    and closing made the kernel reset the connection while urllib was still sending (status lost)."""
+    import urllib.error
+    import urllib.request
+
+    service, gated = make_service(tmp_path)
+    gated.gate.set()
+    body = json.dumps({"instances": [{"features": [1.0, 1.0], "pad": "x" * 2_000_000}]}).encode()
+    codes = []
+    with serving(service.app) as base:
+        for _ in range(10):
+            req = urllib.request.Request(base + "/v1/predict", data=body, method="POST",
+                                         headers={"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    codes.append(resp.status)
+            except urllib.error.HTTPError as exc:
+                codes.append(exc.code)
+                assert exc.headers["connection"] == "close" and "max_record_bytes" in json.loads(exc.read())["detail"]
+    assert codes == [413] * 10 and gated.calls == []
