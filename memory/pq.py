@@ -10,6 +10,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from .faiss_threads import single_threaded
+
 
 def subquantizers(dim: int, m: int) -> int:
     """The most sub-quantisers, at most ``m``, that split ``dim`` evenly (0 if ``m`` is 0).
@@ -27,7 +29,9 @@ class PQCodec:
         if train_size < (1 << nbits):
             raise ValueError(f"train_size {train_size} is below the {1 << nbits} centroids of each sub-quantiser")
         self.dim, self.m, self.nbits, self.train_size, self.seed = dim, m, nbits, train_size, seed
+        single_threaded()
         self._pq: faiss.ProductQuantizer | None = None
+        self._scalar: tuple[np.ndarray, np.ndarray] | None = None  # see _scalar_codes
         self.reconstruction_error = float("nan")
 
     @property
@@ -49,12 +53,32 @@ class PQCodec:
         x = np.ascontiguousarray(x, dtype=np.float32)
         pq = self._new_pq()
         pq.train(x)
-        self._pq = pq
+        self._pq, self._scalar = pq, None
         self.reconstruction_error = self.relative_error(x)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         assert self._pq is not None, "train the codec first"
-        return self._pq.compute_codes(np.ascontiguousarray(x, dtype=np.float32))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.dim == self.m and self.nbits == 8:
+            return self._scalar_codes(x)
+        return self._pq.compute_codes(x)
+
+    def _scalar_codes(self, x: np.ndarray) -> np.ndarray:
+        """Codes of one-dimensional sub-quantisers (a tap as narrow as its sub-quantiser count, e.g. 72
+        values of the MLP tap on elec2) by binary search between the sorted centroids' midpoints: the
+        nearest centroid, as FAISS finds it by scanning all 256 (measured: 0.5 ms against 47 ms for 500
+        taps)."""
+        if self._scalar is None:
+            assert self._pq is not None
+            c = faiss.vector_to_array(self._pq.centroids).reshape(self.m, -1)
+            order = np.argsort(c, axis=1, kind="stable")
+            ranked = np.take_along_axis(c, order, axis=1)
+            self._scalar = (order.astype(np.uint8), (ranked[:, 1:] + ranked[:, :-1]) / 2)
+        order, mids = self._scalar
+        codes = np.empty(x.shape, np.uint8)
+        for j in range(self.m):
+            codes[:, j] = order[j, np.searchsorted(mids[j], x[:, j])]
+        return codes
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         assert self._pq is not None, "train the codec first"
@@ -71,6 +95,7 @@ class PQCodec:
         c = c * np.asarray(scale, np.float32).reshape(self.m, 1, sub) + np.asarray(shift, np.float32).reshape(
             self.m, 1, sub)
         faiss.copy_array_to_vector(np.ascontiguousarray(c.ravel(), np.float32), self._pq.centroids)
+        self._scalar = None
 
     def relative_error(self, x: np.ndarray) -> float:
         """Mean squared reconstruction error relative to the mean squared norm."""
@@ -98,5 +123,5 @@ class PQCodec:
         if centroids.size != self.dim * (1 << self.nbits):
             raise ValueError(f"codebook has {centroids.size} values, expected {self.dim * (1 << self.nbits)}")
         faiss.copy_array_to_vector(centroids, pq.centroids)
-        self._pq = pq
+        self._pq, self._scalar = pq, None
         self.reconstruction_error = float(state["error"][0])

@@ -10,6 +10,8 @@ import threading
 import faiss
 import numpy as np
 
+from .faiss_threads import single_threaded
+
 
 class PrototypeIndex:
     """Class-mean prototypes with a FAISS ``IndexFlatIP`` for nearest-class search."""
@@ -20,6 +22,7 @@ class PrototypeIndex:
         self._counts = np.zeros(0, dtype=np.int64)
         self._index: faiss.Index | None = None
         self._lock = threading.Lock()  # guards lazy rebuilds by concurrent readers
+        single_threaded()
 
     @property
     def num_classes(self) -> int:
