@@ -330,3 +330,21 @@ def test_subquantizers_take_the_largest_even_split() -> None:
     from lifelong.memory.pq import subquantizers
 
     assert [subquantizers(d, m) for d, m in [(384, 96), (1280, 96), (6, 96), (384, 0), (7, 4)]] == [96, 80, 6, 0, 1]
+
+
+def test_one_dimensional_subquantisers_give_faiss_codes_by_binary_search() -> None:
+    """A tap as narrow as its sub-quantiser count takes the sorted-midpoints path; its codes must be
+    FAISS's own (the nearest centroid), ties and values beyond the outer centroids included."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 1, (2000, 12)), rng.integers(-3, 4, (500, 12))]).astype(np.float32)
+    codec = PQCodec(12, 12, 8, train_size=2500)
+    codec.train(x)
+    probe = np.concatenate([x[:300], rng.normal(0, 5, (300, 12))]).astype(np.float32)
+    fast = codec.encode(probe)
+    assert codec._scalar is not None  # the binary-search path ran
+    exact = codec._pq.compute_codes(probe)
+    centroids = faiss.vector_to_array(codec._pq.centroids).reshape(12, 256)
+    # Equal codes, or (on an exact tie between two centroids) codes at the same distance.
+    dist = lambda codes: np.abs(np.take_along_axis(centroids.T, codes.astype(np.int64), 0) - probe)  # noqa: E731
+    assert (fast == exact).mean() > 0.99
+    np.testing.assert_allclose(dist(fast), dist(exact), atol=1e-6)
