@@ -248,6 +248,9 @@ class CheckpointSettings(Section):
 class SnapshotSettings(Section):
     topic: str = Field("lifelong-snapshots", description="Compacted Kafka topic the learner publishes serving "
                        "snapshots to and predictors read them from (roles learner and predictor).")
+    dir: str | None = Field(None, description="A local folder as the snapshot channel instead of the Kafka "
+                            "topic: a learner and predictors on one machine (say, serving in a process of its "
+                            "own, beside a busy learner), with no broker for the snapshots.")
     model_key: str = Field("default", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$",
                            description="Names the model on the topic (its record key); one learner per key.")
     transactional_id: str | None = Field(None, description="The learner's stable Kafka transactional id "
@@ -309,10 +312,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _kafka_for_roles(self) -> "Settings":
-        if self.role != "all" and self.source.kind != "kafka":
-            raise ValueError(f"role {self.role!r} needs source.kind 'kafka' (the snapshot channel is a Kafka topic)")
-        if self.role == "all" and self.snapshots.publish and self.source.kind != "kafka":
-            raise ValueError("snapshots.publish needs source.kind 'kafka'")
+        local = self.snapshots.dir is not None  # the channel is a folder: no broker needed for it
+        if self.role == "learner" and self.source.kind != "kafka" and not local:
+            raise ValueError("role 'learner' needs source.kind 'kafka' or snapshots.dir (the snapshot channel)")
+        if self.role == "predictor" and self.source.kind != "kafka" and not local:
+            raise ValueError("role 'predictor' needs source.kind 'kafka' (the snapshot topic) or snapshots.dir")
+        if self.role == "all" and self.snapshots.publish and self.source.kind != "kafka" and not local:
+            raise ValueError("snapshots.publish needs source.kind 'kafka' or snapshots.dir")
         return self
 
     @property

@@ -22,10 +22,11 @@ from ..monitoring.metrics import Metrics
 from ..stream.errors import REASONS
 from ..stream.events import LabelMessage
 from ..stream.sinks import KafkaSink, SinkError
-from ..stream.snapshot_channel import POLL_RECORDS, SnapshotReader
+from ..stream.snapshot_channel import POLL_RECORDS
 from .app import create_app
 from .config import Settings
 from .follower import SnapshotFollower
+from .publishing import ChannelReader, channel_name, channel_reader
 from .loop import FeedbackQueueFull
 from .runtime import build_encoder, resolve_device
 from .server import run_server
@@ -36,9 +37,9 @@ log = logging.getLogger(__name__)
 
 
 class PredictorService:
-    def __init__(self, settings: Settings, reader: Callable[[], SnapshotReader] | None = None) -> None:
+    def __init__(self, settings: Settings, reader: Callable[[], ChannelReader] | None = None) -> None:
         self.settings = settings
-        snap, kafka = settings.snapshots, settings.source.kafka
+        snap = settings.snapshots
         self.metrics = Metrics(REASONS)
         self.metrics.add_snapshot_channel(REJECT_REASONS)
         self.holder = SnapshotHolder()
@@ -47,8 +48,7 @@ class PredictorService:
                                          on_reject=lambda reason: self.metrics.snapshot_rejects.labels(reason=reason).inc(),
                                          on_swap=self._swap)
         self.metrics.snapshot_age.set_function(self.follower.age_s)
-        self._make_reader = reader or (lambda: SnapshotReader(kafka.bootstrap_servers, snap.topic,
-                                                              client_options=dict(kafka.client_options)))
+        self._make_reader = reader or (lambda: channel_reader(settings))
         self._sink: KafkaSink | None = None
         self._sink_lock = threading.Lock()
         self._stop = threading.Event()
@@ -73,7 +73,7 @@ class PredictorService:
         log.info("serving generation %d version %d (%d classes)", manifest.generation, manifest.version,
                  manifest.classes)
 
-    def _connect(self) -> SnapshotReader | None:
+    def _connect(self) -> ChannelReader | None:
         delay = 0.5
         while not self._stop.is_set():
             try:
@@ -99,14 +99,14 @@ class PredictorService:
             log.exception("the snapshot follower stopped")
             raise
 
-    def _step(self, reader: SnapshotReader) -> None:
+    def _step(self, reader: ChannelReader) -> None:
         try:
             records = reader.poll(0.2)
             self.follower.take(records, live=self.live)
             if not self.live and len(records) < POLL_RECORDS and reader.caught_up():
                 self.live = True
-        except KafkaError as exc:  # broker away: kafka-python reconnects by itself
-            log.warning("reading the snapshot topic failed (retrying): %s", exc)
+        except (KafkaError, OSError) as exc:  # broker away (kafka-python reconnects), folder unreadable
+            log.warning("reading the snapshot channel failed (retrying): %s", exc)
             self._stop.wait(0.5)
             return
         if self.live:
@@ -150,12 +150,13 @@ class PredictorService:
         served = self.follower.served
         return {"version": __version__, "role": "predictor", "learner": served.learner if served else "",
                 "input_kind": self.encoder.kind, "events_learned": served.events_learned if served else 0,
-                "pending_labels": 0, "source": "kafka", "generation": served.generation if served else None,
+                "pending_labels": 0,
+                "source": "kafka" if self.settings.snapshots.dir is None else "folder", "generation": served.generation if served else None,
                 "snapshot_age_s": self.follower.age_s() if served else None}
 
     def serve(self) -> int:
         http = self.settings.http
-        log.info("predictor serving on http://%s:%d from %s", http.host, http.port, self.settings.snapshots.topic)
+        log.info("predictor serving on http://%s:%d from %s", http.host, http.port, channel_name(self.settings))
 
         def stop() -> None:
             self._stop.set()

@@ -26,6 +26,7 @@ from ..learner.encoders import Encoder
 from ..monitoring.metrics import Metrics
 from ..stream.snapshot_channel import (POLL_RECORDS, ChannelError, ChannelFenced, SnapshotReader, SnapshotWriter,
                                        partition_for)
+from ..stream.snapshot_dir import DirSnapshotReader, DirSnapshotWriter
 from .config import Settings
 from .follower import SnapshotFollower
 from .snapshot_records import chunk_record, heartbeat_record, manifest_record
@@ -34,7 +35,31 @@ from .snapshot_wire import pack
 log = logging.getLogger(__name__)
 
 
-def read_to_end(reader: SnapshotReader, follower: SnapshotFollower, timeout_s: float) -> None:
+ChannelReader = SnapshotReader | DirSnapshotReader
+ChannelWriter = SnapshotWriter | DirSnapshotWriter
+
+
+def channel_reader(settings: Settings) -> ChannelReader:
+    """A reader of the configured snapshot channel: the folder ``snapshots.dir``, else the Kafka topic."""
+    snap, kafka = settings.snapshots, settings.source.kafka
+    if snap.dir is not None:
+        return DirSnapshotReader(snap.dir)
+    return SnapshotReader(kafka.bootstrap_servers, snap.topic, client_options=dict(kafka.client_options))
+
+
+def channel_writer(settings: Settings, transactional_id: str) -> ChannelWriter:
+    snap, kafka = settings.snapshots, settings.source.kafka
+    if snap.dir is not None:
+        return DirSnapshotWriter(snap.dir, transactional_id)
+    return SnapshotWriter(kafka.bootstrap_servers, snap.topic, transactional_id,
+                          client_options=dict(kafka.client_options), max_request_size=snap.chunk_bytes + (64 << 10))
+
+
+def channel_name(settings: Settings) -> str:
+    return f"folder {settings.snapshots.dir}" if settings.snapshots.dir is not None else settings.snapshots.topic
+
+
+def read_to_end(reader: ChannelReader, follower: SnapshotFollower, timeout_s: float) -> None:
     """Take every record up to the topic's current end, then settle once."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -47,22 +72,20 @@ def read_to_end(reader: SnapshotReader, follower: SnapshotFollower, timeout_s: f
 
 class Publisher:
     def __init__(self, settings: Settings, encoder: Encoder, learner_name: str, metrics: Metrics,
-                 writer: Callable[[str], SnapshotWriter] | None = None,
-                 reader: Callable[[], SnapshotReader] | None = None) -> None:
-        snap, kafka = settings.snapshots, settings.source.kafka
+                 writer: Callable[[str], ChannelWriter] | None = None,
+                 reader: Callable[[], ChannelReader] | None = None) -> None:
+        snap = settings.snapshots
         self.settings, self.encoder, self.learner_name, self.metrics = snap, encoder, learner_name, metrics
+        self.channel = channel_name(settings)
         self.transactional_id = snap.transactional_id or f"lifelong-learner-{snap.model_key}"
-        self._timeout_s = kafka.startup_timeout_s
-        self._make_writer = writer or (lambda tid: SnapshotWriter(
-            kafka.bootstrap_servers, snap.topic, tid, client_options=dict(kafka.client_options),
-            max_request_size=snap.chunk_bytes + (64 << 10)))
-        self._make_reader = reader or (lambda: SnapshotReader(kafka.bootstrap_servers, snap.topic,
-                                                              client_options=dict(kafka.client_options)))
+        self._timeout_s = settings.source.kafka.startup_timeout_s
+        self._make_writer = writer or (lambda tid: channel_writer(settings, tid))
+        self._make_reader = reader or (lambda: channel_reader(settings))
         self.generation = 0
         self.version_floor = -1  # published versions stay above the newest found at start
         self.fenced: ChannelFenced | None = None
         self.on_fenced: Callable[[], None] = lambda: None
-        self._writer: SnapshotWriter | None = None
+        self._writer: ChannelWriter | None = None
         self._partition = 0
         self._pending: ServingModel | None = None
         self._last: tuple[int, int] | None = None  # (generation, version) last committed
@@ -89,7 +112,7 @@ class Publisher:
         self._partition = partition_for(self.settings.model_key, self._writer.partitions())
         self.metrics.snapshot_generation.set(self.generation)
         log.info("publishing snapshots of %r to %s as generation %d (newest found: %s)", self.settings.model_key,
-                 self.settings.topic, self.generation, found)
+                 self.channel, self.generation, found)
         with self._cond:
             self._pending = None  # offered before the floor was known: the loop publishes again now
         self._thread = threading.Thread(target=self._run, name="snapshot-publisher", daemon=True)

@@ -34,6 +34,8 @@ def planned(settings: Settings, partitions: int, snapshot_partitions: int = 1) -
     for name, role in ((out.predictions_topic, "predictions"), (out.dead_letter_topic, "dead letters")):
         if name:
             specs.append(TopicSpec(name, partitions, role=role))
+    if snap.dir is not None:
+        return specs  # the snapshot channel is a local folder
     specs.append(TopicSpec(snap.topic, snapshot_partitions, role="snapshots", configs={
         "cleanup.policy": "compact",
         "max.message.bytes": str(max(1048588, snap.chunk_bytes + SNAPSHOT_OVERHEAD)),
@@ -92,7 +94,7 @@ def check(settings: Settings) -> list[str]:
                                 f"{counts[k.events_topic]}: a label keyed by id would land in another partition "
                                 "than its event")
         snap = settings.snapshots.topic
-        if snap in counts:
+        if snap in counts and settings.snapshots.dir is None:
             res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, snap)], config_filter="all")
             problems += _snapshot_problems(settings, _configs_of(res, snap))
         return problems

@@ -16,6 +16,11 @@ def test_roles_other_than_all_need_kafka(role: str) -> None:
     with pytest.raises(ValidationError, match="needs source.kind 'kafka'"):
         Settings(role=role)
     assert Settings(role=role, source={"kind": "kafka"}).role == role
+    # A local folder as the snapshot channel needs no broker.
+    assert Settings(role=role, snapshots={"dir": "/tmp/snaps"}).role == role
+    with pytest.raises(ValidationError, match="snapshots.publish needs"):
+        Settings(snapshots={"publish": True})
+    assert Settings(snapshots={"publish": True, "dir": "/tmp/snaps"}).publishes
     assert Settings(role="learner", source={"kind": "kafka"}).publishes
     assert not Settings(source={"kind": "kafka"}).publishes
 
