@@ -1,8 +1,11 @@
 """The speed bench's serving part: ``/v1/predict`` latency while the learner runs at full speed.
 
-The server side runs in the bench's process: the real HTTP app under uvicorn on a free loopback
-port, and the daemon's loop learning an endless replay of the stream (each pass with fresh ids, or
-they would be rejected as duplicates). The load generator is another process (this module's
+The learner runs in the bench's process: the daemon's loop learning an endless replay of the stream
+(each pass with fresh ids, or they would be rejected as duplicates). Requests go first to the real
+HTTP app under uvicorn in that same process (role all, one interpreter lock for both), then to a
+predictor process of its own (``lifelong run --role predictor``) that follows the learner's
+snapshots through a local folder (``snapshots.dir``), as a deployment that keeps serving off the
+learner's lock runs it. The load generator is another process (this module's
 ``main``, standard library only), so its threads do not share the server's interpreter lock:
 ``clients`` threads, each with one keep-alive connection, post single-instance requests back to
 back (closed loop) for a warm-up and then the timed ``seconds``. It prints ``start`` when the timed
@@ -69,46 +72,90 @@ def request_bodies(data: "StreamData", n: int = 512, seed: int = 1) -> list[str]
 
 
 def run_http(data: "StreamData", opts: "SpeedOptions") -> dict[str, Any]:
-    """Serve ``data``'s model while learning it endlessly; one load level per entry of ``opts.clients``."""
+    """Serve ``data``'s model while learning it endlessly; one load level per entry of ``opts.clients``,
+    first from the learner's own process (role all), then from a predictor process beside it."""
     import tempfile
 
-    import uvicorn
-
-    from .speed_kafka import free_port
-    from .speed_common import WARMUP_EVENTS, close_service, settings_summary, speed_settings
-    from ..service.runtime import Service
-    from ..service.server import SignalFreeServer
+    from .speed_common import settings_summary, speed_settings
 
     settings = speed_settings(data, opts, {"kind": "file", "path": "replay"})
+    with tempfile.TemporaryDirectory(prefix="lifelong-speed-http-") as tmp:
+        bodies = Path(tmp) / "bodies.json"
+        bodies.write_text(json.dumps(request_bodies(data)))
+        levels = _in_process_levels(data, opts, settings, bodies)
+        predictor = _predictor_levels(data, opts, settings, bodies, Path(tmp))
+    return {"stream": data.name, "levels": levels, "predictor": predictor, "settings": settings_summary(settings)}
+
+
+def _learning(service: Any, data: "StreamData", ready: Any) -> None:
+    """Wait for a served model past the same untimed head as the pipeline part: one-off costs such as
+    the MLP encoder's switch (seconds, once per model) are not serving latency."""
+    from .speed_common import WARMUP_EVENTS
+
+    warm = WARMUP_EVENTS[data.kind]
+    _wait(lambda: ready() and service.holder.current is not None and bool(service.holder.current.classes)
+          and service.loop.counters.learned >= warm, 300, f"a served model past its first {warm} events")
+
+
+def _in_process_levels(data: "StreamData", opts: "SpeedOptions", settings: Any, bodies: Path) -> list[dict[str, Any]]:
+    """Role all: the HTTP app in the learner's process, sharing its interpreter lock."""
+    import uvicorn
+
+    from ..service.runtime import Service
+    from ..service.server import SignalFreeServer
+    from .speed_common import close_service
+    from .speed_kafka import free_port
+
     service = Service(settings, source=ReplaySource(data.bodies))
     port = free_port()
     # The daemon's own protocol (header deadline), so the bench measures what users get.
-    server = SignalFreeServer(uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                                    http=service.app.state.http_protocol))
+    server = SignalFreeServer(uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning",
+                                             access_log=False, http=service.app.state.http_protocol))
     thread = threading.Thread(target=server.run, name="bench-http", daemon=True)
-    levels = []
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as fh:
-        json.dump(request_bodies(data), fh)
-        fh.flush()
-        try:
-            thread.start()
-            service.loop.start()
-            # Timing starts after the same untimed head as the pipeline part: one-off costs such as
-            # the MLP encoder's switch (seconds, once per model) are not serving latency.
-            warm = WARMUP_EVENTS[data.kind]
-            _wait(lambda: server.started and service.holder.current is not None
-                  and bool(service.holder.current.classes) and service.loop.counters.learned >= warm,
-                  300, f"a served model past its first {warm} events")
-            for clients in opts.clients:
-                levels.append(_load_level(service, port, Path(fh.name), clients, opts.seconds()))
-        finally:
-            server.should_exit = True
-            thread.join(30)
-            service.loop.stop()
-            close_service(service)
+    try:
+        thread.start()
+        service.loop.start()
+        _learning(service, data, lambda: server.started)
+        levels = [_load_level(service, port, bodies, clients, opts.seconds()) for clients in opts.clients]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        service.loop.stop()
+        close_service(service)
     if service.loop.error is not None:
         raise RuntimeError(f"the learning loop failed during the load test: {service.loop.error}")
-    return {"stream": data.name, "levels": levels, "settings": settings_summary(settings)}
+    return levels
+
+
+def _predictor_levels(data: "StreamData", opts: "SpeedOptions", settings: Any, bodies: Path,
+                      tmp: Path) -> dict[str, Any]:
+    """A predictor process (``lifelong run --role predictor``) following the learner through a snapshot
+    folder (``snapshots.dir``) on the same machine: the learner's loop cannot hold its interpreter lock."""
+    from ..service.runtime import Service
+    from .faults_env import Daemon, stop_process
+    from .speed_common import close_service
+
+    folder = tmp / "snapshots"
+    learner_settings = settings.model_copy(update={"snapshots": settings.snapshots.model_copy(
+        update={"publish": True, "dir": str(folder)})})
+    service = Service(learner_settings, source=ReplaySource(data.bodies))
+    config = {**learner_settings.model_dump(mode="json"), "role": "predictor"}
+    predictor = Daemon(config, tmp, "predictor")
+    try:
+        service.loop.start()
+        _learning(service, data, lambda: True)
+        predictor.start()
+        startup_s = predictor.wait_ready()
+        levels = [_load_level(service, predictor.port, bodies, clients, opts.seconds()) for clients in opts.clients]
+    finally:
+        if predictor.proc is not None:
+            stop_process(predictor.proc, 30)
+        service.loop.stop()
+        close_service(service)
+    if service.loop.error is not None:
+        raise RuntimeError(f"the learning loop failed during the load test: {service.loop.error}")
+    return {"levels": levels, "channel": "snapshots.dir", "startup_s": startup_s,
+            "min_interval_s": learner_settings.snapshots.min_interval_s}
 
 
 def _wait(check: Any, timeout_s: float, what: str) -> None:

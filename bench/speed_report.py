@@ -63,6 +63,14 @@ TARGETS = (
            lambda d: _clients_ratio(_get(d, "http", "vector", "levels")), "vector"),
     Target("text /v1/predict p99, 8 clients over 1", "x", False, 2.0,
            lambda d: _clients_ratio(_get(d, "http", "text", "levels")), "text"),
+    Target("vector /v1/predict p99 while learning, predictor process (1 client)", "ms", False, 10,
+           lambda d: _get(single_client(_get(d, "http", "vector", "predictor", "levels")), "p99_ms"), "vector"),
+    Target("text /v1/predict p99 while learning, predictor process (1 client)", "ms", False, 50,
+           lambda d: _get(single_client(_get(d, "http", "text", "predictor", "levels")), "p99_ms"), "text"),
+    Target("vector /v1/predict p99, predictor process, 8 clients over 1", "x", False, 2.0,
+           lambda d: _clients_ratio(_get(d, "http", "vector", "predictor", "levels")), "vector"),
+    Target("text /v1/predict p99, predictor process, 8 clients over 1", "x", False, 2.0,
+           lambda d: _clients_ratio(_get(d, "http", "text", "predictor", "levels")), "text"),
     Target("River adapter on Phishing, one event at a time", "events/s", True, 1000,
            lambda d: _get(d, "adapter", "lifelong", "events_per_s"), "adapter"),
     Target("River adapter on Phishing, accuracy", "", True, 0.88,
@@ -118,10 +126,13 @@ def result_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                          f"accuracy {r['accuracy']:.3f}", f"{r['events']:,} events one at a time, {r['seconds']:.2f} s"))
     for key in ("vector", "text"):
         r = _get(doc, "http", key)
-        for lv in (r or {}).get("levels", []):
-            rows.append((f"{r['stream']} /v1/predict, {lv['clients']} client(s)", f"{_num(lv['requests_per_s'])} req/s",
-                         f"p50 {_num(lv['p50_ms'], 1)} / p99 {_num(lv['p99_ms'], 1)} ms",
-                         f"{lv['errors']} errors; learner {_num(lv['learned_per_s_during'])} learned/s meanwhile"))
+        for where, levels in (("learner's process", (r or {}).get("levels", [])),
+                              ("predictor process", _get(r, "predictor", "levels") or [])):
+            for lv in levels:
+                rows.append((f"{r['stream']} /v1/predict, {where}, {lv['clients']} client(s)",
+                             f"{_num(lv['requests_per_s'])} req/s",
+                             f"p50 {_num(lv['p50_ms'], 1)} / p99 {_num(lv['p99_ms'], 1)} ms",
+                             f"{lv['errors']} errors; learner {_num(lv['learned_per_s_during'])} learned/s meanwhile"))
     return rows
 
 

@@ -48,3 +48,12 @@ def test_speed_serving_while_learning(tmp_path: Path) -> None:
         assert lv["learned_per_s_during"] > 0  # the learner kept learning under load
     target = next(t for t in doc["targets"] if t["name"] == "vector /v1/predict p99 while learning (1 client)")
     assert target["value"] == levels[0]["p99_ms"]
+    # The same load on a predictor process that follows the learner through a snapshot folder.
+    predictor = doc["http"]["vector"]["predictor"]
+    assert [lv["clients"] for lv in predictor["levels"]] == [1, 3] and predictor["channel"] == "snapshots.dir"
+    for lv in predictor["levels"]:
+        assert lv["requests"] > 0 and lv["errors"] == 0 and lv["statuses"] == {"200": lv["requests"]}
+        assert lv["learned_per_s_during"] > 0
+    target = next(t for t in doc["targets"]
+                  if t["name"] == "vector /v1/predict p99 while learning, predictor process (1 client)")
+    assert target["value"] == predictor["levels"][0]["p99_ms"] and target["met"] == (target["value"] <= 10)

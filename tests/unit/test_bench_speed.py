@@ -99,7 +99,8 @@ def test_targets_met_missed_and_not_run() -> None:
            "river": {"speed_ratio": 1.5, "accuracy_delta": 0.0},
            "encoder": {"loop_over_bound": 0.85}, "kafka": {"vector": {"over_in_process": 0.5}},
            "adapter": {"lifelong": {"events_per_s": 1200.0, "accuracy": 0.87}},
-           "http": {"vector": {"levels": [{"clients": 8, "p99_ms": 30.0}, {"clients": 1, "p99_ms": 4.0}]},
+           "http": {"vector": {"levels": [{"clients": 8, "p99_ms": 30.0}, {"clients": 1, "p99_ms": 4.0}],
+                               "predictor": {"levels": [{"clients": 1, "p99_ms": 12.0}, {"clients": 8, "p99_ms": 20.0}]}},
                     "text": {"levels": [{"clients": 1, "p99_ms": float("nan")}]}}}
     met = {t["name"]: t["met"] for t in evaluate_targets(doc)}
     assert met == {
@@ -114,6 +115,10 @@ def test_targets_met_missed_and_not_run() -> None:
         "text /v1/predict p99 while learning (1 client)": None,
         "vector /v1/predict p99, 8 clients over 1": False,              # 30 ms against 2 x 4 ms
         "text /v1/predict p99, 8 clients over 1": None,
+        "vector /v1/predict p99 while learning, predictor process (1 client)": False,  # 12 ms against 10
+        "text /v1/predict p99 while learning, predictor process (1 client)": None,
+        "vector /v1/predict p99, predictor process, 8 clients over 1": True,          # 20 ms against 2 x 12 ms
+        "text /v1/predict p99, predictor process, 8 clients over 1": None,
         "River adapter on Phishing, one event at a time": True,
         "River adapter on Phishing, accuracy": False,
     }
