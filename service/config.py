@@ -237,7 +237,11 @@ class CheckpointSettings(Section):
     dir: Path | None = Field(Path("lifelong-state"), description="Folder for checkpoints (None: no checkpoints; "
                              "offsets are then committed after each batch).")
     every_s: float = Field(30.0, gt=0, description="Longest time between checkpoints.")
-    every_events: int = Field(10_000, ge=1, description="Most records between checkpoints.")
+    every_events: int = Field(10_000, ge=1, description="Most records between checkpoints, unless writing them "
+                              "that often would take more than max_time_fraction of the time.")
+    max_time_fraction: float = Field(0.1, gt=0, le=1, description="Most of the loop's time checkpoints may take: "
+                                     "after one that took d seconds, every_events is not acted on before "
+                                     "d / max_time_fraction seconds (every_s still bounds the gap; 1: off).")
     keep: int = Field(3, ge=1, le=100, description="Checkpoints kept; a damaged newest one is skipped for the next "
                       "valid one at start.")
     on_unrecoverable: Literal["refuse", "start_empty"] = Field(

@@ -128,8 +128,10 @@ class LearningLoop:
                 log.warning("checkpoint postponed: %s", exc)
                 return False
         if self.checkpointer is not None:
+            started = time.perf_counter()
             try:
                 stats = self.checkpointer.save(self.state_parts(), self.positions)
+                self.checkpointer.cost_s = time.perf_counter() - started  # paces the next (max_time_fraction)
             except CheckpointWriteError as exc:
                 # Disk full, I/O error: the last good checkpoint stays, serving and
                 # learning go on, the offsets stay uncommitted; retried when due.

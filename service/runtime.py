@@ -154,7 +154,8 @@ class Service:
         self.holder = SnapshotHolder()
         ckpt = settings.checkpoint
         checkpointer = Checkpointer(ckpt.dir, ckpt.every_s, ckpt.every_events, keep=ckpt.keep,
-                                    on_unrecoverable=ckpt.on_unrecoverable) if ckpt.dir else None
+                                    on_unrecoverable=ckpt.on_unrecoverable,
+                                    max_time_fraction=ckpt.max_time_fraction) if ckpt.dir else None
         if checkpointer is not None:
             checkpointer.check_writable()  # now, not at the first checkpoint minutes later
             if learner is None:

@@ -192,6 +192,53 @@ def test_due_by_time(tmp_path: Path, clock: FakeClock) -> None:
     assert ckpt.due()  # exactly every_s after the last save
 
 
+def test_the_event_limit_waits_for_the_time_fraction_of_the_last_checkpoints_cost(tmp_path: Path,
+                                                                                     clock: FakeClock) -> None:
+    ckpt = Checkpointer(tmp_path, every_s=30.0, every_events=100, max_time_fraction=0.1)
+    ckpt.save({}, {})
+    ckpt.cost_s = 0.5  # the loop notes what the save took (state gathered and written)
+    ckpt.note(10_000)  # a fast stream: far past every_events at once
+    clock.t += 4.9
+    assert not ckpt.due()  # 0.5 s of checkpoint in 4.9 s would be over a tenth of the time
+    clock.t += 0.1
+    assert ckpt.due()
+    ckpt.save({}, {})
+    ckpt.cost_s = 10.0  # a huge state: every_s still bounds the gap
+    ckpt.note(10_000)
+    clock.t += 29.9
+    assert not ckpt.due()
+    clock.t += 0.1
+    assert ckpt.due()
+    with pytest.raises(ValueError, match="max_time_fraction"):
+        Checkpointer(tmp_path, max_time_fraction=0.0)
+
+
+def test_the_loop_paces_checkpoints_by_their_cost(tmp_path: Path) -> None:
+    """The service's default (max_time_fraction 0.1): a checkpoint that took d seconds holds the event
+    limit back for 10 d, and the loop notes d itself."""
+    from lifelong.service.config import Settings
+    from lifelong.service.runtime import Service
+
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(f'{{"id": {i}, "features": [{i % 2}, 1.0], "label": "c{i % 2}"}}\n'
+                              for i in range(400)))
+    settings = Settings(source={"kind": "file", "path": str(events), "batch_size": 50},
+                        learner={"name": "nmc", "input_kind": "features", "feature_dim": 2},
+                        checkpoint={"dir": str(tmp_path / "state"), "every_events": 50})
+    loop = Service(settings).loop
+    assert loop.checkpointer is not None and loop.checkpointer.max_time_fraction == 0.1
+    loop.step()
+    assert loop.counters.checkpoints == 1 and loop.checkpointer.cost_s > 0
+    loop.checkpointer.cost_s = 3600.0  # as if that one had taken an hour
+    for _ in range(5):
+        loop.step()
+    assert loop.counters.checkpoints == 1  # 250 events past every_events, held back by the cost
+    loop.checkpointer.cost_s = 0.0
+    loop.step()
+    assert loop.counters.checkpoints == 2
+    loop.close()
+
+
 def test_the_time_limit_counts_from_construction(tmp_path: Path, clock: FakeClock) -> None:
     ckpt = Checkpointer(tmp_path, every_s=5.0, every_events=1_000)
     ckpt.note(1)
