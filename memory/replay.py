@@ -17,6 +17,7 @@ from .pq import PQCodec
 from .replay_items import ExactTaps, PQCodes
 
 LABEL_BYTES = 4
+SLOT = np.int32
 
 
 class ReplayStore:
@@ -25,8 +26,10 @@ class ReplayStore:
         self.budget_bytes = budget_bytes
         self.items: ExactTaps | PQCodes = ExactTaps(dim)
         self._rng = np.random.default_rng(seed)
-        self._labels = np.zeros(0, np.int64)
-        self._pos = np.zeros(0, np.int64)  # slot -> its place in the pool
+        # int32 slots and class ids: a million items' bookkeeping in 8 MiB, not 16 (slots and
+        # classes stay far below 2**31; what callers get back is int64).
+        self._labels = np.zeros(0, SLOT)
+        self._pos = np.zeros(0, SLOT)  # slot -> its place in the pool
         self._reset_regions()
         self.n = 0
         self.seen = 0
@@ -51,7 +54,7 @@ class ReplayStore:
         self.items.reserve(cap, self.n)
 
     def _reset_regions(self) -> None:
-        self._pool = np.zeros(1024, np.int64)  # class regions of slots (see _make_room)
+        self._pool = np.zeros(1024, SLOT)  # class regions of slots (see _make_room)
         self._end = 0
         self._base = np.zeros(0, np.int64)
         self._cap = np.zeros(0, np.int64)
@@ -116,7 +119,7 @@ class ReplayStore:
                    for c in range(len(self._size))]
         caps = {c: max(16, 2 * len(r)) for c, r in regions if len(r) or c == grown}
         caps[grown] = max(caps.get(grown, 0), cap)
-        self._pool = np.zeros(max(2 * sum(caps.values()), 1024), np.int64)
+        self._pool = np.zeros(max(2 * sum(caps.values()), 1024), SLOT)
         self._end = 0
         for c, members in regions:
             self._base[c], self._cap[c] = self._end, caps.get(c, 0)
@@ -198,7 +201,7 @@ class ReplayStore:
         # Items are written class by class in region order, so a restored store
         # samples and evicts the same items.
         order = self._in_class_order()
-        arrays = {"labels": self._labels[order].copy()} | self.items.state_dict(order)
+        arrays = {"labels": self._labels[order].astype(np.int64)} | self.items.state_dict(order)  # the format: int64
         meta = {"n": self.n, "seen": self.seen, "rng": self._rng.bit_generator.state}
         return arrays, meta
 
@@ -208,7 +211,7 @@ class ReplayStore:
         kind = PQCodes if "codes" in arrays else ExactTaps
         self.items = kind.from_state(self.dim, arrays)
         labels = arrays["labels"].astype(np.int64)
-        self._labels = np.zeros(0, np.int64)
+        self._labels = np.zeros(0, SLOT)
         self._reset_regions()
         self._reserve()
         if self.n:

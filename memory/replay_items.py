@@ -16,6 +16,18 @@ import numpy as np
 from .pq import PQCodec
 
 
+def resident(shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """Zeros written page by page, so the whole reserve is resident now.
+
+    ``np.zeros`` maps pages the system fills only when an item first lands there: the process's
+    RSS would then creep up for as long as the replay memory fills (a million events on elec2)
+    and a container sized on day one could be killed on day thirty. Written now, the budget is
+    taken at start (or the start fails), and RSS stays flat while the memory fills."""
+    out = np.empty(shape, dtype)
+    out.fill(0)
+    return out
+
+
 class ExactTaps:
     """Items as the float32 taps themselves: exact, and what the store holds before a codebook exists."""
 
@@ -45,7 +57,7 @@ class ExactTaps:
         self._taps[:n] = self._taps[:n] * scale + shift
 
     def reserve(self, capacity: int, n: int) -> None:
-        taps = np.zeros((capacity, self.dim), np.float32)
+        taps = resident((capacity, self.dim), np.float32)
         taps[:n] = self._taps[:n]
         self._taps = taps
 
@@ -88,7 +100,7 @@ class PQCodes:
         self.codec.remap(scale, shift)
 
     def reserve(self, capacity: int, n: int) -> None:
-        codes = np.zeros((capacity, self._codes.shape[1]), np.uint8)
+        codes = resident((capacity, self._codes.shape[1]), np.uint8)
         codes[:n] = self._codes[:n]
         self._codes = codes
 

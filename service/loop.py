@@ -27,6 +27,7 @@ from ..stream.events import LabelMessage
 from ..stream.sinks import Sink, SinkError
 from ..stream.sources import Record, Source, TopicPartition, next_offsets
 from .checkpoint import Checkpointer, CheckpointWriteError, Part
+from .heap import release_free_heap
 from .config import Settings
 from .intake import Intake, LabelIn, LoopCounters
 from .publishing import Publisher
@@ -131,6 +132,7 @@ class LearningLoop:
             started = time.perf_counter()
             try:
                 stats = self.checkpointer.save(self.state_parts(), self.positions)
+                release_free_heap()  # the state's serialised copy, freed: keep RSS flat over months
                 self.checkpointer.cost_s = time.perf_counter() - started  # paces the next (max_time_fraction)
             except CheckpointWriteError as exc:
                 # Disk full, I/O error: the last good checkpoint stays, serving and
