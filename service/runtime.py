@@ -5,6 +5,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from threadpoolctl import threadpool_limits
+
 from .. import __version__
 from ..learner.base import Learner
 from ..learner.encoders import Encoder, make_encoder
@@ -40,6 +42,10 @@ def resolve_device(settings: Settings) -> str:
         # A model on a few features does tiny matrix products: handing each to a second thread
         # costs more than it saves (measured: 1.2 ms vs 0.2 ms per step on 2 busy cores).
         torch.set_num_threads(1)
+    # numpy's BLAS (the MLP encoder's bottom, the standardiser, evaluation) gets no more threads
+    # than torch: its pool spins on a barrier while a thread of it waits for a core torch holds
+    # (elec2 in process on 2 cores: 7,700 events/s with two BLAS threads, 10,300-11,800 with one).
+    threadpool_limits(torch.get_num_threads(), user_api="blas")
     return ls.device if ls.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 

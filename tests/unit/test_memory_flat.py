@@ -36,3 +36,21 @@ def test_free_heap_goes_back_to_the_system() -> None:
     assert release_free_heap() in (True, False)
     assert rss_bytes() < held - 60 * MiB  # ~117 MiB freed; most of it returned
     assert len(keep) == 2048
+
+
+def test_numpys_blas_gets_no_more_threads_than_torch() -> None:
+    """Two pools on the same cores spin against each other: a features service runs both on one."""
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from lifelong.service.config import Settings
+    from lifelong.service.runtime import resolve_device
+
+    threads = torch.get_num_threads()
+    try:
+        with threadpool_limits(2, user_api="blas"):
+            resolve_device(Settings(learner={"input_kind": "features", "feature_dim": 4}))
+            blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+            assert blas and set(blas) == {1} and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
