@@ -57,6 +57,9 @@ class ContinualConfig:
     cos_scale: float = 16.0
     proto_weight: float = 0.0
     memory_budget_bytes: int = 64 << 20
+    # The replay budget resident from the start (the daemon: a flat RSS, sized on day one) or
+    # taken as items arrive (a library user's many small models: no 64 MiB per model up front).
+    resident_memory: bool = False
     pq_m: int = 96
     pq_train_size: int = 1000
     # "full": keep exact taps while they fit in the budget and switch to PQ codes when it binds
@@ -93,7 +96,7 @@ class ContinualLearner(TapsLearner):
         self.adapter = self._new_adapter()
         self.head = torch.nn.Parameter(torch.zeros(0, self.embedding_dim, device=self.device))
         self.protos = PrototypeIndex(d)
-        self.memory = ReplayStore(d, config.memory_budget_bytes, seed=config.seed)
+        self.memory = ReplayStore(d, config.memory_budget_bytes, seed=config.seed, resident=config.resident_memory)
         self.codec_schedule = self._new_codec_schedule()
         self.window = LossWindow(config.loss_window, config.plateau_mean, config.plateau_var)
         self.detector = RiverDetector()

@@ -21,9 +21,10 @@ SLOT = np.int32
 
 
 class ReplayStore:
-    def __init__(self, dim: int, budget_bytes: int, seed: int = 0) -> None:
+    def __init__(self, dim: int, budget_bytes: int, seed: int = 0, resident: bool = False) -> None:
         self.dim = dim
         self.budget_bytes = budget_bytes
+        self.resident = resident  # the reserve's pages written at once (see replay_items.resident)
         self.items: ExactTaps | PQCodes = ExactTaps(dim)
         self._rng = np.random.default_rng(seed)
         # int32 slots and class ids: a million items' bookkeeping in 8 MiB, not 16 (slots and
@@ -51,7 +52,7 @@ class ReplayStore:
         cap = self.capacity
         self._labels = np.resize(self._labels, cap)
         self._pos = np.resize(self._pos, cap)
-        self.items.reserve(cap, self.n)
+        self.items.reserve(cap, self.n, self.resident)
 
     def _reset_regions(self) -> None:
         self._pool = np.zeros(1024, SLOT)  # class regions of slots (see _make_room)

@@ -22,7 +22,8 @@ def resident(shape: tuple[int, int], dtype: type) -> np.ndarray:
     ``np.zeros`` maps pages the system fills only when an item first lands there: the process's
     RSS would then creep up for as long as the replay memory fills (a million events on elec2)
     and a container sized on day one could be killed on day thirty. Written now, the budget is
-    taken at start (or the start fails), and RSS stays flat while the memory fills."""
+    taken at start (or the start fails), and RSS stays flat while the memory fills. The daemon
+    asks for it (``ContinualConfig.resident_memory``); a library user's models fill lazily."""
     out = np.empty(shape, dtype)
     out.fill(0)
     return out
@@ -56,8 +57,8 @@ class ExactTaps:
         """Every stored tap ``t`` (slots ``0 .. n-1``) becomes ``t * scale + shift``, exactly."""
         self._taps[:n] = self._taps[:n] * scale + shift
 
-    def reserve(self, capacity: int, n: int) -> None:
-        taps = resident((capacity, self.dim), np.float32)
+    def reserve(self, capacity: int, n: int, at_once: bool = False) -> None:
+        taps = (resident if at_once else np.zeros)((capacity, self.dim), np.float32)
         taps[:n] = self._taps[:n]
         self._taps = taps
 
@@ -99,8 +100,8 @@ class PQCodes:
         """Every decoded tap becomes ``t * scale + shift``: the codebook moves, the codes stay."""
         self.codec.remap(scale, shift)
 
-    def reserve(self, capacity: int, n: int) -> None:
-        codes = resident((capacity, self._codes.shape[1]), np.uint8)
+    def reserve(self, capacity: int, n: int, at_once: bool = False) -> None:
+        codes = (resident if at_once else np.zeros)((capacity, self._codes.shape[1]), np.uint8)
         codes[:n] = self._codes[:n]
         self._codes = codes
 

@@ -16,12 +16,25 @@ MiB = 1 << 20
 
 
 @linux
-def test_the_replay_reserve_is_resident_from_the_start() -> None:
+def test_the_daemons_replay_reserve_is_resident_from_the_start() -> None:
     before = rss_bytes()
-    store = ReplayStore(dim=64, budget_bytes=48 * MiB)
+    store = ReplayStore(dim=64, budget_bytes=48 * MiB, resident=True)
     grown = rss_bytes() - before
     assert store.n == 0 and grown >= 40 * MiB  # the whole budget now, not as items arrive
     del store
+    before = rss_bytes()
+    lazy = ReplayStore(dim=64, budget_bytes=48 * MiB)  # a library user's model fills lazily
+    assert rss_bytes() - before < 8 * MiB and lazy.n == 0
+
+
+def test_the_service_asks_for_a_resident_replay_memory() -> None:
+    from lifelong.service.config import Settings
+    from lifelong.service.runtime import build_learner
+
+    learner = build_learner(Settings(learner={"input_kind": "features", "feature_dim": 4, "encoder": "standardize"}))
+    while not hasattr(learner, "memory"):  # the fast expert's mixture wraps the continual learner
+        learner = learner.inner
+    assert learner.memory.resident and learner.config.resident_memory
 
 
 @linux
