@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import struct
 import time
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .snapshot_channel import POLL_RECORDS, ChannelError, ChannelFenced, ChannelRecord, Headers
+
+log = logging.getLogger(__name__)
 
 SUFFIX = ".log"
 _MAGIC = b"LLSC1\n"
@@ -159,7 +162,10 @@ class DirSnapshotWriter:
                 _write_atomic(_path(self.folder, seq), data)
                 _fsync_dir(self.folder)
                 self._keys[seq] = {key for key, _, _ in records}
-                self._compact(seq)
+                try:
+                    self._compact(seq)
+                except OSError as exc:  # written and visible: compaction is tried again next write
+                    log.warning("compacting the snapshot folder %s failed: %s", self.folder, exc)
         except OSError as exc:
             raise ChannelError(f"snapshot folder {self.folder}: {exc}") from exc
 
@@ -173,7 +179,11 @@ class DirSnapshotWriter:
                 del self._keys[seq]
             elif keys & later:
                 path = _path(self.folder, seq)
-                kept = [r for r in _unpack(path.read_bytes()) if r[0] not in later]
+                try:
+                    kept = [r for r in _unpack(path.read_bytes()) if r[0] not in later]
+                except (FileNotFoundError, ValueError):  # another writer's, compacted by it meanwhile
+                    del self._keys[seq]
+                    continue
                 _write_atomic(path, _pack(kept))
                 self._keys[seq] = {r[0] for r in kept}
             later |= keys

@@ -120,3 +120,17 @@ def test_a_predictor_process_follows_a_learner_through_the_folder(make_service: 
     finally:
         predictor._stop.set()
         predictor._thread.join(5)
+
+
+def test_a_file_gone_before_its_compaction_does_not_fail_the_write(tmp_path: Path) -> None:
+    """A write is done once renamed into place: compaction afterwards may meet a file someone
+    removed (an operator, another writer's compaction) and must not turn the write into an error
+    (the publisher would retry it forever)."""
+    writer = DirSnapshotWriter(tmp_path, "t")
+    writer.write([rec("m/chunk/0", "a0"), rec("m/chunk/1", "a1"), rec("m", "A")])
+    writer.write([rec("other", "x")])
+    min(tmp_path.glob("*.log")).unlink()  # the first file
+    writer.write([rec("m/chunk/0", "b0"), rec("m", "B")])  # supersedes part of the vanished file
+    assert latest(DirSnapshotReader(tmp_path).poll(0.1)) == {b"other": b"x", b"m/chunk/0": b"b0", b"m": b"B"}
+    writer.write([rec("m", "C")])
+    assert latest(DirSnapshotReader(tmp_path).poll(0.1))[b"m"] == b"C"
