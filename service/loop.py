@@ -27,8 +27,8 @@ from ..stream.events import LabelMessage
 from ..stream.sinks import Sink, SinkError
 from ..stream.sources import Record, Source, TopicPartition, next_offsets
 from .checkpoint import Checkpointer, CheckpointWriteError, Part
-from .heap import release_free_heap
 from .config import Settings
+from .heap import release_free_heap
 from .intake import Intake, LabelIn, LoopCounters
 from .publishing import Publisher
 from .snapshot import SnapshotHolder
