@@ -26,8 +26,8 @@ from ..stream.snapshot_channel import POLL_RECORDS
 from .app import create_app
 from .config import Settings
 from .follower import SnapshotFollower
-from .publishing import ChannelReader, channel_name, channel_reader
 from .loop import FeedbackQueueFull
+from .publishing import ChannelReader, channel_name, channel_reader
 from .runtime import build_encoder, resolve_device
 from .server import run_server
 from .snapshot import SnapshotHolder
@@ -150,8 +150,8 @@ class PredictorService:
         served = self.follower.served
         return {"version": __version__, "role": "predictor", "learner": served.learner if served else "",
                 "input_kind": self.encoder.kind, "events_learned": served.events_learned if served else 0,
-                "pending_labels": 0,
-                "source": "kafka" if self.settings.snapshots.dir is None else "folder", "generation": served.generation if served else None,
+                "pending_labels": 0, "source": "kafka" if self.settings.snapshots.dir is None else "folder",
+                "generation": served.generation if served else None,
                 "snapshot_age_s": self.follower.age_s() if served else None}
 
     def serve(self) -> int:

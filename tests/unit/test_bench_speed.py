@@ -100,7 +100,8 @@ def test_targets_met_missed_and_not_run() -> None:
            "encoder": {"loop_over_bound": 0.85}, "kafka": {"vector": {"over_in_process": 0.5}},
            "adapter": {"lifelong": {"events_per_s": 1200.0, "accuracy": 0.87}},
            "http": {"vector": {"levels": [{"clients": 8, "p99_ms": 30.0}, {"clients": 1, "p99_ms": 4.0}],
-                               "predictor": {"levels": [{"clients": 1, "p99_ms": 12.0}, {"clients": 8, "p99_ms": 20.0}]}},
+                               "predictor": {"levels": [{"clients": 1, "p99_ms": 12.0},
+                                                        {"clients": 8, "p99_ms": 20.0}]}},
                     "text": {"levels": [{"clients": 1, "p99_ms": float("nan")}]}}}
     met = {t["name"]: t["met"] for t in evaluate_targets(doc)}
     assert met == {
