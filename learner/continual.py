@@ -57,9 +57,7 @@ class ContinualConfig:
     cos_scale: float = 16.0
     proto_weight: float = 0.0
     memory_budget_bytes: int = 64 << 20
-    # The replay budget resident from the start (the daemon: a flat RSS, sized on day one) or
-    # taken as items arrive (a library user's many small models: no 64 MiB per model up front).
-    resident_memory: bool = False
+    resident_memory: bool = False  # the replay budget resident at once (the daemon's), not as it fills
     pq_m: int = 96
     pq_train_size: int = 1000
     # "full": keep exact taps while they fit in the budget and switch to PQ codes when it binds
