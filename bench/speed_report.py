@@ -126,7 +126,7 @@ def result_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                          f"accuracy {r['accuracy']:.3f}", f"{r['events']:,} events one at a time, {r['seconds']:.2f} s"))
     for key in ("vector", "text"):
         r = _get(doc, "http", key)
-        for where, levels in (("learner's process", (r or {}).get("levels", [])),
+        for where, levels in (("learner's process", _get(r, "levels") or []),
                               ("predictor process", _get(r, "predictor", "levels") or [])):
             for lv in levels:
                 rows.append((f"{r['stream']} /v1/predict, {where}, {lv['clients']} client(s)",

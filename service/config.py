@@ -316,13 +316,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _kafka_for_roles(self) -> "Settings":
-        local = self.snapshots.dir is not None  # the channel is a folder: no broker needed for it
-        if self.role == "learner" and self.source.kind != "kafka" and not local:
-            raise ValueError("role 'learner' needs source.kind 'kafka' or snapshots.dir (the snapshot channel)")
-        if self.role == "predictor" and self.source.kind != "kafka" and not local:
-            raise ValueError("role 'predictor' needs source.kind 'kafka' (the snapshot topic) or snapshots.dir")
-        if self.role == "all" and self.snapshots.publish and self.source.kind != "kafka" and not local:
-            raise ValueError("snapshots.publish needs source.kind 'kafka' or snapshots.dir")
+        # Roles learner and predictor, and role all that publishes, need a snapshot channel: the
+        # Kafka topic, or a local folder.
+        if (self.role != "all" or self.snapshots.publish) and self.source.kind != "kafka" \
+                and self.snapshots.dir is None:
+            what = "snapshots.publish" if self.role == "all" else f"role {self.role!r}"
+            raise ValueError(f"{what} needs source.kind 'kafka' (the snapshot topic) or snapshots.dir (a folder)")
         return self
 
     @property

@@ -75,10 +75,11 @@ def build_learner(settings: Settings) -> Learner:
     encoder = build_encoder(settings, device)
     options = LearnerOptions(
         seed=ls.seed, device=device, fast_expert=ls.fast_expert,
-        continual={k: v for k, v in (("memory_budget_bytes", ls.memory_budget_bytes), ("pq_m", ls.pq_m),
-                                     ("steps_per_batch", ls.steps_per_batch), ("replay_per_step", ls.replay_per_step),
-                                     ("rank", ls.rank), ("ema_decay", ls.ema_decay),
-                                     ("resident_memory", True)) if v is not None},  # a flat RSS for months
+        continual={"resident_memory": True,  # the daemon's RSS stays flat while its replay memory fills
+                   **{k: v for k, v in (("memory_budget_bytes", ls.memory_budget_bytes), ("pq_m", ls.pq_m),
+                                        ("steps_per_batch", ls.steps_per_batch),
+                                        ("replay_per_step", ls.replay_per_step), ("rank", ls.rank),
+                                        ("ema_decay", ls.ema_decay)) if v is not None}},
         base_init={"base_events": ls.base_init_events} if ls.mlp_encoder else None,
         nmc={"lr": ls.lr, "head_weight": ls.head_weight, "proto_scale": ls.proto_scale})
     return build(ls.name, encoder, options)  # type: ignore[no-any-return]
