@@ -75,8 +75,9 @@ def cmd_bench_scaleout(args: argparse.Namespace) -> int:
     from .scaleout import ScaleoutOptions, run_scaleout
     from .scaleout_report import render_text
 
+    parts = ("serving", "learning") if args.scaleout_part == "all" else (args.scaleout_part,)
     opts = ScaleoutOptions(out=Path(args.out or "docs/benchmarks/scaleout"), quick=args.quick,
-                           bootstrap=args.bootstrap, seed=args.seed)
+                           bootstrap=args.bootstrap, seed=args.seed, parts=parts)
     return _run("--scaleout", lambda: run_scaleout(opts), render_text, f"{opts.out}/scaleout.json and scaleout.md",
                 (RuntimeError, TimeoutError, OSError))
 
@@ -227,5 +228,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                           "(run --role learner|predictor) behind a round-robin load while elec2 is learned, then "
                           "kill -9 of a predictor and of the learner, a broker restart and forged snapshot records; "
                           "on a local broker it starts (or --bootstrap); writes OUT/scaleout.json and scaleout.md "
-                          "(--out default: docs/benchmarks/scaleout; --quick: a short run)")
+                          "(--out default: docs/benchmarks/scaleout; --quick: a short run); then CLINC150 learned by 1, "
+                          "2 and 4 learner replicas that merge (hash and domain splits, in one process)")
+    scaleout.add_argument("--scaleout-part", choices=("all", "serving", "learning"), default="all",
+                          help="run one part of --scaleout alone (learning needs no broker)")
     bench.set_defaults(func=cmd_bench)

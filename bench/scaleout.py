@@ -30,6 +30,7 @@ from .faults import _finite, commit_sha, keep_logs
 from .faults_env import Daemon
 from .scaleout_cluster import MODEL_KEY, Cluster, proc_cpu_s, write_events
 from .scaleout_faults import FAULTS, SCENARIOS, FaultContext
+from .scaleout_learning import LearningOptions, run_learning
 from .scaleout_forge import FORGED_BASE, manifests, read_topic
 from .scaleout_load import Balancer, Sampler
 from .scaleout_report import CPU_NOTE, render_md, targets
@@ -63,6 +64,8 @@ class ScaleoutOptions:
     workdir: Path | None = None   # None: a temporary folder, removed afterwards
     sizes: Sizes | None = None
     seed: int = 0
+    parts: tuple[str, ...] = ("serving", "learning")  # serving: predictors on a broker; learning: merged replicas
+    learning: LearningOptions | None = None  # None: the defaults (a shorter stream with quick)
 
 
 @dataclass
@@ -257,12 +260,39 @@ def run_scaleout(opts: ScaleoutOptions, log: Callable[[str], None] | None = None
     say = log or (lambda msg: print(f"[scaleout] {msg}", file=sys.stderr, flush=True))
     started = time.monotonic()
     sizes = opts.sizes or (QUICK if opts.quick else FULL)
+    errors: dict[str, str] = {}
+    serving: dict[str, Any] = {}
+    feed: dict[str, Any] = {}
+    learning: dict[str, Any] = {}
+    if "learning" in opts.parts:
+        learning = run_learning(opts.learning or LearningOptions(limit=3000 if opts.quick else None, seed=opts.seed),
+                                lambda msg: say(f"learning: {msg}"))
+    if "serving" in opts.parts:
+        serving, feed = _serving_part(opts, sizes, errors, say)
+    doc: dict[str, Any] = {
+        "quick": opts.quick, "commit": commit_sha(), "seed": opts.seed, "sizes": sizes.__dict__,
+        "command": " ".join(["lifelong", "bench", "--scaleout"] + (["--quick"] if opts.quick else [])
+                            + ([f"--scaleout-part {opts.parts[0]}"] if len(opts.parts) == 1 else [])),
+        "cpu_count": os.cpu_count(), "total_seconds": round(time.monotonic() - started, 1),
+        "broker": "external (--bootstrap)" if opts.bootstrap else "local (deploy/kafka/local-kafka)",
+        "feed": feed, "serving": serving, "learning": learning, "errors": errors}
+    doc["note"] = CPU_NOTE.format(cpus=doc["cpu_count"])
+    doc["targets"] = {t.key: {"wanted": t.wanted, "measured": t.measured, "met": t.ok} for t in targets(doc)}
+    doc = _finite(doc)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "scaleout.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    (opts.out / "scaleout.md").write_text(render_md(doc))
+    return doc
+
+
+def _serving_part(opts: ScaleoutOptions, sizes: Sizes, errors: dict[str, str],
+                  say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One learner and its predictors on a broker: (serving, feed) of scaleout.json."""
     tmp = None if opts.workdir else tempfile.TemporaryDirectory(prefix="lifelong-scaleout-")
     workdir = opts.workdir or Path(tmp.name)  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
-    errors: dict[str, str] = {}
     serving: dict[str, Any] = {}
-    learning: dict[str, Any] = {}
+    feed: dict[str, Any] = {}
     say(f"broker {'at ' + opts.bootstrap if opts.bootstrap else 'starting'}; work folder {workdir}")
     cluster = Cluster.start(workdir, opts.bootstrap, say)
     try:
@@ -278,24 +308,12 @@ def run_scaleout(opts: ScaleoutOptions, log: Callable[[str], None] | None = None
             errors["serving"] = f"{type(exc).__name__}: {exc}"[:3000]
             say(f"serving measurement failed: {errors['serving'][:500]}")
         model = cluster.learner.model() if cluster.learner and cluster.learner.running else {}
-        learning = {"events": events, "rate": sizes.rate, "events_learned_at_end": model.get("events_learned"),
-                    "model_version_at_end": model.get("model_version"), "feeder_running_at_end": cluster.feeding()}
+        feed = {"events": events, "rate": sizes.rate, "events_learned_at_end": model.get("events_learned"),
+                "model_version_at_end": model.get("model_version"), "feeder_running_at_end": cluster.feeding()}
     finally:
         if errors or any(t.ok is False for t in targets({"serving": serving})):
             keep_logs(cluster.daemons(), opts.out / "logs")  # for a reader of a failed run
         cluster.close()
         if tmp is not None:
             tmp.cleanup()
-    doc: dict[str, Any] = {
-        "quick": opts.quick, "commit": commit_sha(), "seed": opts.seed, "sizes": sizes.__dict__,
-        "command": " ".join(["lifelong", "bench", "--scaleout"] + (["--quick"] if opts.quick else [])),
-        "cpu_count": os.cpu_count(), "total_seconds": round(time.monotonic() - started, 1),
-        "broker": "external (--bootstrap)" if opts.bootstrap else "local (deploy/kafka/local-kafka)",
-        "learning": learning, "serving": serving, "errors": errors}
-    doc["note"] = CPU_NOTE.format(cpus=doc["cpu_count"])
-    doc["targets"] = {t.key: {"wanted": t.wanted, "measured": t.measured, "met": t.ok} for t in targets(doc)}
-    doc = _finite(doc)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / "scaleout.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    (opts.out / "scaleout.md").write_text(render_md(doc))
-    return doc
+    return serving, feed

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from .faults_report import Target
+from .scaleout_learning_report import learning_md, learning_targets
 
 CPU_NOTE = ("Every process (broker, learner, predictors, producer, load generator) shares this machine's "
             "{cpus} CPU cores, so wall-clock throughput cannot grow with more predictors here: two "
@@ -71,7 +72,7 @@ def targets(doc: Mapping[str, Any]) -> list[Target]:
                s.get("ready_within_s"), _check(s.get("ready_within_s"), lambda v: v <= 10)),
         Target("req_per_cpu_s_n2_over_n1", ">= 0.85 (n=2 within 15% of n=1)", ratio,
                _check(ratio, lambda v: v >= 0.85)),
-    ]
+    ] + learning_targets(doc)
 
 
 def _cell(value: Any) -> str:
@@ -138,25 +139,11 @@ def _faults(doc: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render_md(doc: Mapping[str, Any]) -> str:
+def _serving_md(doc: Mapping[str, Any]) -> list[str]:
     s = doc.get("serving", {})
-    z = doc.get("sizes", {})
-    lines = [f"# Scale-out bench ({'quick' if doc.get('quick') else 'full'} run)", "",
-             f"`{doc.get('command', 'lifelong bench --scaleout')}` at commit `{doc.get('commit', '?')}`, "
-             f"{doc.get('total_seconds', 0):.0f} s, on a real local broker, every process on loopback.", "",
-             f"One learner (`run --role learner`) learns elec2 from Kafka "
-             f"({_cell(doc.get('learning', {}).get('events'))}"
-             f" events produced at {z.get('rate')}/s) and publishes a snapshot at most every second; "
-             f"predictors (`run --role predictor`) follow the snapshot topic. {z.get('clients_per_predictor')} "
-             f"closed-loop clients per predictor send single-instance `/v1/predict` requests (elec2's held-out "
-             f"rows) round-robin over the predictors, {z.get('window_s')} s a window; a third window runs one "
-             f"predictor under the two predictors' clients.", "",
-             CPU_NOTE.format(cpus=doc.get("cpu_count")), "",
-             "| target | wanted | measured | met |", "|---|---|---|---|"]
-    for t in targets(doc):
-        met = "n/a" if t.ok is None else ("yes" if t.ok else "**no**")
-        lines.append(f"| `{t.key}` | {t.wanted} | {_cell(t.measured)} | {met} |")
-    lines += ["", "## Serving", ""] + _windows(doc) + [
+    if not s:
+        return []
+    return ["", "## Serving", ""] + _windows(doc) + [
         "", "Instances per model call is how many concurrent requests the predictor's micro-batcher joined into "
         "one model call: a predictor with more clients of its own coalesces more and spends less CPU per request, "
         "so the row of one predictor under the two predictors' clients separates that from the cost of a second "
@@ -173,8 +160,27 @@ def render_md(doc: Mapping[str, Any]) -> str:
             f"{_cell(w.get('load_generator_cpu_s'))}" for label, w in _labelled(s)),
         "- the machine's 1-minute load average at each window's end (other work on it, if above about 2-3, "
         "slows every process here): " + ", ".join(f"{label}: {_cell(w.get('load_average_1m'))}"
-                                                 for label, w in _labelled(s))]
-    lines += _faults(doc)
+                                                 for label, w in _labelled(s))] + _faults(doc)
+
+
+def render_md(doc: Mapping[str, Any]) -> str:
+    z = doc.get("sizes", {})
+    lines = [f"# Scale-out bench ({'quick' if doc.get('quick') else 'full'} run)", "",
+             f"`{doc.get('command', 'lifelong bench --scaleout')}` at commit `{doc.get('commit', '?')}`, "
+             f"{doc.get('total_seconds', 0):.0f} s, on a real local broker, every process on loopback.", "",
+             f"One learner (`run --role learner`) learns elec2 from Kafka "
+             f"({_cell(doc.get('feed', {}).get('events'))}"
+             f" events produced at {z.get('rate')}/s) and publishes a snapshot at most every second; "
+             f"predictors (`run --role predictor`) follow the snapshot topic. {z.get('clients_per_predictor')} "
+             f"closed-loop clients per predictor send single-instance `/v1/predict` requests (elec2's held-out "
+             f"rows) round-robin over the predictors, {z.get('window_s')} s a window; a third window runs one "
+             f"predictor under the two predictors' clients.", "",
+             CPU_NOTE.format(cpus=doc.get("cpu_count")), "",
+             "| target | wanted | measured | met |", "|---|---|---|---|"]
+    for t in targets(doc):
+        met = "n/a" if t.ok is None else ("yes" if t.ok else "**no**")
+        lines.append(f"| `{t.key}` | {t.wanted} | {_cell(t.measured)} | {met} |")
+    lines += _serving_md(doc) + learning_md(doc)
     lines += ["## Definitions", "",
               "- A version regression is an answer with a lower `model_version` than one the same predictor process "
               "gave before the request was sent (a restarted predictor starts a new sequence; replicas may differ).",
