@@ -183,3 +183,36 @@ class Replica:
             lr.ema.head[-len(names):] = lr._t(pick(base.ema_head).astype(np.float32))
             lr.ema.mass[-len(names):] = lr._t(pick(base.ema_mass[:, None]).astype(np.float32))[:, 0]
         lr._regrow_optimizer(state, len(names))
+
+    # -- state (the replica's part of a checkpoint) -----------------------------------------------
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        from .merge_wire import pack_contribution
+
+        arrays = {f"ref.{k}": v for k, v in self.ref.arrays().items()}
+        meta: dict[str, Any] = {"name": self.name, "ref_round": self.ref_round, "ref_classes": self.ref.classes,
+                                "seq": self.seq, "seen": self._seen, "events_since": self.events_since,
+                                "labels": list(self._labels), "rng": self._rng.bit_generator.state,
+                                "rounds_taken": sorted(self.rounds_taken)[-64:]}
+        arrays["taps"] = np.stack(self._taps) if self._taps else np.zeros((0, self.learner.encoder.dim), np.float16)
+        if self.pending is not None:
+            contribution, contributed = self.pending
+            arrays["pending"] = np.frombuffer(pack_contribution(contribution), np.uint8).copy()
+            arrays |= {f"contributed.{k}": v for k, v in contributed.arrays().items()}
+            meta["contributed_classes"] = contributed.classes
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        from .merge_wire import unpack_contribution
+
+        pick = lambda prefix: {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}  # noqa: E731
+        self.ref = Parts.of(meta["ref_classes"], pick("ref."))
+        self.ref_round, self.seq = int(meta["ref_round"]), int(meta["seq"])
+        self._seen, self.events_since = int(meta["seen"]), int(meta["events_since"])
+        self._labels = list(meta["labels"])
+        self._taps = list(arrays["taps"])
+        self._rng.bit_generator.state = meta["rng"]
+        self.rounds_taken = set(meta["rounds_taken"])
+        self.pending = None
+        if "pending" in arrays:
+            self.pending = (unpack_contribution(arrays["pending"].tobytes()),
+                            Parts.of(meta["contributed_classes"], pick("contributed.")))

@@ -7,6 +7,8 @@ import torch
 
 from lifelong.learner.continual import ContinualConfig, ContinualLearner
 from lifelong.learner.encoders import FeatureEncoder
+from lifelong.learner.merge_wire import (MergeWireError, pack_base, pack_contribution, unpack_base,
+                                         unpack_contribution)
 from lifelong.learner.merging import MergeBase, MergeRefused, empty_parts, reduce
 from lifelong.learner.nmc import NMCLearner
 from lifelong.learner.recency import RecencyMixture
@@ -183,3 +185,43 @@ def test_merged_replicas_beat_each_lone_replica_on_a_split_by_class() -> None:
 def test_learners_that_cannot_merge_are_refused_with_the_reason(make, words: str) -> None:
     with pytest.raises(MergeRefused, match=words):
         check_mergeable(make())
+
+
+def test_contributions_and_bases_cross_the_wire_intact_and_damage_is_refused() -> None:
+    torch.manual_seed(0)
+    reps = [Replica(learner(), "r0"), Replica(learner(), "r1")]
+    for i, r in enumerate(reps):
+        x, y = data(["a", "b"] if i == 0 else ["b", "c"], 32, 20 + i)
+        learn(r.learner, x, y, r)
+    contributions = [r.contribute() for r in reps]
+    wire = [unpack_contribution(pack_contribution(c)) for c in contributions]  # type: ignore[arg-type]
+    direct, through = reduce(new_base(), contributions), unpack_base(pack_base(reduce(new_base(), wire)))
+    assert through.merged == direct.merged and through.parts.classes == direct.parts.classes
+    for k, v in direct.parts.arrays().items():
+        assert np.array_equal(getattr(through.parts, k), v), k
+    assert [c.replay_labels for c in through.replay] == [c.replay_labels for c in direct.replay]
+    data_ = bytearray(pack_contribution(contributions[0]))  # type: ignore[arg-type]
+    data_[-5] ^= 1
+    with pytest.raises(MergeWireError, match="checksum"):
+        unpack_contribution(bytes(data_))
+    with pytest.raises(MergeWireError, match="expected a contribution"):
+        unpack_contribution(pack_base(direct))
+    with pytest.raises(MergeWireError, match="magic"):
+        unpack_base(b"garbage")
+
+
+def test_a_replica_restored_from_its_state_rebases_as_the_original_would() -> None:
+    torch.manual_seed(0)
+    a, b = Replica(learner(), "r0"), Replica(learner(), "r1")
+    x, y = data(["a", "b"], 64, 30)
+    learn(a.learner, x[:32], y[:32], a)
+    learn(b.learner, x[32:], y[32:], b)
+    contributions = [a.contribute(), b.contribute()]
+    arrays, meta = a.learner.state_dict()
+    twin = Replica(learner(), "r0")
+    twin.learner.load_state_dict(arrays, meta)
+    twin.load_state_dict(*a.state_dict())
+    base = reduce(new_base(), contributions)  # type: ignore[arg-type]
+    assert a.rebase(base) and twin.rebase(base)
+    assert np.array_equal(a.learner.protos.state_dict()["sums"], twin.learner.protos.state_dict()["sums"])
+    assert torch.allclose(a.learner.adapter.effective_weight(), twin.learner.adapter.effective_weight())
