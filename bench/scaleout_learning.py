@@ -5,9 +5,9 @@ A stream (CLINC150 by default) is split over N replicas as a topic's partitions 
 * ``hash``: by a hash of the event id (every replica sees every domain, a share of it);
 * ``domain``: by segment (partitions by domain: replica ``s % N`` learns all of segment ``s``).
 
-Events go in stream order to their replica; every ``merge_every`` events per replica (``N x``
-that many of the stream) each replica contributes what it learned, one reduce makes the next
-base and every replica rebases onto it (``learner/merging.py``, ``learner/replica.py``): the
+Events go in stream order to their replica; once a replica has learned ``merge_every`` events
+since its last contribution, every replica that learned anything contributes it, one reduce makes
+the next base and every replica rebases onto it (an idle one fast-forwards) (``learner/merging.py``, ``learner/replica.py``): the
 rounds the service runs through its merge channel, here in one process on the encoded taps, so
 the figures are the algorithm's. The served model is replica 0's snapshot (the reducer's), scored
 on the test events of the segments seen so far at every true boundary and every 1,000 events.
@@ -69,7 +69,8 @@ class _Sim:
 
     def merge_round(self) -> None:
         t0 = time.perf_counter()
-        contributions = [c for c in (r.contribute() for r in self.replicas) if c is not None]
+        # A replica that learned nothing since its last contribution has nothing to send; it fast-forwards.
+        contributions = [c for c in (r.contribute() for r in self.replicas if r.events_since) if c is not None]
         self.base = reduce(self.base, contributions)
         for r in self.replicas:
             r.rebase(self.base)
@@ -89,24 +90,23 @@ class _Sim:
         tr, n = self.stream.train, len(self.replicas)
         histories: list[list[Evaluation]] = [[] for _ in range(n)]
         seen: list[int] = []
-        step, since, next_eval = BATCH * n, 0, EVAL_EVERY
+        step, next_eval = BATCH * n, EVAL_EVERY
         for lo in range(0, len(tr), step):
             hi = min(lo + step, len(tr))
             for s in np.unique(tr.segments[lo:hi]).tolist():
                 seen += [s] if s not in seen else []
             t0 = time.perf_counter()
             for i, r in enumerate(self.replicas):
-                idx = lo + np.flatnonzero(self.owner[lo:hi] == i)
-                if len(idx):
+                mine = lo + np.flatnonzero(self.owner[lo:hi] == i)
+                for at in range(0, len(mine), BATCH):  # micro-batches of the daemon's size, whatever the split
+                    idx = mine[at:at + BATCH]
                     labels = [tr.labels[j] for j in idx]
                     r.learner.learn_taps(self.enc.train[idx], labels)
                     r.observe(self.enc.train[idx], labels)
             self.learn_s += time.perf_counter() - t0
-            since += hi - lo
             last = hi == len(tr)
-            if self.merge and (since >= self.opts.merge_every * n or last):
+            if self.merge and (last or max(r.events_since for r in self.replicas) >= self.opts.merge_every):
                 self.merge_round()
-                since = 0
             boundary = last or tr.segments[hi] != tr.segments[hi - 1]
             if hi >= next_eval or boundary:
                 next_eval += EVAL_EVERY * (hi >= next_eval)

@@ -163,21 +163,29 @@ def _serving_md(doc: Mapping[str, Any]) -> list[str]:
                                                  for label, w in _labelled(s))] + _faults(doc)
 
 
-def render_md(doc: Mapping[str, Any]) -> str:
+def _serving_intro(doc: Mapping[str, Any]) -> list[str]:
     z = doc.get("sizes", {})
+    return [f"One learner (`run --role learner`) learns elec2 from Kafka "
+            f"({_cell(doc.get('feed', {}).get('events'))}"
+            f" events produced at {z.get('rate')}/s) and publishes a snapshot at most every second; "
+            f"predictors (`run --role predictor`) follow the snapshot topic. {z.get('clients_per_predictor')} "
+            f"closed-loop clients per predictor send single-instance `/v1/predict` requests (elec2's held-out "
+            f"rows) round-robin over the predictors, {z.get('window_s')} s a window; a third window runs one "
+            f"predictor under the two predictors' clients.", "",
+            CPU_NOTE.format(cpus=doc.get("cpu_count")), ""]
+
+
+def render_md(doc: Mapping[str, Any]) -> str:
+    where = ", on a real local broker, every process on loopback." if doc.get("serving") else "."
     lines = [f"# Scale-out bench ({'quick' if doc.get('quick') else 'full'} run)", "",
              f"`{doc.get('command', 'lifelong bench --scaleout')}` at commit `{doc.get('commit', '?')}`, "
-             f"{doc.get('total_seconds', 0):.0f} s, on a real local broker, every process on loopback.", "",
-             f"One learner (`run --role learner`) learns elec2 from Kafka "
-             f"({_cell(doc.get('feed', {}).get('events'))}"
-             f" events produced at {z.get('rate')}/s) and publishes a snapshot at most every second; "
-             f"predictors (`run --role predictor`) follow the snapshot topic. {z.get('clients_per_predictor')} "
-             f"closed-loop clients per predictor send single-instance `/v1/predict` requests (elec2's held-out "
-             f"rows) round-robin over the predictors, {z.get('window_s')} s a window; a third window runs one "
-             f"predictor under the two predictors' clients.", "",
-             CPU_NOTE.format(cpus=doc.get("cpu_count")), "",
+             f"{doc.get('total_seconds', 0):.0f} s{where}", "",
+             *(_serving_intro(doc) if doc.get("serving") else []),
              "| target | wanted | measured | met |", "|---|---|---|---|"]
+    serving_keys = {t.key for t in targets({})} - {t.key for t in learning_targets({})}
     for t in targets(doc):
+        if t.key in serving_keys and not doc.get("serving"):
+            continue  # that part did not run
         met = "n/a" if t.ok is None else ("yes" if t.ok else "**no**")
         lines.append(f"| `{t.key}` | {t.wanted} | {_cell(t.measured)} | {met} |")
     lines += _serving_md(doc) + learning_md(doc)

@@ -109,12 +109,18 @@ class Replica:
     # -- rebasing ------------------------------------------------------------------------------
     def rebase(self, base: MergeBase) -> bool:
         """Take ``base``: the others' replay items always; the weights once it holds this replica's
-        pending contribution. Returns whether the weights moved to it."""
+        pending contribution, or at once with none pending. Returns whether the weights moved to it."""
         self._take_replay(base)
-        if self.pending is None or self.pending[0].key not in base.merged or base.round <= self.ref_round:
+        if base.round <= self.ref_round:
             return False
-        _, contributed = self.pending
-        self._move(base.parts, contributed)
+        if self.pending is None:
+            # Nothing sent since the reference (an idle replica): fast-forward to the base, keeping what
+            # was learned since the reference for the next contribution.
+            self._move(base.parts, self.ref)
+        elif self.pending[0].key in base.merged:
+            self._move(base.parts, self.pending[1])
+        else:
+            return False  # its contribution is still out: the next base that holds it moves it
         self.ref, self.ref_round, self.pending = base.parts.copy(), base.round, None
         return True
 

@@ -225,3 +225,20 @@ def test_a_replica_restored_from_its_state_rebases_as_the_original_would() -> No
     assert a.rebase(base) and twin.rebase(base)
     assert np.array_equal(a.learner.protos.state_dict()["sums"], twin.learner.protos.state_dict()["sums"])
     assert torch.allclose(a.learner.adapter.effective_weight(), twin.learner.adapter.effective_weight())
+
+
+def test_an_idle_replica_fast_forwards_to_each_base_and_its_later_events_count_once() -> None:
+    torch.manual_seed(0)
+    busy, idle = Replica(learner(), "busy"), Replica(learner(), "idle")
+    x, y = data(["a", "b"], 64, 40)
+    learn(busy.learner, x[:32], y[:32], busy)
+    base = reduce(new_base(), [busy.contribute()])  # type: ignore[list-item]
+    assert idle.contribute() is not None and idle.pending is not None  # an empty one may be sent too ...
+    idle.pending = None  # ... but here it sent nothing
+    assert busy.rebase(base) and idle.rebase(base)
+    assert np.abs(idle.learner.adapter.effective_weight().detach().numpy() - base.parts.weight).max() < 1e-5
+    learn(idle.learner, x[32:], y[32:], idle)
+    second = reduce(base, [idle.contribute()])  # type: ignore[list-item]
+    assert busy.rebase(second) and idle.rebase(second)
+    for r in (busy, idle):
+        assert r.learner.protos.state_dict()["counts"].sum() == 64
