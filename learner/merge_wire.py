@@ -106,11 +106,15 @@ def unpack_contribution(data: bytes) -> Contribution:
     return _contribution(header, arrays)
 
 
-def pack_base(base: MergeBase) -> bytes:
+def pack_base(base: MergeBase, replay: bool = True) -> bytes:
+    """``replay``: with this round's contributions (their replay samples); without, a reader that has
+    read them from the channel already attaches them by ``sources``."""
     arrays = {f"base.{k}": v for k, v in base.parts.arrays().items()}
-    for i, c in enumerate(base.replay):
+    kept = base.replay if replay else []
+    for i, c in enumerate(kept):
         arrays |= _contribution_arrays(c, f"replay{i}.")
-    header = {"kind": "base", **base.meta(), "replay": [_contribution_header(c) for c in base.replay]}
+    header = {"kind": "base", **base.meta(), "sources": base.sources,
+              "replay": [_contribution_header(c) for c in kept]}
     return _pack(header, arrays)
 
 
@@ -121,8 +125,9 @@ def unpack_base(data: bytes) -> MergeBase:
     try:
         parts = _parts(header["classes"], arrays, "base.")
         replay = [_contribution(h, arrays, f"replay{i}.") for i, h in enumerate(header["replay"])]
-        return MergeBase(int(header["round"]), parts, [str(k) for k in header["merged"]], int(header["events"]),
-                         replay)
+        merged = {str(k): int(v) for k, v in dict(header["merged"]).items()}
+        sources = [(str(r), int(q)) for r, q in header["sources"]]
+        return MergeBase(int(header["round"]), parts, merged, int(header["events"]), replay, sources)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, MergeWireError):
             raise

@@ -92,16 +92,30 @@ class Contribution:
 
 @dataclass
 class MergeBase:
-    """The merged model after ``round`` rounds; ``merged`` names the contributions it holds."""
+    """The merged model after ``round`` rounds; ``merged``: each replica's last contribution in it (its
+    ``seq``), so a contribution sent again after a restart is never merged twice."""
 
     round: int
     parts: Parts
-    merged: list[str] = field(default_factory=list)
+    merged: dict[str, int] = field(default_factory=dict)
     events: int = 0  # events all merged contributions learned
     replay: list[Contribution] = field(default_factory=list)  # this round's contributions (for their taps)
+    sources: list[tuple[str, int]] = field(default_factory=list)  # this round's (replica, seq)
 
     def meta(self) -> dict[str, Any]:
         return {"round": self.round, "classes": self.parts.classes, "merged": self.merged, "events": self.events}
+
+    def holds(self, c: Contribution) -> bool:
+        """Whether ``c`` (or a later contribution of its replica) is merged in this base."""
+        return self.merged.get(c.replica, -1) >= c.seq
+
+    def fresh(self, contributions: list[Contribution]) -> list[Contribution]:
+        """Those of ``contributions`` this base does not hold yet, one per replica (its oldest)."""
+        out: dict[str, Contribution] = {}
+        for c in sorted(contributions, key=lambda c: c.seq):
+            if not self.holds(c) and c.replica not in out:
+                out[c.replica] = c
+        return list(out.values())
 
 
 def _row_weights(contributions: list[Contribution], names: list[str]) -> dict[str, list[tuple[int, int, float]]]:
@@ -125,7 +139,8 @@ def _row_weights(contributions: list[Contribution], names: list[str]) -> dict[st
 
 
 def reduce(base: MergeBase, contributions: list[Contribution]) -> MergeBase:
-    """The next base: ``base`` with every contribution folded in (see the module docstring)."""
+    """The next base: ``base`` with every contribution it does not hold yet folded in (module docstring)."""
+    contributions = base.fresh(contributions)
     old = base.parts
     names = list(old.classes)
     for c in contributions:
@@ -159,5 +174,6 @@ def reduce(base: MergeBase, contributions: list[Contribution]) -> MergeBase:
                 counts[row] += int(c.delta.proto_counts[index[name]])
     parts = Parts(names, weight.astype(np.float32), head.astype(np.float32), ema_weight.astype(np.float32),
                   ema_head.astype(np.float32), mass.astype(np.float32), sums, counts)
-    return MergeBase(base.round + 1, parts, base.merged + [c.key for c in contributions], base.events + total,
-                     list(contributions))
+    merged = dict(base.merged) | {c.replica: c.seq for c in contributions}
+    return MergeBase(base.round + 1, parts, merged, base.events + total, list(contributions),
+                     [(c.replica, c.seq) for c in contributions])

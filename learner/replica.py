@@ -117,7 +117,7 @@ class Replica:
             # Nothing sent since the reference (an idle replica): fast-forward to the base, keeping what
             # was learned since the reference for the next contribution.
             self._move(base.parts, self.ref)
-        elif self.pending[0].key in base.merged:
+        elif base.holds(self.pending[0]):
             self._move(base.parts, self.pending[1])
         else:
             return False  # its contribution is still out: the next base that holds it moves it

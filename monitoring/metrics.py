@@ -178,3 +178,18 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def add_merge(self) -> None:
+        """A merging replica's metrics (scaleout.learning.mode merge)."""
+        r = self.registry
+        self.merge_round = Gauge("lifelong_merge_round", "Round of the merged base this replica holds.", registry=r)
+        self.merge_events = Gauge("lifelong_merge_events", "Events every replica's merged contributions learned, "
+                                  "as of the base this replica holds.", registry=r)
+        self.merge_contributions = Counter("lifelong_merge_contributions_total", "Contributions this replica sent.",
+                                           registry=r)
+        self.merge_bases = Counter("lifelong_merge_bases_total", "Merged bases this replica wrote as the reducer.",
+                                   registry=r)
+        self.merge_rejects = Counter("lifelong_merge_rejects_total", "Merge-channel messages refused (damaged, "
+                                     "another format); never merged.", registry=r)
+        self.merge_seconds = Counter("lifelong_merge_seconds_total", "Time spent contributing, reducing and "
+                                     "rebasing (compare with learning time).", registry=r)

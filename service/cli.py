@@ -35,6 +35,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, settings.http.access_log)
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack to stderr
+    from ..learner.merging import MergeRefused
     from .checkpoint import CheckpointError, UnrecoverableCheckpoint
     from .loop import CheckpointMismatch
     from .runtime import Service  # heavy imports (torch) only when running
@@ -45,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return PredictorService(settings).serve()
     try:
         service = Service(settings)
-    except (CheckpointError, UnrecoverableCheckpoint, CheckpointMismatch) as exc:
+    except (CheckpointError, UnrecoverableCheckpoint, CheckpointMismatch, MergeRefused) as exc:
         # The state cannot be trusted or kept: say so and stop, never start empty silently.
         logging.getLogger("lifelong").error("cannot start: %s", exc)
         raise SystemExit(f"lifelong: cannot start: {exc}") from None

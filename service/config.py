@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ..learner.registry import LEARNERS, PRODUCT
 from ..learner.text_runtime import AUTO_CPU
+from .scaleout_settings import ScaleoutSettings, scaleout_problem
 
 ENV_PREFIX = "LIFELONG_"
 
@@ -303,6 +304,7 @@ class Settings(BaseSettings):
                                            description="Continual evaluation.")
     snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings,
                                         description="The snapshot channel between learner and predictors.")
+    scaleout: ScaleoutSettings = Field(default_factory=ScaleoutSettings, description="Several replicas.")
     debug: DebugSettings = Field(default_factory=DebugSettings, description="Test hooks.")
     role: Literal["all", "learner", "predictor"] = Field(
         "all", description="all: learn and serve in one process; learner: learn and publish snapshots; "
@@ -322,6 +324,9 @@ class Settings(BaseSettings):
                 and self.snapshots.dir is None:
             what = "snapshots.publish" if self.role == "all" else f"role {self.role!r}"
             raise ValueError(f"{what} needs source.kind 'kafka' (the snapshot topic) or snapshots.dir (a folder)")
+        problem = scaleout_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property

@@ -72,6 +72,7 @@ class Intake:
         self.learned_ids: Counter[str] | None = Counter() if settings.debug.track_learned_ids else None
         self.counters = counters
         self.unpublished = 0  # learned since the last snapshot (the loop resets it)
+        self.on_learned: Callable[[np.ndarray, list[str]], None] | None = None  # a merging replica's sample
 
     @property
     def sink(self) -> Sink | None:
@@ -218,10 +219,13 @@ class Intake:
     def _learn_batch(self, items: Sequence[Item]) -> None:
         started = time.perf_counter()
         labels = [str(i.label) for i in items]
-        stats = self.learner.learn_taps(np.stack([i.tap for i in items]), labels)  # type: ignore[misc]
+        taps = np.stack([i.tap for i in items])  # type: ignore[misc]
+        stats = self.learner.learn_taps(taps, labels)
         # Learned: from here a failure must not make the caller learn these again.
         try:
             self._record_step(stats, labels, items, time.perf_counter() - started)
+            if self.on_learned is not None:
+                self.on_learned(taps, labels)
         except Exception:  # noqa: BLE001 - monitoring must not undo or repeat learning
             log.exception("recording a learning step failed (the step itself was learned)")
 

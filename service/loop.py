@@ -30,6 +30,7 @@ from .checkpoint import Checkpointer, CheckpointWriteError, Part
 from .config import Settings
 from .heap import release_free_heap
 from .intake import Intake, LabelIn, LoopCounters
+from .merger import Merger
 from .publishing import Publisher
 from .snapshot import SnapshotHolder
 from .snapshot_wire import with_version
@@ -85,6 +86,7 @@ class LearningLoop:
         self._skipped = 0
         self.publisher: Publisher | None = None  # roles that publish snapshots to the snapshot topic
         self.version_offset = 0  # added to the learner's versions so published ones keep rising
+        self.merger: Merger | None = None  # scaleout.learning.mode merge: this replica's merge duties
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -92,7 +94,10 @@ class LearningLoop:
         return self.intake.learned_ids
 
     def state_parts(self) -> dict[str, Part]:
-        return self.intake.state_parts()
+        parts = self.intake.state_parts()
+        if self.merger is not None:
+            parts["merge"] = self.merger.state_part()
+        return parts
 
     def restore(self) -> bool:
         """Load the latest checkpoint, if any; returns whether one was found."""
@@ -107,6 +112,8 @@ class LearningLoop:
                       "; ".join(f"{path}: {why}" for path, why in ckpt.skipped))
         try:
             self.intake.load_parts(ckpt.parts)
+            if self.merger is not None and "merge" in ckpt.parts:
+                self.merger.load_part(*ckpt.parts["merge"])
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             # Intact files whose contents do not fit this configuration (another
             # learner, another feature width): refuse rather than serve a hybrid.
@@ -144,6 +151,8 @@ class LearningLoop:
             self.metrics.checkpoint_bytes.set(stats.bytes)
             self.metrics.checkpoints.inc()
             self.counters.checkpoints += 1
+            if self.merger is not None:
+                self.merger.checkpointed()
         self._uncommitted = dict(self.positions)
         self._commit()
         return True
@@ -197,6 +206,8 @@ class LearningLoop:
     def close(self) -> None:
         if self.publisher is not None:
             self.publisher.close()
+        if self.merger is not None:
+            self.merger.close()
         for closeable in (self._source, self._sink):
             if closeable is not None:
                 closeable.close()
@@ -207,8 +218,12 @@ class LearningLoop:
             _ = self.sink, self.source  # connect (with retries) before the first step
             if self.publisher is not None:
                 self._connect_publisher(self.publisher)
+            if self.merger is not None:
+                self._merged(self.merger.connect())
             while not self._stop.is_set():
                 self.step()
+            if self.merger is not None:
+                self.merger.finish(self._reducer(), self.checkpoint)
             self._publish(force=True)
             self.checkpoint()
         except BaseException as exc:  # recorded for /healthz and the exit code, then re-raised
@@ -249,6 +264,8 @@ class LearningLoop:
         self._publish()
         for tp, offset in next_offsets(records).items():
             self.positions[tp] = max(offset, self.positions.get(tp, 0))
+        if self.merger is not None:  # after the positions: a checkpoint it takes covers this step's events
+            self._merged(self.merger.step(self._reducer(), self.checkpoint))
         # Labels joined from HTTP change the state without any record read: they
         # count towards the next checkpoint too.
         self._after_step(len(records), joined)
@@ -275,6 +292,18 @@ class LearningLoop:
             if lag is not None:
                 self.metrics.consumer_lag.set(lag)
             self.metrics.assigned_partitions.set(self.source.assigned())
+
+    def _reducer(self) -> bool:
+        """Whether this replica reduces merges now: as configured, or (auto) while it owns events partition 0."""
+        how = self.settings.scaleout.learning.reducer
+        if how != "auto" or self.settings.source.kind != "kafka":
+            return how != "never"
+        return bool(getattr(self.source, "owns", lambda *_: False)(self.settings.source.kafka.events_topic, 0))
+
+    def _merged(self, moved: bool) -> None:
+        if moved:  # the model moved to a merged base: serve it
+            self.intake.unpublished += 1
+            self._publish(force=True)
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         # Called on the Kafka client's thread: only flag it. The loop checkpoints

@@ -131,7 +131,8 @@ def build_source(settings: Settings, offsets: dict[TopicPartition, int],
         bootstrap_servers=k.bootstrap_servers, topics=topics, group_id=k.group_id,
         auto_offset_reset=k.auto_offset_reset, max_poll_records=src.batch_size,
         startup_timeout_s=k.startup_timeout_s, instance_id=k.instance_id, session_timeout_s=k.session_timeout_s,
-        client_options=dict(k.client_options)), offsets, on_revoke)
+        client_options=dict(k.client_options),
+        resume_ahead_of_checkpoint=settings.scaleout.learning.mode == "merge"), offsets, on_revoke)
 
 
 def build_sink(settings: Settings, metrics: Metrics) -> Sink | None:
@@ -186,6 +187,11 @@ class Service:
             self.metrics.snapshot_age.set(float("nan"))  # a predictor's reading: none here
             self.loop.publisher = Publisher(settings, self.learner.snapshot().encoder, self.learner.name,
                                             self.metrics)
+        if settings.scaleout.learning.mode == "merge":
+            from .merger import Merger
+
+            self.loop.merger = Merger(settings, self.learner, self.metrics)  # MergeRefused: a learner that can't
+            self.loop.intake.on_learned = self.loop.merger.replica.observe
         self.restored = self.loop.restore()
         self.app = create_app(self)
 
@@ -218,7 +224,7 @@ class Service:
                 "events_rejected": self.loop.counters.rejected,
                 "pending_labels": len(self.loop.join), "early_labels": len(self.loop.join.early),
                 "source": self.settings.source.kind, "restored_from_checkpoint": self.restored,
-                "role": self.settings.role}
+                "role": self.settings.role} | ({"merge": self.loop.merger.describe()} if self.loop.merger else {})
 
     def not_ready(self) -> str | None:
         snap = self.holder.current

@@ -34,16 +34,20 @@ def planned(settings: Settings, partitions: int, snapshot_partitions: int = 1) -
     for name, role in ((out.predictions_topic, "predictions"), (out.dead_letter_topic, "dead letters")):
         if name:
             specs.append(TopicSpec(name, partitions, role=role))
+    merging = settings.scaleout.learning
+    if merging.mode == "merge" and merging.merge_dir is None:  # one partition: chunks in order, one reader path
+        specs.append(TopicSpec(merging.merge_topic, 1, role="merge", configs=_compacted(merging.chunk_bytes)))
     if snap.dir is not None:
         return specs  # the snapshot channel is a local folder
-    specs.append(TopicSpec(snap.topic, snapshot_partitions, role="snapshots", configs={
-        "cleanup.policy": "compact",
-        "max.message.bytes": str(max(1048588, snap.chunk_bytes + SNAPSHOT_OVERHEAD)),
-        # A segment must roll before compaction can clean it; ten minutes bounds how many
-        # old snapshots a starting predictor reads past.
-        "segment.ms": "600000",
-        "min.cleanable.dirty.ratio": "0.1"}))
+    specs.append(TopicSpec(snap.topic, snapshot_partitions, role="snapshots", configs=_compacted(snap.chunk_bytes)))
     return specs
+
+
+def _compacted(chunk_bytes: int) -> dict[str, str]:
+    return {"cleanup.policy": "compact", "max.message.bytes": str(max(1048588, chunk_bytes + SNAPSHOT_OVERHEAD)),
+            # A segment must roll before compaction can clean it; ten minutes bounds how many
+            # old records a starting reader reads past.
+            "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}
 
 
 def _admin(settings: Settings) -> Any:

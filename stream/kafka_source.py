@@ -68,6 +68,9 @@ class KafkaSourceOptions:
     commit_backoff_max_s: float = 5.0
     # Passed to KafkaConsumer untouched: security_protocol, ssl_*, sasl_* ...
     client_options: dict[str, Any] = field(default_factory=dict)
+    # Merging replicas: a partition whose group offset is past the checkpoint's was learned that far by
+    # another replica while this one was away (the merged model holds it): resume there, not behind it.
+    resume_ahead_of_checkpoint: bool = False
 
 
 def retry_with_backoff(make: Callable[[], Any], *, what: str, timeout_s: float, initial_s: float,
@@ -233,6 +236,10 @@ class KafkaSource:
             records = batches.get(tp) or []
             if records and records[0].offset == self.floors[key]:
                 continue  # it started right there
+            if self.options.resume_ahead_of_checkpoint and self._start_of(tp, records) >= self.floors[key]:
+                log.info("%s[%d] resumes at the group's offset, past its checkpointed %d (learned by another "
+                         "replica meanwhile)", tp.topic, tp.partition, self.floors[key])
+                continue
             try:
                 self._consumer.seek(tp, self.floors[key])
             except (KafkaError, AssertionError, ValueError) as exc:  # not assigned any more: the floor still holds
@@ -241,6 +248,15 @@ class KafkaSource:
             log.info("%s[%d] resumes at its checkpointed offset %d", tp.topic, tp.partition, self.floors[key])
             moved.add(key)
         return moved
+
+    def _start_of(self, tp: KafkaTP, records: list[Any]) -> int:
+        """Where the consumer started ``tp`` (the group's committed offset, or the reset); -1: unknown."""
+        if records:
+            return int(records[0].offset)
+        try:
+            return int(self._consumer.position(tp, timeout_ms=1000))
+        except (KafkaError, AssertionError, ValueError, TypeError):
+            return -1
 
     def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         """Commit ``offsets``; True once the broker acknowledged them, False if it did not.
@@ -269,6 +285,10 @@ class KafkaSource:
             return False
         self._commit_backoff = self.options.commit_backoff_s
         return True
+
+    def owns(self, topic: str, partition: int) -> bool:
+        """Whether this consumer owns ``partition`` of ``topic`` now (the merge's reducer is its owner)."""
+        return KafkaTP(topic, partition) in self._consumer.assignment()
 
     def assigned(self) -> int:
         """How many partitions this consumer owns now."""
