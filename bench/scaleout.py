@@ -30,6 +30,7 @@ from .faults import _finite, commit_sha, keep_logs
 from .faults_env import Daemon
 from .scaleout_cluster import MODEL_KEY, Cluster, proc_cpu_s, write_events
 from .scaleout_faults import FAULTS, SCENARIOS, FaultContext
+from .scaleout_labels import run_labels
 from .scaleout_learning import LearningOptions, run_learning
 from .scaleout_forge import FORGED_BASE, manifests, read_topic
 from .scaleout_load import Balancer, Sampler
@@ -267,6 +268,7 @@ def run_scaleout(opts: ScaleoutOptions, log: Callable[[str], None] | None = None
     if "learning" in opts.parts:
         learning = run_learning(opts.learning or LearningOptions(limit=3000 if opts.quick else None, seed=opts.seed),
                                 lambda msg: say(f"learning: {msg}"))
+        learning |= _labels_part(opts, errors, say)
     if "serving" in opts.parts:
         serving, feed = _serving_part(opts, sizes, errors, say)
     doc: dict[str, Any] = {
@@ -283,6 +285,19 @@ def run_scaleout(opts: ScaleoutOptions, log: Callable[[str], None] | None = None
     (opts.out / "scaleout.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     (opts.out / "scaleout.md").write_text(render_md(doc))
     return doc
+
+
+def _labels_part(opts: ScaleoutOptions, errors: dict[str, str], say: Callable[[str], None]) -> dict[str, Any]:
+    """Delayed labels on two merging replicas, on a broker (``bench/scaleout_labels.py``)."""
+    with tempfile.TemporaryDirectory(prefix="lifelong-labels-") as tmp:
+        try:
+            labels = run_labels(Path(tmp), opts.bootstrap, events=1000 if opts.quick else 4000,
+                                say=lambda msg: say(f"labels: {msg}"))
+        except (TimeoutError, RuntimeError, OSError) as exc:
+            errors["labels"] = f"{type(exc).__name__}: {exc}"[:3000]
+            return {}
+    say(f"labels: {labels['labels_joined_fraction']:.4f} joined")
+    return {"labels": labels, "labels_joined_fraction": labels["labels_joined_fraction"]}
 
 
 def _serving_part(opts: ScaleoutOptions, sizes: Sizes, errors: dict[str, str],

@@ -61,7 +61,9 @@ class _Sim:
     def __init__(self, stream: BenchStream, enc: Encoded, n: int, split: str, merge: bool, opts: LearningOptions):
         self.stream, self.enc, self.merge, self.opts = stream, enc, merge, opts
         self.owner = owners(stream, n, split)
-        options = LearnerOptions(seed=opts.seed)
+        # As the daemon builds them: the replay budget resident from the start, so filling it costs no
+        # page faults (they would land on the merges, which add the others' replay samples).
+        options = LearnerOptions(seed=opts.seed, continual={"resident_memory": True})
         self.replicas = [Replica(build("lifelong", enc.encoder, options), f"replica-{i}", seed=opts.seed + i)
                          for i in range(n)]
         self.base = MergeBase(0, empty_parts(enc.encoder.dim, enc.encoder.dim))

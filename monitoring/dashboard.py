@@ -208,6 +208,23 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Snapshot payload", "bytes", (("{{instance}}", "lifelong_snapshot_payload_bytes"),),
               "Size of the latest snapshot published or served.", kind="stat", width=8, height=4),
     ]),
+    ("Learner replicas (scaleout.learning.mode merge)", [
+        Panel("Merge round", "none", (("{{instance}}", "lifelong_merge_round"),),
+              "Round of the merged base each replica holds; replicas a round or two apart are normal, one that "
+              "stays behind has lost the merge channel."),
+        Panel("Events in the merged model", "short", (("{{instance}}", "lifelong_merge_events"),),
+              "Events every replica's merged contributions learned, as of each replica's base."),
+        Panel("Merging over learning time", "percentunit", (
+            ("{{instance}}", f'{rate("lifelong_merge_seconds_total", "instance")} / '
+                             f'{rate("lifelong_learn_latency_seconds_sum", "instance")}'),),
+              "Time spent contributing, reducing and rebasing per second of learning."),
+        Panel("Merge messages per second", "cps", (
+            ("contributions sent {{instance}}", rate("lifelong_merge_contributions_total", "instance")),
+            ("bases written {{instance}}", rate("lifelong_merge_bases_total", "instance")),
+            ("refused {{instance}}", rate("lifelong_merge_rejects_total", "instance"))),
+              "Contributions each replica sent, bases the reducer wrote, and messages refused as damaged.",
+              width=24),
+    ]),
 ]
 
 
