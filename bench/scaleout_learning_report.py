@@ -60,7 +60,7 @@ def learning_md(doc: Mapping[str, Any]) -> list[str]:
     if not learning.get("merged"):
         return []
     single = learning.get("single") or {}
-    lines = ["## Learning: replicas that merge", "",
+    lines = ["", "## Learning: replicas that merge", "",
              f"{learning.get('stream')}, {learning.get('events'):,} training events, split over N learner replicas "
              f"by a hash of the event id or by domain (partitions by domain); each replica contributes every "
              f"{learning.get('merge_every_events')} of its events, one reduce makes the next base and all rebase "
