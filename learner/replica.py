@@ -59,7 +59,7 @@ class Replica:
         self.ref_round = 0
         self.seq = 0
         self.pending: tuple[Contribution, Parts] | None = None
-        self.rounds_taken: set[int] = set()  # bases whose replay this replica has added
+        self.replay_round = 0  # the newest base whose replay samples this replica has added
         self._rng = np.random.default_rng(seed)
         self._taps: list[np.ndarray] = []
         self._labels: list[str] = []
@@ -125,9 +125,9 @@ class Replica:
         return True
 
     def _take_replay(self, base: MergeBase) -> None:
-        if base.round in self.rounds_taken:
+        if base.round <= self.replay_round:
             return
-        self.rounds_taken.add(base.round)
+        self.replay_round = base.round
         for c in base.replay:
             if c.replica == self.name or not len(c.replay_labels):
                 continue
@@ -198,7 +198,7 @@ class Replica:
         meta: dict[str, Any] = {"name": self.name, "ref_round": self.ref_round, "ref_classes": self.ref.classes,
                                 "seq": self.seq, "seen": self._seen, "events_since": self.events_since,
                                 "labels": list(self._labels), "rng": self._rng.bit_generator.state,
-                                "rounds_taken": sorted(self.rounds_taken)[-64:]}
+                                "replay_round": self.replay_round}
         arrays["taps"] = np.stack(self._taps) if self._taps else np.zeros((0, self.learner.encoder.dim), np.float16)
         if self.pending is not None:
             contribution, contributed = self.pending
@@ -217,7 +217,7 @@ class Replica:
         self._labels = list(meta["labels"])
         self._taps = list(arrays["taps"])
         self._rng.bit_generator.state = meta["rng"]
-        self.rounds_taken = set(meta["rounds_taken"])
+        self.replay_round = int(meta.get("replay_round", 0))
         self.pending = None
         if "pending" in arrays:
             self.pending = (unpack_contribution(arrays["pending"].tobytes()),
