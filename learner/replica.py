@@ -16,6 +16,7 @@ import torch
 
 from .continual import ContinualLearner
 from .merging import Contribution, MergeBase, MergeRefused, Parts, empty_parts
+from .parts import part
 
 
 def check_mergeable(learner: Any) -> None:
@@ -210,7 +211,7 @@ class Replica:
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         from .merge_wire import unpack_contribution
 
-        pick = lambda prefix: {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}  # noqa: E731
+        pick = lambda prefix: part(prefix, arrays)  # noqa: E731
         self.ref = Parts.of(meta["ref_classes"], pick("ref."))
         self.ref_round, self.seq = int(meta["ref_round"]), int(meta["seq"])
         self._seen, self.events_since = int(meta["seen"]), int(meta["events_since"])

@@ -46,7 +46,8 @@ def scaleout_problem(settings: Any) -> str | None:
     if learning.mode == "off":
         return None
     if settings.source.kind != "kafka" and learning.merge_dir is None:
-        return "scaleout.learning.mode 'merge' needs source.kind 'kafka' (the merge topic) or scaleout.learning.merge_dir"
+        return ("scaleout.learning.mode 'merge' needs source.kind 'kafka' (the merge topic) or "
+                "scaleout.learning.merge_dir")
     if settings.role == "predictor" or settings.publishes:
         return ("scaleout.learning.mode 'merge' serves each replica's merged model over its own HTTP; publishing "
                 "snapshots (role learner or predictor, snapshots.publish) from merging replicas is not supported yet")

@@ -39,8 +39,8 @@ def merge_info(d: Daemon) -> dict[str, Any]:
     return body["merge"]
 
 
-def test_replicas_join_die_and_leave_and_every_event_counts_once(kafka_broker: Broker, lifelong_daemon: Callable[..., Daemon],
-                                                                  tmp_path: Path) -> None:
+def test_replicas_join_die_and_leave_and_every_event_counts_once(
+        kafka_broker: Broker, lifelong_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     topic, merge_topic = f"ev-{tag}", f"merge-{tag}"
 
@@ -100,6 +100,10 @@ def test_replicas_join_die_and_leave_and_every_event_counts_once(kafka_broker: B
     m = merge_info(a)
     assert m["events_in_model"] == TOTAL, m  # merged ones and a's own unmerged tail, each once
     assert m["round"] >= 10 and a.metric("lifelong_merge_rejects_total") == 0, m
+    # What the dashboard's merge row reads (the monitoring test runs no merging replica).
+    assert a.metric("lifelong_merge_round") == m["round"] and a.metric("lifelong_merge_events") == m["events_merged"]
+    assert a.metric("lifelong_merge_bases_total") >= 1 and a.metric("lifelong_merge_contributions_total") >= 1
+    assert a.metric("lifelong_merge_seconds_total") > 0
     status, body = http_json("POST", f"{a.url}/v1/predict",
                              {"instances": [{"features": [float(v) for v in c]} for c in CENTRES]})
     assert status == 200 and [p["label"] for p in body["predictions"]] == ["c0", "c1", "c2", "c3"], body
