@@ -15,14 +15,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..stream.snapshot_channel import ChannelRecord, SnapshotReader, SnapshotWriter
-from ..stream.snapshot_dir import DirSnapshotReader, DirSnapshotWriter
+from ..stream.snapshot_channel import ChannelRecord
 from .config import Settings
+from .publishing import ChannelReader as Reader
+from .publishing import ChannelWriter as Writer
+from .publishing import open_reader, open_writer
 
 log = logging.getLogger(__name__)
 
-Reader = SnapshotReader | DirSnapshotReader
-Writer = SnapshotWriter | DirSnapshotWriter
 HEADROOM = 64 << 10  # a record's key and headers beside its chunk
 
 
@@ -34,20 +34,15 @@ class Message:
 
 
 def reader(settings: Settings) -> Reader:
-    learning, kafka = settings.scaleout.learning, settings.source.kafka
-    if learning.merge_dir is not None:
-        return DirSnapshotReader(learning.merge_dir)
-    return SnapshotReader(kafka.bootstrap_servers, learning.merge_topic, client_options=dict(kafka.client_options),
-                          max_partition_fetch_bytes=max(2 << 20, learning.chunk_bytes + HEADROOM))
+    learning = settings.scaleout.learning
+    return open_reader(settings, learning.merge_dir, learning.merge_topic,
+                       max(2 << 20, learning.chunk_bytes + HEADROOM))
 
 
 def writer(settings: Settings, transactional_id: str) -> Writer:
-    learning, kafka = settings.scaleout.learning, settings.source.kafka
-    if learning.merge_dir is not None:
-        return DirSnapshotWriter(learning.merge_dir, transactional_id)
-    return SnapshotWriter(kafka.bootstrap_servers, learning.merge_topic, transactional_id,
-                          client_options=dict(kafka.client_options),
-                          max_request_size=learning.chunk_bytes + HEADROOM)
+    learning = settings.scaleout.learning
+    return open_writer(settings, learning.merge_dir, learning.merge_topic, transactional_id,
+                       learning.chunk_bytes + HEADROOM)
 
 
 def transactional_id(settings: Settings, who: str) -> str:

@@ -39,20 +39,32 @@ ChannelReader = SnapshotReader | DirSnapshotReader
 ChannelWriter = SnapshotWriter | DirSnapshotWriter
 
 
+def open_reader(settings: Settings, folder: str | None, topic: str, fetch_bytes: int = 2 << 20) -> ChannelReader:
+    """A reader of a channel: the folder when one is set, else the Kafka topic (snapshots, merges)."""
+    kafka = settings.source.kafka
+    if folder is not None:
+        return DirSnapshotReader(folder)
+    return SnapshotReader(kafka.bootstrap_servers, topic, client_options=dict(kafka.client_options),
+                          max_partition_fetch_bytes=fetch_bytes)
+
+
+def open_writer(settings: Settings, folder: str | None, topic: str, transactional_id: str,
+                max_request_size: int) -> ChannelWriter:
+    kafka = settings.source.kafka
+    if folder is not None:
+        return DirSnapshotWriter(folder, transactional_id)
+    return SnapshotWriter(kafka.bootstrap_servers, topic, transactional_id, client_options=dict(kafka.client_options),
+                          max_request_size=max_request_size)
+
+
 def channel_reader(settings: Settings) -> ChannelReader:
     """A reader of the configured snapshot channel: the folder ``snapshots.dir``, else the Kafka topic."""
-    snap, kafka = settings.snapshots, settings.source.kafka
-    if snap.dir is not None:
-        return DirSnapshotReader(snap.dir)
-    return SnapshotReader(kafka.bootstrap_servers, snap.topic, client_options=dict(kafka.client_options))
+    return open_reader(settings, settings.snapshots.dir, settings.snapshots.topic)
 
 
 def channel_writer(settings: Settings, transactional_id: str) -> ChannelWriter:
-    snap, kafka = settings.snapshots, settings.source.kafka
-    if snap.dir is not None:
-        return DirSnapshotWriter(snap.dir, transactional_id)
-    return SnapshotWriter(kafka.bootstrap_servers, snap.topic, transactional_id,
-                          client_options=dict(kafka.client_options), max_request_size=snap.chunk_bytes + (64 << 10))
+    snap = settings.snapshots
+    return open_writer(settings, snap.dir, snap.topic, transactional_id, snap.chunk_bytes + (64 << 10))
 
 
 def channel_name(settings: Settings) -> str:
