@@ -30,6 +30,7 @@ from ..learner.registry import LearnerOptions, build
 from ..learner.replica import Replica
 from .encode import Encoded, encode_stream
 from .quality import Evaluation, compute_metrics
+from .scaleout_keys import run_per_key
 from .streams import BenchStream, builtin
 
 BATCH = 64
@@ -156,7 +157,8 @@ def run_learning(opts: LearningOptions, say: Any = print) -> dict[str, Any]:
             say(f"{n} learners, {split} split: final {row['final_accuracy']:.4f}, min-ACC {row['min_acc']:.4f}, "
                 f"best lone {max(x['final_accuracy'] for x in lone['replicas']):.4f}, "
                 f"merging {100 * row['merge_fraction']:.1f}% of learning")
+    per_key = run_per_key(stream, enc, seed=opts.seed, say=say)
     return {"stream": stream.name, "events": len(stream.train), "merge_every_events": opts.merge_every,
             "single": one["replicas"][0] | {"learn_seconds": one["learn_seconds"]}, "merged": merged,
-            "prototype_max_abs_diff": diff, "per_key": None, "labels_joined_fraction": None,
+            "prototype_max_abs_diff": diff, "per_key": per_key, "labels_joined_fraction": None,
             "seconds": round(time.perf_counter() - started, 1)}

@@ -21,7 +21,7 @@ PREDICT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 LABEL_OUTCOMES = ("joined", "unknown_id", "duplicate", "expired", "invalid")
 DRIFT_KINDS = ("peak", "plateau", "consolidation", "adwin")
 SWAP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-HTTP_ROUTES = ("/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics", "other")
+HTTP_ROUTES = ("/v1/predict", "/v1/feedback", "/v1/model", "/v1/keys", "/healthz", "/readyz", "/metrics", "other")
 
 
 class Metrics:
@@ -193,3 +193,16 @@ class Metrics:
                                      "another format); never merged.", registry=r)
         self.merge_seconds = Counter("lifelong_merge_seconds_total", "Time spent contributing, reducing and "
                                      "rebasing (compare with learning time).", registry=r)
+
+    def add_keys(self) -> None:
+        """Per-key models' metrics (scaleout.learning.mode per_key); no label per key (unbounded)."""
+        r = self.registry
+        self.keys_in_memory = Gauge("lifelong_keys_in_memory", "Keys whose learner is in this replica's memory.",
+                                    registry=r)
+        self.keys_stored = Gauge("lifelong_keys_stored", "Keys in the key store (all replicas).", registry=r)
+        self.keys_memory_bytes = Gauge("lifelong_keys_memory_bytes", "Bytes of the learners in memory, all keys "
+                                       "(bounded by scaleout.learning.per_key.max_resident_bytes).", registry=r)
+        self.key_evictions = Counter("lifelong_key_evictions_total", "Learners saved to the key store and dropped "
+                                     "from memory (least recently used first).", registry=r)
+        self.key_conflicts = Counter("lifelong_key_conflicts_total", "Keys learned here that another replica saved "
+                                     "too (a key's events on two partitions).", registry=r)

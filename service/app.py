@@ -1,6 +1,6 @@
 """The HTTP app. It reads the current serving snapshot and never touches the live learner.
 
-Routes: POST /v1/predict, POST /v1/feedback, GET /v1/model, /healthz, /readyz, /metrics.
+Routes: POST /v1/predict, POST /v1/feedback, GET /v1/model, /v1/keys, /healthz, /readyz, /metrics.
 Bad input answers 4xx with the field and the reason (bodies are read and
 checked in service/http_body.py, never by FastAPI). /v1/predict validates on
 the event loop, then awaits the micro-batcher (service/batcher.py), whose
@@ -30,6 +30,7 @@ from .loop import FeedbackQueueFull
 from .http_body import (ERROR_HANDLERS, SafeJSONResponse, ValidationErrors, invalid_item, read_json, schema_items,
                         unprocessable)
 from .http_guard import HttpGuard
+from .http_keys import add_keys_route, keyed_model
 from .http_protocol import header_timeout_protocol
 from .snapshot import SnapshotHolder
 
@@ -64,6 +65,8 @@ class PredictRequest(BaseModel):
     instances: list[dict[str, Any]] = Field(
         min_length=1, description="Each {'text': ...} or {'features': [...]}, as the served model takes; at most "
                     "http.max_instances.")
+    key: str | None = Field(None, min_length=1, description="The key whose model answers (scaleout.learning.mode "
+                            "per_key; none: the model of events without a key).")
 
 
 class Prediction(BaseModel):
@@ -116,7 +119,7 @@ BAD_BODY = {400: _error("The body is not UTF-8."),
             413: _error("Body over limits.max_record_bytes, or more than http.max_instances instances."),
             422: {"model": ValidationErrors, "description": "Not JSON, nested deeper than limits.max_json_depth, "
                   "text that is not UTF-8, or not the documented shape: each item names the field and the reason."}}
-PREDICT_ERRORS = {**AUTH, **BAD_BODY,
+PREDICT_ERRORS = {**AUTH, **BAD_BODY, 404: _error("No model for this key (scaleout.learning.mode per_key)."),
                   409: _error(f"{MIN_VERSION_HEADER} asks for a model_version not published yet."),
                   503: _error("No model yet, too many instances queued (http.max_queued_instances; see "
                               f"Retry-After), or this replica serves an older version than {MIN_VERSION_HEADER} "
@@ -294,15 +297,20 @@ def create_app(service: ServiceHandle) -> FastAPI:
         body = _predict_request(await read_json(request, limits))
         started = time.perf_counter()  # as before, from a parsed body: a slow upload is not model latency
         snap = holder.current
-        if snap is None or not snap.classes:
+        if snap is None:
             raise HTTPException(503, detail="no model yet: the learner has not learned a labelled event")
-        _check_min_version(request, snap.version, service.latest_version)
+        model = await keyed_model(snap, body.key, limits)  # a key's model (per_key mode), else None
+        if model is not None:
+            snap = model
+        if not snap.classes:
+            raise HTTPException(503, detail="no model yet: the learner has not learned a labelled event")
+        _check_min_version(request, snap.version, service.latest_version if model is None else lambda: snap.version)
         if len(body.instances) > http.max_instances:
             raise HTTPException(413, detail=f"{len(body.instances)} instances, limit http.max_instances="
                                             f"{http.max_instances}")
         raw = _model_inputs(_validate(body.instances, snap, limits), snap.input_kind)
         try:
-            future = batcher.submit(raw)
+            future = batcher.submit(raw, model)
         except Overloaded as exc:
             raise HTTPException(503, detail=str(exc), headers={"Retry-After": "1"}) from None
         try:
@@ -354,5 +362,6 @@ def create_app(service: ServiceHandle) -> FastAPI:
     def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    add_keys_route(app, lambda limit: getattr(service, "keys", lambda _: None)(limit), AUTH)
     _document(app, settings)
     return app

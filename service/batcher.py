@@ -44,6 +44,7 @@ class Answer:
 class _Job:
     inputs: RawInputs
     future: Future[Answer]
+    model: ServingModel | None = None  # a key's model (per_key mode); None: the holder's current snapshot
 
     @property
     def n(self) -> int:
@@ -82,12 +83,13 @@ class PredictBatcher:
     def queued(self) -> int:
         return self._queued
 
-    def submit(self, inputs: RawInputs) -> Future[Answer]:
+    def submit(self, inputs: RawInputs, model: ServingModel | None = None) -> Future[Answer]:
         """Queue one request's (validated, non-empty) inputs; raises :class:`Overloaded` when full.
 
-        Cancelling the future before its batch starts drops the request.
+        ``model``: answer from it (a key's model) rather than the current snapshot; only requests
+        for the same model share a batch. Cancelling the future before its batch starts drops the request.
         """
-        job = _Job(inputs, Future())
+        job = _Job(inputs, Future(), model)
         with self._cond:
             if self._closed:
                 raise Overloaded("the server is shutting down")
@@ -126,9 +128,9 @@ class PredictBatcher:
             if batch:
                 self._answer(batch)
 
-    def _take(self, room: int) -> _Job | None:
-        """Pop the oldest job if it fits in ``room`` (called under the lock)."""
-        if not self._jobs or self._jobs[0].n > room:
+    def _take(self, room: int, model: ServingModel | None) -> _Job | None:
+        """Pop the oldest job if it fits in ``room`` and asks ``model`` (called under the lock)."""
+        if not self._jobs or self._jobs[0].n > room or self._jobs[0].model is not model:
             return None
         job = self._jobs.popleft()
         self._queued -= job.n
@@ -146,7 +148,7 @@ class PredictBatcher:
             jobs, n = [first], first.n
             deadline = time.monotonic() + self.wait_s
             while n < self.max_instances:
-                job = self._take(self.max_instances - n)
+                job = self._take(self.max_instances - n, first.model)
                 if job is not None:
                     jobs.append(job)
                     n += job.n
@@ -159,7 +161,7 @@ class PredictBatcher:
         return [j for j in jobs if j.future.set_running_or_notify_cancel()]
 
     def _answer(self, jobs: list[_Job]) -> None:
-        snapshot = self._current()
+        snapshot = jobs[0].model or self._current()
         if snapshot is None:  # cannot happen once the app has validated against one
             for job in jobs:
                 job.future.set_exception(RuntimeError("no model to serve"))

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..learner.base import Learner, StepStats
+from ..learner.keyed import DEFAULT_KEY, KeyedLearners, KeyRefused
 from ..monitoring.metrics import Metrics
 from ..monitoring.prequential import PrequentialAccuracy
 from ..stream.errors import InvalidEvent
@@ -43,6 +44,7 @@ class Item:
     label: str | None
     raw: str | np.ndarray | None  # the model input; None once only the tap is needed
     tap: np.ndarray | None = None
+    key: str = DEFAULT_KEY  # per_key mode: the model it teaches
 
 
 @dataclass
@@ -68,6 +70,10 @@ class Intake:
         self.join = LabelJoin(settings.labels.max_pending, settings.labels.max_wait_s, metrics)
         self.prequential = PrequentialAccuracy(settings.prequential_window)
         self.evaluation = EvaluationHook(settings.evaluation, metrics)
+        self.keyed = learner if isinstance(learner, KeyedLearners) else None
+        if self.keyed is not None:
+            # Holdouts of one model would mix keys; each key's prequential accuracy is in /v1/keys instead.
+            self.evaluation.enabled = False
         # Test hook: how often each event id was learned, saved with the state.
         self.learned_ids: Counter[str] | None = Counter() if settings.debug.track_learned_ids else None
         self.counters = counters
@@ -106,7 +112,37 @@ class Intake:
         """Learn the labelled events of ``records``, predict and park the others."""
         items = self._validate(records)
         if items:
-            self._process(items)
+            self._each_key(items, self._process, labelled_only=True)
+
+    def _each_key(self, items: list[Item], run: Callable[[list[Item]], None], labelled_only: bool) -> None:
+        """``run`` the items (per key, in per_key mode), without those their key has taken already."""
+        if self.keyed is None:
+            run(items)
+            return
+        groups: dict[str, list[Item]] = {}
+        for item in items:
+            groups.setdefault(item.key, []).append(item)
+        for key, group in groups.items():
+            try:
+                self.keyed.use(key)
+            except KeyRefused as exc:
+                for item in group:
+                    self._reject(item, InvalidEvent(exc.reason, "key", str(exc)))  # type: ignore[arg-type]
+                continue
+            fresh = [i for i in group if not self._covered(i, labelled_only)]
+            self.metrics.redelivered.inc(len(group) - len(fresh))
+            run(fresh)
+            for item in group:
+                if item.record is not None:
+                    self.keyed.advance((item.record.topic, item.record.partition), item.record.offset)
+        self.keyed.evict_over_budget()
+
+    def _covered(self, item: Item, labelled_only: bool) -> bool:
+        """Learned into its key already (a replay after a crash, or a moved partition re-read). An event
+        without its label is parked again instead: if its label is still to come, it must find it."""
+        if item.record is None or self.keyed is None or (labelled_only and item.label is None):
+            return False
+        return self.keyed.covered((item.record.topic, item.record.partition), item.record.offset)
 
     def _dead_letter(self, record: Record, exc: InvalidEvent) -> None:
         self.metrics.events_rejected.labels(reason=exc.reason).inc()
@@ -137,7 +173,7 @@ class Intake:
         for record in records:
             try:
                 event = self.validator(record.value)
-                items.append(Item(record, event.id, event.label, self._raw_input(event)))
+                items.append(Item(record, event.id, event.label, self._raw_input(event), None, event.key or DEFAULT_KEY))
             except InvalidEvent as exc:
                 self._dead_letter(record, exc)
             except Exception as exc:  # noqa: BLE001 - a record must never stop the loop
@@ -193,7 +229,7 @@ class Intake:
             if self.sink is not None and topic:
                 value = prediction_value(item.id, preds.labels[n], float(preds.scores[n]), preds.model_version)
                 self.sink.send(topic, value, item.id.encode())
-            item.label = self.join.park(item.id, item.tap)  # type: ignore[arg-type]
+            item.label = self.join.park(item.id, item.tap, item.key if self.keyed else None)  # type: ignore[arg-type]
             if item.label is not None:
                 early.append(item)
 
@@ -266,7 +302,7 @@ class Intake:
             event_id, label = str(message.id), str(message.label)
             tap = self.join.label(event_id, label)
             if tap is not None:
-                items.append(Item(record, event_id, label, None, tap))
-        self._learn(items)
+                items.append(Item(record, event_id, label, None, tap, self.join.key_of(event_id) or DEFAULT_KEY))
+        self._each_key(items, self._learn, labelled_only=False)
         return len(items)
 

@@ -23,6 +23,7 @@ class LabelJoin:
         self.pending = PendingStore(max_items, max_wait_s)
         self.early = EarlyLabels(max_items, max_wait_s)
         self.metrics = metrics
+        self.keys: dict[str, str] = {}  # per_key mode: the key of each parked event
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -31,7 +32,7 @@ class LabelJoin:
         if n:
             self.metrics.labels.labels(outcome=outcome).inc(n)
 
-    def park(self, event_id: str, tap: np.ndarray) -> str | None:
+    def park(self, event_id: str, tap: np.ndarray, key: str | None = None) -> str | None:
         """An unlabelled event arrived: its early label if one waits (then it is learned now), else parked."""
         label = self.early.take(event_id)
         if label is not None:
@@ -39,7 +40,13 @@ class LabelJoin:
             self._count("joined")
             return label
         self.metrics.pending_expired.inc(self.pending.add(event_id, tap))
+        if key is not None:
+            self.keys[event_id] = key
         return None
+
+    def key_of(self, event_id: str) -> str | None:
+        """The key a joined event was parked under (per_key mode), once."""
+        return self.keys.pop(event_id, None)
 
     def labelled_event(self, event_id: str) -> None:
         """An event arrived with its own label: a label for it, before or after, is a second one."""
@@ -67,11 +74,15 @@ class LabelJoin:
         self.metrics.pending_labels.set(len(self.pending))
         self.metrics.pending_oldest_age.set(self.pending.oldest_age_s())
         self.metrics.early_labels.set(len(self.early))
+        if len(self.keys) > 2 * len(self.pending) + 1024:  # keys of events that expired or were pushed out
+            self.keys = {i: k for i, k in self.keys.items() if i in self.pending}
 
     def state_parts(self) -> dict[str, Part]:
-        return {"pending": self.pending.state_dict(), "early_labels": self.early.state_dict()}
+        keys = {"pending_keys": ({}, {"keys": dict(self.keys)})} if self.keys else {}  # per_key mode only
+        return {"pending": self.pending.state_dict(), "early_labels": self.early.state_dict(), **keys}
 
     def load_parts(self, parts: dict[str, Part]) -> None:
         self.pending.load_state_dict(*parts["pending"])
         if "early_labels" in parts:  # checkpoints before the order-free join have none
             self.early.load_state_dict(*parts["early_labels"])
+        self.keys = dict(parts.get("pending_keys", ({}, {"keys": {}}))[1]["keys"])

@@ -373,3 +373,13 @@ class LearningLoop:
         self.metrics.pq_error.set(gauges.get("pq_error", float("nan")))
         self.metrics.adapters_merged.set(gauges.get("adapters_merged", 0))
         self.metrics.prototypes.set(gauges.get("prototypes", 0))
+        if "keys_in_memory" in gauges:  # per_key mode
+            self._key_gauges(gauges)
+
+    def _key_gauges(self, gauges: dict[str, float]) -> None:
+        m = self.metrics
+        m.keys_in_memory.set(gauges["keys_in_memory"])
+        m.keys_stored.set(gauges["keys_stored"])
+        m.keys_memory_bytes.set(gauges["keys_bytes_in_memory"])
+        for counter, name in ((m.key_evictions, "key_evictions"), (m.key_conflicts, "key_conflicts")):
+            counter.inc(max(0.0, gauges[name] - counter._value.get()))  # the learner keeps the running total

@@ -69,20 +69,44 @@ def build_encoder(settings: Settings, device: str) -> Encoder:
 
 
 def build_learner(settings: Settings) -> Learner:
-    """The configured learner, built through the registry on the configured encoder."""
-    ls = settings.learner
+    """The configured learner, built through the registry on the configured encoder (under
+    ``scaleout.learning.mode: per_key``, one per key: :func:`build_keyed`)."""
     device = resolve_device(settings)
-    encoder = build_encoder(settings, device)
-    options = LearnerOptions(
+    if settings.scaleout.learning.mode == "per_key":
+        return build_keyed(settings, device)
+    return build(settings.learner.name, build_encoder(settings, device), learner_options(settings, device))  # type: ignore[no-any-return]
+
+
+def learner_options(settings: Settings, device: str, **continual: Any) -> LearnerOptions:
+    ls = settings.learner
+    return LearnerOptions(
         seed=ls.seed, device=device, fast_expert=ls.fast_expert,
         continual={"resident_memory": True,  # the daemon's RSS stays flat while its replay memory fills
                    **{k: v for k, v in (("memory_budget_bytes", ls.memory_budget_bytes), ("pq_m", ls.pq_m),
                                         ("steps_per_batch", ls.steps_per_batch),
                                         ("replay_per_step", ls.replay_per_step), ("rank", ls.rank),
-                                        ("ema_decay", ls.ema_decay)) if v is not None}},
+                                        ("ema_decay", ls.ema_decay)) if v is not None}, **continual},
         base_init={"base_events": ls.base_init_events} if ls.mlp_encoder else None,
         nmc={"lr": ls.lr, "head_weight": ls.head_weight, "proto_scale": ls.proto_scale})
-    return build(ls.name, encoder, options)  # type: ignore[no-any-return]
+
+
+def build_keyed(settings: Settings, device: str) -> Learner:
+    """One learner per key: a frozen encoder (text, images) shared by all, feature standardisation per key."""
+    from ..learner.keyed import KeyedLearners
+    from ..memory.key_store import KeyStore
+
+    pk = settings.scaleout.learning.per_key
+    first = build_encoder(settings, device)
+    shared = first if settings.learner.input_kind == "text" or settings.learner.encoder == "efficientnet-lite0" else None
+    # A key's replay memory grows as it fills (not resident at once): most keys are small.
+    options = learner_options(settings, device, memory_budget_bytes=pk.key_memory_bytes, resident_memory=False)
+
+    def make() -> Any:
+        return build(settings.learner.name, shared or build_encoder(settings, device), options)
+
+    folder = pk.key_dir or str(Path(str(settings.checkpoint.dir)) / "keys")
+    return KeyedLearners(make, KeyStore(folder), max_keys=pk.max_keys,  # type: ignore[return-value]
+                         max_resident_bytes=pk.max_resident_bytes, served_cache_keys=pk.served_cache_keys)
 
 
 def keep_checkpointed_encoder(settings: Settings, checkpointer: Checkpointer) -> Settings:
@@ -171,6 +195,9 @@ class Service:
                 settings = keep_checkpointed_encoder(settings, checkpointer)
         self.settings = settings
         self.learner = learner or build_learner(settings)
+        self.keyed = getattr(self.learner, "describe", None) if settings.scaleout.learning.mode == "per_key" else None
+        if self.keyed is not None:
+            self.metrics.add_keys()
         self.metrics.model_info.info({"learner": self.learner.name, "input_kind": self.learner.input_kind})
         factory = (lambda offsets, on_revoke: source) if source is not None else (
             lambda offsets, on_revoke: build_source(settings, offsets, on_revoke))
@@ -193,6 +220,8 @@ class Service:
             self.loop.merger = Merger(settings, self.learner, self.metrics)  # MergeRefused: a learner that can't
             self.loop.intake.on_learned = self.loop.merger.replica.observe
         self.restored = self.loop.restore()
+        if self.keyed is not None and self.holder.current is None:
+            self.loop.publish()  # per_key: the keys another replica stored are served before this one learns
         self.app = create_app(self)
 
     # ServiceHandle for the app
@@ -206,7 +235,9 @@ class Service:
             # and is joined exactly once, even across a crash. Acknowledged
             # before the 202, so an accepted label is never lost.
             try:
-                sink.send_now(topic, message.model_dump_json().encode(), str(message.id).encode(),
+                # Keyed like its event (per_key: by the event's key), so it reaches the partition of its event.
+                sink.send_now(topic, message.model_dump_json(exclude_none=True).encode(),
+                              str(message.key or message.id).encode(),
                               self.settings.outputs.flush_timeout_s)
             except SinkError as exc:
                 raise FeedbackQueueFull(f"label not stored: {exc}") from None
@@ -224,10 +255,17 @@ class Service:
                 "events_rejected": self.loop.counters.rejected,
                 "pending_labels": len(self.loop.join), "early_labels": len(self.loop.join.early),
                 "source": self.settings.source.kind, "restored_from_checkpoint": self.restored,
-                "role": self.settings.role} | ({"merge": self.loop.merger.describe()} if self.loop.merger else {})
+                "role": self.settings.role} | ({"merge": self.loop.merger.describe()} if self.loop.merger else {}) \
+            | ({"keys": dict(self.learner.summary)} if self.keyed else {})  # type: ignore[attr-defined]
+
+    def keys(self, limit: int) -> list[dict[str, Any]] | None:
+        """Per-key models' rows for GET /v1/keys (None: this service keeps one model)."""
+        return self.keyed(limit) if self.keyed is not None else None
 
     def not_ready(self) -> str | None:
         snap = self.holder.current
+        if self.keyed is not None and snap is not None and self.learner.summary["keys_stored"]:  # type: ignore[attr-defined]
+            return None  # per_key: any stored key can be answered, from the key store
         return None if snap is not None and snap.classes else "no model yet"
 
     def latest_version(self) -> int:

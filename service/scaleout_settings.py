@@ -1,4 +1,4 @@
-"""``scaleout.*``: settings of learning on several replicas (``learner/merging.py``)."""
+"""``scaleout.*``: settings of learning on several replicas (``learner/merging.py``, ``learner/keyed.py``)."""
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -6,13 +6,29 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class PerKeySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key_dir: str | None = Field(None, description="Folder of the keys' states (None: checkpoint.dir/keys). "
+                                "Replicas of one consumer group share it, so a key's model follows its partition.")
+    max_keys: int = Field(10_000, ge=1, description="Keys the store may hold; an event of a new key past it is "
+                          "dead-lettered (too_many_keys).")
+    max_resident_bytes: int = Field(1 << 30, ge=0, description="Learners in memory, all keys together; past "
+                                    "it the least recently used keys are saved to the store and dropped.")
+    key_memory_bytes: int = Field(8 << 20, ge=1 << 16, description="Each key's replay memory budget (instead of "
+                                  "learner.memory_budget_bytes).")
+    served_cache_keys: int = Field(256, ge=1, description="Served models of keys not in memory kept for HTTP "
+                                   "(read from the store, again when a key's state changes).")
+
+
 class LearningScaleoutSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["off", "merge"] = Field(
+    mode: Literal["off", "merge", "per_key"] = Field(
         "off", description="off: one learner per model; merge: learner replicas in one consumer group learn "
         "disjoint partitions and merge into one model through the merge channel (lifelong learner on a frozen "
-        "encoder only).")
+        "encoder only); per_key: one model per event key (the event's 'key' field), each learned where its "
+        "partition is, served by key.")
     merge_every_events: int = Field(500, ge=1, description="Events a replica learns between its contributions "
                                     "to a merge.")
     merge_topic: str = Field("lifelong-merge", description="Compacted Kafka topic of contributions and merged "
@@ -31,6 +47,8 @@ class LearningScaleoutSettings(BaseModel):
                               "to the other replicas.")
     chunk_bytes: int = Field(512 << 10, ge=16 << 10, le=900 << 10, description="Largest record on the merge "
                              "topic; a contribution or base goes in several in one transaction.")
+    per_key: PerKeySettings = Field(default_factory=PerKeySettings, description="mode per_key: the keys' store "
+                                    "and budgets.")
 
 
 class ScaleoutSettings(BaseModel):
@@ -45,6 +63,8 @@ def scaleout_problem(settings: Any) -> str | None:
     learning = settings.scaleout.learning
     if learning.mode == "off":
         return None
+    if learning.mode == "per_key":
+        return _per_key_problem(settings)
     if settings.source.kind != "kafka" and learning.merge_dir is None:
         return ("scaleout.learning.mode 'merge' needs source.kind 'kafka' (the merge topic) or "
                 "scaleout.learning.merge_dir")
@@ -54,4 +74,14 @@ def scaleout_problem(settings: Any) -> str | None:
     if settings.checkpoint.dir is None:
         return ("scaleout.learning.mode 'merge' needs checkpoint.dir: a replica checkpoints before each contribution, "
                 "so a kill -9 never merges an event twice")
+    return None
+
+
+def _per_key_problem(settings: Any) -> str | None:
+    if settings.role == "predictor" or settings.publishes:
+        return ("scaleout.learning.mode 'per_key' serves every key over each replica's own HTTP (from the shared key "
+                "store); publishing snapshots (role learner or predictor, snapshots.publish) is not supported yet")
+    if settings.checkpoint.dir is None:
+        return ("scaleout.learning.mode 'per_key' needs checkpoint.dir: the keys' states are saved with each "
+                "checkpoint, and the offsets they hold keep every event learned once")
     return None

@@ -22,6 +22,8 @@ Reason = Literal[
     "bad_text",  # text or an id that is not encodable UTF-8 (e.g. a lone surrogate)
     "internal_error",  # the record made encoding or learning fail; detail names the exception class
     "too_many_classes",  # a new label past limits.max_classes (the model's memory grows per class)
+    "too_many_keys",  # a new key past scaleout.learning.per_key.max_keys
+    "key_unavailable",  # the stored state of the event's key cannot be read (damaged)
 ]
 REASONS: tuple[str, ...] = get_args(Reason)
 

@@ -1,7 +1,8 @@
 """Event and label messages: pydantic models, JSON in and out.
 
-An event is ``{"id", "ts"?, "text" | "features", "label"?}``; a label message
-is ``{"id", "label"}``. :func:`decode_event` turns raw bytes into an
+An event is ``{"id", "ts"?, "text" | "features", "label"?, "key"?}``; a label
+message is ``{"id", "label", "key"?}``. ``key`` names the model an event teaches
+under ``scaleout.learning.mode: per_key`` (a tenant, a product, a site). :func:`decode_event` turns raw bytes into an
 :class:`Event` or raises :class:`InvalidEvent` naming the field and reason.
 """
 from __future__ import annotations
@@ -50,6 +51,9 @@ class Event(Inputs):
     id: StrictStr | StrictInt = Field(description="Unique event id (string or integer).")
     ts: float | None = Field(default=None, description="Event time, seconds since the epoch.")
     label: Label | None = Field(default=None, description="Class label, if known now.")
+    key: StrictStr | None = Field(default=None, min_length=1, description="The model this event teaches "
+                                  "(scaleout.learning.mode per_key; none: the default key). Produce it as the "
+                                  "Kafka message key, so each key's events share a partition.")
     # Evaluation-only metadata for benchmark files; the learner never reads them.
     segment: StrictStr | None = Field(default=None, max_length=256, description="True segment (evaluation only).")
     split: Literal["train", "test"] | None = Field(default=None, description="Benchmark split (evaluation only).")
@@ -78,6 +82,8 @@ class LabelMessage(BaseModel):
 
     id: StrictStr | StrictInt
     label: Label
+    key: StrictStr | None = Field(default=None, min_length=1, description="The event's key (per_key mode): "
+                                  "sent as the Kafka message key, the label reaches its event's partition.")
 
     @field_validator("id", "label")
     @classmethod
@@ -144,7 +150,7 @@ def check_limits(inputs: Inputs, limits: EventLimits) -> None:
         raise InvalidEvent("text_too_long", "text", f"{len(inputs.text)} characters, limit {limits.max_text_chars}")
     if inputs.features is not None and len(inputs.features) > limits.max_features:
         raise InvalidEvent("wrong_dimension", "features", f"{len(inputs.features)} values, limit {limits.max_features}")
-    for field in ("id", "label"):
+    for field in ("id", "label", "key"):
         check_name(getattr(inputs, field, None), field, limits)
 
 
@@ -261,4 +267,5 @@ def validate_label(obj: Any, limits: EventLimits = EventLimits()) -> LabelMessag
         raise InvalidEvent("schema", "id", "id must not be empty")
     check_name(str(message.id), "id", limits)
     check_name(str(message.label), "label", limits)
+    check_name(message.key, "key", limits)
     return message

@@ -12,7 +12,7 @@ import orjson
 from .errors import InvalidEvent
 from .events import EventLimits, decode_event
 
-_KEYS = frozenset({"id", "ts", "text", "features", "label", "segment", "split"})
+_KEYS = frozenset({"id", "ts", "text", "features", "label", "segment", "split", "key"})
 _QUOTED = {k: b'"%s"' % k.encode() for k in _KEYS}
 
 
@@ -25,6 +25,8 @@ class ParsedEvent:
     features: list[float] | None
     label: str | None
     ts: float | None = None
+    key: str | None = None  # scaleout.learning.mode per_key: the model it teaches
+
 
 
 def _name(value: Any, max_chars: int) -> str | None:
@@ -59,7 +61,9 @@ def _fast_parse(raw: bytes, limits: EventLimits) -> ParsedEvent | None:
     raw_label = obj.get("label")
     event_id = _name(obj.get("id"), limits.max_id_chars)
     label = None if raw_label is None else _name(raw_label, limits.max_id_chars)
-    if event_id is None or (raw_label is not None and label is None):
+    raw_key = obj.get("key")  # a string only (an integer key is the full check's to refuse)
+    key = raw_key if type(raw_key) is str and 0 < len(raw_key) <= limits.max_id_chars else None
+    if event_id is None or (raw_label is not None and label is None) or (raw_key is not None and key is None):
         return None
     segment = obj.get("segment")
     if (type(obj.get("ts")) not in (int, float, type(None)) or obj.get("split") not in (None, "train", "test")
@@ -81,7 +85,7 @@ def _fast_parse(raw: bytes, limits: EventLimits) -> ParsedEvent | None:
             return None
     ts = obj.get("ts")
     return ParsedEvent(event_id, text, features, label,
-                       None if ts is None else float(ts))
+                       None if ts is None else float(ts), key)
 
 
 def parse_event(raw: bytes, limits: EventLimits) -> ParsedEvent:
@@ -91,7 +95,7 @@ def parse_event(raw: bytes, limits: EventLimits) -> ParsedEvent:
         if fast is not None:
             return fast
     event = decode_event(raw, limits)
-    return ParsedEvent(str(event.id), event.text, event.features, event.label, event.ts)
+    return ParsedEvent(str(event.id), event.text, event.features, event.label, event.ts, event.key)
 
 
 class RecentIds:

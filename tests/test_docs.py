@@ -22,6 +22,8 @@ def test_every_metric_is_documented() -> None:
     names = set()
     metrics = Metrics(REASONS)
     metrics.add_snapshot_channel(REJECT_REASONS)
+    metrics.add_merge()
+    metrics.add_keys()
     for family in metrics.registry.collect():
         if family.name.startswith("process_"):
             continue
