@@ -26,6 +26,7 @@ from ..stream.sources import Record
 from ..stream.validate import EventValidator, ParsedEvent
 from .config import Settings
 from .eval_hook import EvaluationHook
+from .handoff import Handoff
 from .isolation import describe, isolate
 from .joining import LabelJoin, Part
 from .snapshot import SnapshotHolder
@@ -71,6 +72,7 @@ class Intake:
         self.prequential = PrequentialAccuracy(settings.prequential_window)
         self.evaluation = EvaluationHook(settings.evaluation, metrics)
         self.keyed = learner if isinstance(learner, KeyedLearners) else None
+        self.track_origins = False  # merge mode: parked events and dedup ids follow a partition that moves
         if self.keyed is not None:
             # Holdouts of one model would mix keys; each key's prequential accuracy is in /v1/keys instead.
             self.evaluation.enabled = False
@@ -172,7 +174,7 @@ class Intake:
         items = []
         for record in records:
             try:
-                event = self.validator(record.value)
+                event = self.validator(record.value, (record.topic, record.partition) if self.track_origins else None)
                 items.append(Item(record, event.id, event.label, self._raw_input(event), None, event.key or DEFAULT_KEY))
             except InvalidEvent as exc:
                 self._dead_letter(record, exc)
@@ -229,7 +231,9 @@ class Intake:
             if self.sink is not None and topic:
                 value = prediction_value(item.id, preds.labels[n], float(preds.scores[n]), preds.model_version)
                 self.sink.send(topic, value, item.id.encode())
-            item.label = self.join.park(item.id, item.tap, item.key if self.keyed else None)  # type: ignore[arg-type]
+            origin = (item.record.topic, item.record.partition) if item.record is not None else None
+            item.label = self.join.park(item.id, item.tap, item.key if self.keyed else None,  # type: ignore[arg-type]
+                                        origin)
             if item.label is not None:
                 early.append(item)
 
@@ -282,6 +286,26 @@ class Intake:
         self.prequential.update(stats.correct)
         self.metrics.prequential_accuracy.set(self.prequential.value)
         self.evaluation.after_learn(stats, labels, self.learner, self.holder)
+
+    def follow_partitions(self) -> None:
+        """Merge mode: note each parked event's and dedup id's partition, so they can follow it (handoff.py)."""
+        self.track_origins = True
+        self.join.origins = {}
+
+    def recent_of(self, partitions: set[tuple[str, int]]) -> list[tuple[str, str, int]]:
+        """The dedup window's ids read from ``partitions``, each with its partition."""
+        window = self.validator.recent_ids
+        return [(i, *tp) for tp in partitions for i in window.of_partitions({tp})]
+
+    def adopt(self, handed: Handoff, owns: Callable[[str, int], bool] | None = None) -> int:
+        """Take state another replica handed on with partitions: park its events (learning those whose label
+        is here already) and, for partitions this replica owns now, add their ids to the dedup window."""
+        for event_id, topic, partition in handed.recent:
+            if owns is not None and owns(topic, partition):
+                self.validator.recent_ids.seen_or_add(event_id, (topic, partition))
+        joined = self.join.adopt(handed.ids, handed.taps, handed.ages_s)
+        self._learn([Item(None, event_id, label, None, tap) for event_id, tap, label in joined])
+        return len(joined)
 
     # -- labels ---------------------------------------------------------------------
     def decode_labels(self, records: Sequence[Record]) -> list[tuple[Record | None, LabelMessage]]:

@@ -24,6 +24,7 @@ class LabelJoin:
         self.early = EarlyLabels(max_items, max_wait_s)
         self.metrics = metrics
         self.keys: dict[str, str] = {}  # per_key mode: the key of each parked event
+        self.origins: dict[str, tuple[str, int]] | None = None  # merge mode: each parked event's partition
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -32,7 +33,8 @@ class LabelJoin:
         if n:
             self.metrics.labels.labels(outcome=outcome).inc(n)
 
-    def park(self, event_id: str, tap: np.ndarray, key: str | None = None) -> str | None:
+    def park(self, event_id: str, tap: np.ndarray, key: str | None = None,
+             origin: tuple[str, int] | None = None) -> str | None:
         """An unlabelled event arrived: its early label if one waits (then it is learned now), else parked."""
         label = self.early.take(event_id)
         if label is not None:
@@ -42,7 +44,38 @@ class LabelJoin:
         self.metrics.pending_expired.inc(self.pending.add(event_id, tap))
         if key is not None:
             self.keys[event_id] = key
+        if self.origins is not None and origin is not None:
+            self.origins[event_id] = origin
         return None
+
+    def hand_off(self, partitions: set[tuple[str, int]]) -> tuple[list[str], list[np.ndarray], list[float]]:
+        """Take out the parked events read from ``partitions`` (moved to another replica): ids, taps, ages."""
+        ids, taps, ages = [], [], []
+        for event_id, origin in list((self.origins or {}).items()):
+            if origin not in partitions:
+                continue
+            del self.origins[event_id]  # type: ignore[union-attr]
+            taken = self.pending.remove(event_id)
+            if taken is not None:
+                ids.append(event_id)
+                taps.append(taken[0])
+                ages.append(taken[1])
+        return ids, taps, ages
+
+    def adopt(self, ids: list[str], taps: np.ndarray, ages_s: list[float]) -> list[tuple[str, np.ndarray, str]]:
+        """Park events another replica handed on; returns those whose label is here already (to learn)."""
+        joined = []
+        for event_id, tap, age in zip(ids, taps, ages_s):
+            if age > self.pending.max_age_s or event_id in self.pending:
+                continue
+            label = self.early.take(event_id)
+            if label is not None:
+                self.pending.mark_joined(event_id)
+                self._count("joined")
+                joined.append((event_id, tap, label))
+            else:
+                self.metrics.pending_expired.inc(self.pending.add_aged(event_id, tap, age))
+        return joined
 
     def key_of(self, event_id: str) -> str | None:
         """The key a joined event was parked under (per_key mode), once."""
@@ -76,9 +109,13 @@ class LabelJoin:
         self.metrics.early_labels.set(len(self.early))
         if len(self.keys) > 2 * len(self.pending) + 1024:  # keys of events that expired or were pushed out
             self.keys = {i: k for i, k in self.keys.items() if i in self.pending}
+        if self.origins is not None and len(self.origins) > 2 * len(self.pending) + 1024:
+            self.origins = {i: o for i, o in self.origins.items() if i in self.pending}
 
     def state_parts(self) -> dict[str, Part]:
         keys = {"pending_keys": ({}, {"keys": dict(self.keys)})} if self.keys else {}  # per_key mode only
+        if self.origins:  # merge mode only
+            keys["pending_origins"] = ({}, {"origins": [[i, t, p] for i, (t, p) in self.origins.items()]})
         return {"pending": self.pending.state_dict(), "early_labels": self.early.state_dict(), **keys}
 
     def load_parts(self, parts: dict[str, Part]) -> None:
@@ -86,3 +123,5 @@ class LabelJoin:
         if "early_labels" in parts:  # checkpoints before the order-free join have none
             self.early.load_state_dict(*parts["early_labels"])
         self.keys = dict(parts.get("pending_keys", ({}, {"keys": {}}))[1]["keys"])
+        if self.origins is not None and "pending_origins" in parts:
+            self.origins = {str(i): (str(t), int(p)) for i, t, p in parts["pending_origins"][1]["origins"]}

@@ -21,11 +21,14 @@ import time
 from collections import Counter
 from typing import Callable
 
+import numpy as np
+
 from ..learner.base import Learner
 from ..monitoring.metrics import Metrics
 from ..stream.events import LabelMessage
 from ..stream.sinks import Sink, SinkError
 from ..stream.sources import Record, Source, TopicPartition, next_offsets
+from . import handoff
 from .checkpoint import Checkpointer, CheckpointWriteError, Part
 from .config import Settings
 from .heap import release_free_heap
@@ -266,6 +269,8 @@ class LearningLoop:
             self.positions[tp] = max(offset, self.positions.get(tp, 0))
         if self.merger is not None:  # after the positions: a checkpoint it takes covers this step's events
             self._merged(self.merger.step(self._reducer(), self.checkpoint))
+            for handed in self.merger.take_handoffs():
+                joined += self.intake.adopt(handed, getattr(self.source, "owns", None))
         # Labels joined from HTTP change the state without any record read: they
         # count towards the next checkpoint too.
         self._after_step(len(records), joined)
@@ -278,6 +283,8 @@ class LearningLoop:
         if self._revoked.is_set():
             if self.checkpoint():
                 self._revoked.clear()  # else retried after the next step
+                if self.merger is not None:
+                    self._hand_off()
                 self._forget_revoked()
         elif self.checkpointer is None:
             if n_records:
@@ -312,6 +319,19 @@ class LearningLoop:
         log.info("partitions revoked: %s", partitions)
         self._revoked_partitions.update(partitions)
         self._revoked.set()
+
+    def _hand_off(self) -> None:
+        """Send the events parked from partitions this replica lost (the rebalance is over: a partition
+        revoked and assigned back stays) to the replica that reads their labels now."""
+        owns = getattr(self.source, "owns", lambda *_: True)
+        gone = {tp for tp in self._revoked_partitions if not owns(*tp)}
+        ids, taps, ages = self.join.hand_off(gone)
+        recent = self.intake.recent_of(gone)
+        if not (ids or recent) or self.merger is None:
+            return
+        stacked = np.stack(taps) if taps else np.zeros((0, 0), np.float32)
+        if not self.merger.hand_off(ids, stacked, ages, recent):
+            self.intake.adopt(handoff.Handoff(ids, stacked, ages, []))  # not sent: kept here rather than lost
 
     def _forget_revoked(self) -> None:
         """Drop the positions of partitions handed over, once their last offsets are committed.

@@ -17,11 +17,14 @@ import socket
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from ..learner.merge_wire import MergeWireError, pack_base, pack_contribution, unpack_base, unpack_contribution
 from ..learner.merging import Contribution, MergeBase, empty_parts, reduce
 from ..learner.replica import Replica
 from ..monitoring.metrics import Metrics
 from ..stream.snapshot_channel import POLL_RECORDS, ChannelError, ChannelFenced
+from . import handoff
 from . import merge_channel as channel
 from .config import Settings
 
@@ -45,6 +48,7 @@ class Merger:
         self._saved = False   # a checkpoint holds the pending contribution
         self._waiting_since: float | None = None
         self._fenced_at = -REFENCE_AFTER_S
+        self._handoffs: list[handoff.Handoff] = []  # partitions' state other replicas handed on
         metrics.add_merge()
 
     # -- state -------------------------------------------------------------------------------------
@@ -122,11 +126,14 @@ class Merger:
                     c = unpack_contribution(message.payload)
                     if c.seq >= self.contributions.get(c.replica, c).seq:
                         self.contributions[c.replica] = c
+                elif message.kind == "handoff":
+                    if message.sender != self.replica.name:
+                        self._handoffs.append(handoff.unpack(message.payload))
                 elif message.kind == "base":
                     b = unpack_base(message.payload)
                     if b.round > max(self.base.round, newest.round if newest else -1):
                         newest = b
-            except MergeWireError as exc:
+            except ValueError as exc:  # MergeWireError, or a damaged handoff
                 self.metrics.merge_rejects.inc()
                 log.warning("merge channel: a %s from %s refused: %s", message.kind, message.sender, exc)
         return self._adopt(newest) if newest is not None else False
@@ -143,7 +150,23 @@ class Merger:
             self._unsent = False  # merged: sent by this replica before a restart, or read back just now
         return moved
 
+    def take_handoffs(self) -> list[handoff.Handoff]:
+        taken, self._handoffs = self._handoffs, []
+        return taken
+
     # -- writing -----------------------------------------------------------------------------------
+    def hand_off(self, ids: list[str], taps: np.ndarray, ages: list[float], recent: list[tuple[str, str, int]]) -> bool:
+        """Send the state of partitions this replica lost (parked events, dedup ids) to the others; whether it went."""
+        message = channel.Message("handoff", self.replica.name, handoff.pack(ids, taps, ages, recent))
+        try:
+            channel.send(self._writer, message, self.cfg.chunk_bytes)  # type: ignore[arg-type]
+        except ChannelError as exc:
+            log.warning("%d parked events not handed on (kept here): %s", len(ids), exc)
+            return False
+        log.info("handed on %d events waiting for labels and %d dedup ids with the partitions that moved",
+                 len(ids), len(recent))
+        return True
+
     def _send(self) -> None:
         assert self.replica.pending is not None and self._writer is not None
         message = channel.Message("contribution", self.replica.name, pack_contribution(self.replica.pending[0]))

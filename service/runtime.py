@@ -219,6 +219,7 @@ class Service:
 
             self.loop.merger = Merger(settings, self.learner, self.metrics)  # MergeRefused: a learner that can't
             self.loop.intake.on_learned = self.loop.merger.replica.observe
+            self.loop.intake.follow_partitions()  # parked events and dedup ids follow a moved partition
         self.restored = self.loop.restore()
         if self.keyed is not None and self.holder.current is None:
             self.loop.publish()  # per_key: the keys another replica stored are served before this one learns

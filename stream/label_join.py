@@ -64,6 +64,18 @@ class PendingStore:
         self.evicted += evicted
         return evicted
 
+    def remove(self, event_id: str) -> tuple[Any, float] | None:
+        """Take ``event_id``'s payload and age out (handed to another replica); None if it is not here."""
+        entry = self._items.pop(event_id, None)
+        return None if entry is None else (entry.payload, self._clock() - entry.added_at)
+
+    def add_aged(self, event_id: str, payload: Any, age_s: float) -> int:
+        """:meth:`add` for an entry that has waited ``age_s`` elsewhere already (its wait limit keeps running)."""
+        evicted = self.add(event_id, payload)
+        if event_id in self._items:
+            self._items[event_id].added_at -= max(0.0, age_s)
+        return evicted
+
     def expire(self) -> int:
         """Drop entries older than ``max_age_s``; returns how many went."""
         cutoff = self._clock() - self.max_age_s

@@ -99,21 +99,25 @@ def parse_event(raw: bytes, limits: EventLimits) -> ParsedEvent:
 
 
 class RecentIds:
-    """A bounded set of the most recent event ids, for duplicate rejection."""
+    """A bounded set of the most recent event ids, for duplicate rejection (each with the partition it came
+    from, where known: a replica that loses a partition hands its ids on with it)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str, tuple[str, int] | None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def seen_or_add(self, event_id: str) -> bool:
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def seen_or_add(self, event_id: str, origin: tuple[str, int] | None = None) -> bool:
         if self.capacity == 0:
             return False
         if event_id in self._ids:
             return True
-        self._ids[event_id] = None
+        self._ids[event_id] = origin
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
         return False
@@ -122,11 +126,19 @@ class RecentIds:
         """Give an id back (its event was rejected after validation), so a corrected resend is accepted."""
         self._ids.pop(event_id, None)
 
+    def of_partitions(self, partitions: set[tuple[str, int]]) -> list[str]:
+        """The ids read from ``partitions``, oldest first."""
+        return [i for i, origin in self._ids.items() if origin in partitions]
+
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return {}, {"ids": list(self._ids)}
+        origins = [list(o) if o is not None else None for o in self._ids.values()]
+        return {}, {"ids": list(self._ids)} | ({"origins": origins} if any(origins) else {})
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self._ids = OrderedDict.fromkeys(meta["ids"][-self.capacity:] if self.capacity else [])
+        ids = meta["ids"]
+        origins = meta.get("origins") or [None] * len(ids)
+        pairs = [(i, (str(o[0]), int(o[1])) if o else None) for i, o in zip(ids, origins)]
+        self._ids = OrderedDict(pairs[-self.capacity:] if self.capacity else [])
 
 
 class EventValidator:
@@ -147,10 +159,10 @@ class EventValidator:
             raise InvalidEvent("wrong_dimension", "features",
                                f"{len(event.features)} values, expected {self.input_dim}")
 
-    def __call__(self, raw: bytes) -> ParsedEvent:
+    def __call__(self, raw: bytes, origin: tuple[str, int] | None = None) -> ParsedEvent:
         event = parse_event(raw, self.limits)
         self.check_input(event)
         # Only a valid event claims its id, so a corrected resend is not a duplicate.
-        if self.recent_ids.seen_or_add(str(event.id)):
+        if self.recent_ids.seen_or_add(str(event.id), origin):
             raise InvalidEvent("duplicate_id", "id", f"event id {event.id!r} was already received")
         return event

@@ -11,6 +11,7 @@ import pytest
 from lifelong.learner.merging import MergeRefused
 from lifelong.service.config import Settings
 from lifelong.service.runtime import Service
+from lifelong.stream.events import LabelMessage
 
 DIM = 6
 CENTRES = {c: 4.0 * np.random.default_rng(i).normal(size=DIM) for i, c in enumerate("abcd")}
@@ -131,3 +132,30 @@ def test_a_replica_restarted_after_its_contribution_was_merged_takes_the_base_an
     assert b2.loop.merger.metrics.merge_contributions._value.get() >= 1  # type: ignore[union-attr]
     assert sent == 1 and a.describe()["merge"]["events_merged"] == n
     assert counts(a) == counts(b2) == {"a": 40, "b": 40, "c": 40, "d": 40}
+
+
+def test_events_waiting_for_labels_follow_a_partition_to_the_replica_that_reads_their_labels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    lines = [{"id": f"u{i}", "features": [round(float(v), 4) for v in CENTRES["abcd"[i % 4]] + rng.normal(0, .5, DIM)]}
+             for i in range(40)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    shard(tmp_path / "b.jsonl", "abcd", 80, 9, 1000)
+    a = Service(settings(tmp_path, "ra", tmp_path / "a.jsonl", "never"))
+    b = Service(settings(tmp_path, "rb", tmp_path / "b.jsonl", "always"))
+    drive([a, b])
+    assert len(a.loop.join) == 40 and len(b.loop.join) == 0  # a parked its unlabelled events
+    for i in range(40):  # their labels reach b: the group moved a's partition there (below)
+        b.loop.submit_feedback(LabelMessage(id=f"u{i}", label="abcd"[i % 4]))
+    b.loop.step()
+    assert len(b.loop.join.early) == 40  # waiting for events b never read
+    a.loop._source.owns = lambda topic, partition: False  # type: ignore[union-attr]  # the group's new assignment
+    a.loop._on_revoke(list({tp for tp in a.loop.positions}))
+    a.loop.step()  # the revoke checkpoint, then the hand-off
+    assert len(a.loop.join) == 0
+    learned = b.loop.counters.learned
+    b.loop._source.owns = lambda topic, partition: True  # type: ignore[union-attr]  # b owns it now
+    assert "u7" not in b.loop.validator.recent_ids
+    b.loop.step()
+    assert b.loop.counters.learned == learned + 40 and len(b.loop.join.early) == 0
+    assert all(f"u{i}" in b.loop.validator.recent_ids for i in range(40))  # a resent u7 is a duplicate at b too
+    assert b.metrics.registry.get_sample_value("lifelong_labels_total", {"outcome": "joined"}) == 40

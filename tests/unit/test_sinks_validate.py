@@ -251,3 +251,14 @@ def test_fast_parse_accepts_and_rejects_exactly_as_the_full_validation(record: b
     if fast is not None:
         assert (fast.id, fast.text, fast.label, fast.ts) == (str(full.id), full.text, full.label, full.ts)
         assert fast.features == full.features
+
+
+def test_recent_ids_keep_their_partitions_through_a_restart() -> None:
+    ids = RecentIds(4)
+    ids.seen_or_add("a", ("events", 0))
+    ids.seen_or_add("b", ("events", 1))
+    ids.seen_or_add("c")  # from HTTP: no partition
+    twin = RecentIds(4)
+    twin.load_state_dict({}, json.loads(json.dumps(ids.state_dict()[1])))
+    assert twin.of_partitions({("events", 1)}) == ["b"]
+    assert twin.of_partitions({("events", 0), ("events", 1)}) == ["a", "b"]
