@@ -84,8 +84,8 @@ def learning_md(doc: Mapping[str, Any]) -> list[str]:
                   f"label {labels['label_delay_events']} events after its event, keyed like it; one merging "
                   f"replica, a second joining half way, leaving at the end: {labels['labels_joined']:,} joined "
                   f"({labels['labels_joined_fraction']:.4f}); {labels['labels_waiting_for_their_event']} labels "
-                  "wait for an event the other replica had parked before the partitions moved (pending labels "
-                  "do not follow a moved partition yet).", ""]
+                  "still wait for their event. The events the first replica had parked when the group moved "
+                  "their partitions follow them (`service/handoff.py`).", ""]
     return lines + _per_key_md(learning.get("per_key"))
 
 

@@ -225,6 +225,18 @@ ROWS: list[tuple[str, list[Panel]]] = [
               "Contributions each replica sent, bases the reducer wrote, and messages refused as damaged.",
               width=24),
     ]),
+    ("Models per key (scaleout.learning.mode per_key)", [
+        Panel("Keys", "short", (("in memory {{instance}}", "lifelong_keys_in_memory"),
+                                ("stored {{instance}}", "lifelong_keys_stored")),
+              "Keys whose learner each replica holds in memory, and keys in the shared key store."),
+        Panel("Learners in memory", "bytes", (("{{instance}}", "lifelong_keys_memory_bytes"),),
+              "All keys' learners in memory, bounded by scaleout.learning.per_key.max_resident_bytes."),
+        Panel("Keys saved and dropped per second", "cps", (
+            ("evicted {{instance}}", rate("lifelong_key_evictions_total", "instance")),
+            ("conflicts {{instance}}", rate("lifelong_key_conflicts_total", "instance"))),
+              "Least recently used keys evicted to the store (read back at their next event); conflicts: a key "
+              "learned by two replicas (its events on two partitions)."),
+    ]),
 ]
 
 

@@ -8,10 +8,10 @@ early-label store, joins at once; a replica that never gets the label lets it ex
 owner of the partition adds its ids to its dedup window.
 
 >>> import numpy as np
->>> raw = pack(["e1", "e2"], np.ones((2, 3), np.float32), [1.5, 0.0], [("e0", "events", 1)])
+>>> raw = pack(Handoff(["e1", "e2"], np.ones((2, 3), np.float32), [1.5, 0.0], [("e0", "events", 1)], ["k", ""]))
 >>> h = unpack(raw)
->>> h.ids, h.taps.shape, h.ages_s, h.recent
-(['e1', 'e2'], (2, 3), [1.5, 0.0], [('e0', 'events', 1)])
+>>> h.ids, h.taps.shape, h.ages_s, h.recent, h.keys
+(['e1', 'e2'], (2, 3), [1.5, 0.0], [('e0', 'events', 1)], ['k', ''])
 >>> unpack(raw[:-1])
 Traceback (most recent call last):
 ...
@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -36,12 +39,17 @@ class Handoff:
     taps: np.ndarray
     ages_s: list[float]  # how long each has waited (its wait limit keeps running)
     recent: list[tuple[str, str, int]]  # the dedup window's ids of the partitions, with their partition
+    keys: list[str] = field(default_factory=list)  # per_key mode: each parked event's key
+
+    def __len__(self) -> int:
+        return len(self.ids) + len(self.recent)
 
 
-def pack(ids: list[str], taps: np.ndarray, ages_s: list[float], recent: list[tuple[str, str, int]]) -> bytes:
-    body = np.ascontiguousarray(taps, np.float32).tobytes()
-    header = json.dumps({"format": FORMAT, "ids": ids, "ages_s": ages_s, "shape": list(taps.shape),
-                         "recent": [list(r) for r in recent], "sha256": hashlib.sha256(body).hexdigest()}).encode()
+def pack(h: Handoff) -> bytes:
+    body = np.ascontiguousarray(h.taps, np.float32).tobytes()
+    header = json.dumps({"format": FORMAT, "ids": h.ids, "ages_s": h.ages_s, "shape": list(h.taps.shape),
+                         "recent": [list(r) for r in h.recent], "keys": h.keys,
+                         "sha256": hashlib.sha256(body).hexdigest()}).encode()
     return MAGIC + struct.pack(">I", len(header)) + header + body
 
 
@@ -63,4 +71,47 @@ def unpack(raw: bytes) -> Handoff:
     if len(head["ids"]) != shape[0] or not np.isfinite(taps).all():
         raise ValueError("handoff: ids and taps disagree, or non-finite taps")
     recent = [(str(i), str(t), int(p)) for i, t, p in head["recent"]]
-    return Handoff([str(i) for i in head["ids"]], taps, [float(a) for a in head["ages_s"]], recent)
+    keys = [str(k) for k in head.get("keys", [])]
+    if keys and len(keys) != len(head["ids"]):
+        raise ValueError("handoff: ids and keys disagree")
+    return Handoff([str(i) for i in head["ids"]], taps, [float(a) for a in head["ages_s"]], recent, keys)
+
+
+class FolderHandoffs:
+    """Handoffs through a folder the replicas share (per_key mode: the key store's ``.handoff``).
+
+    A handoff is one file, written atomically; every other replica reads each file once. Files older
+    than ``max_age_s`` (the label wait limit: nothing in them can join any more) are removed by
+    whichever replica sees them first.
+    """
+
+    def __init__(self, folder: str | Path, replica: str, max_age_s: float) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.replica, self.max_age_s = replica, max_age_s
+        self._seen: set[str] = set()
+
+    def send(self, h: Handoff) -> bool:
+        name = f"{time.time_ns()}-{self.replica}.ho"
+        tmp = self.folder / f".{name}"
+        try:
+            tmp.write_bytes(pack(h))
+            os.replace(tmp, self.folder / name)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return False
+        self._seen.add(name)
+        return True
+
+    def receive(self) -> list[Handoff]:
+        """Handoffs of the other replicas not read yet (damaged ones: ValueError, after the good ones)."""
+        out, names = [], sorted(n for n in os.listdir(self.folder) if n.endswith(".ho") and not n.startswith("."))
+        cutoff = time.time_ns() - int(self.max_age_s * 1e9)
+        for name in names:
+            if int(name.split("-", 1)[0]) < cutoff:
+                (self.folder / name).unlink(missing_ok=True)
+            elif name not in self._seen and not name.endswith(f"-{self.replica}.ho"):
+                self._seen.add(name)
+                out.append(unpack((self.folder / name).read_bytes()))
+        self._seen &= set(names)
+        return out

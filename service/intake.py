@@ -292,10 +292,9 @@ class Intake:
         self.track_origins = True
         self.join.origins = {}
 
-    def recent_of(self, partitions: set[tuple[str, int]]) -> list[tuple[str, str, int]]:
-        """The dedup window's ids read from ``partitions``, each with its partition."""
-        window = self.validator.recent_ids
-        return [(i, *tp) for tp in partitions for i in window.of_partitions({tp})]
+    def recent_of(self, partitions: set[tuple[str, int]] | None) -> list[tuple[str, str, int]]:
+        """The dedup window's ids read from ``partitions`` (None: all), each with its partition."""
+        return self.validator.recent_ids.of_partitions(partitions)
 
     def adopt(self, handed: Handoff, owns: Callable[[str, int], bool] | None = None) -> int:
         """Take state another replica handed on with partitions: park its events (learning those whose label
@@ -303,8 +302,9 @@ class Intake:
         for event_id, topic, partition in handed.recent:
             if owns is not None and owns(topic, partition):
                 self.validator.recent_ids.seen_or_add(event_id, (topic, partition))
-        joined = self.join.adopt(handed.ids, handed.taps, handed.ages_s)
-        self._learn([Item(None, event_id, label, None, tap) for event_id, tap, label in joined])
+        joined = self.join.adopt(handed.ids, handed.taps, handed.ages_s, handed.keys)
+        items = [Item(None, i, label, None, tap, key or DEFAULT_KEY) for i, tap, label, key in joined]
+        self._each_key(items, self._learn, labelled_only=False)
         return len(joined)
 
     # -- labels ---------------------------------------------------------------------

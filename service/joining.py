@@ -48,33 +48,42 @@ class LabelJoin:
             self.origins[event_id] = origin
         return None
 
-    def hand_off(self, partitions: set[tuple[str, int]]) -> tuple[list[str], list[np.ndarray], list[float]]:
-        """Take out the parked events read from ``partitions`` (moved to another replica): ids, taps, ages."""
-        ids, taps, ages = [], [], []
+    def hand_off(self, partitions: set[tuple[str, int]] | None,
+                 keep: bool = False) -> tuple[list[str], list[np.ndarray], list[float], list[str]]:
+        """The parked events read from ``partitions`` (None: all), taken out (moved to another replica) or
+        copied (``keep``: this replica leaves, and may get them back): ids, taps, ages, keys."""
+        ids, taps, ages, keys = [], [], [], []
         for event_id, origin in list((self.origins or {}).items()):
-            if origin not in partitions:
+            if partitions is not None and origin not in partitions:
                 continue
-            del self.origins[event_id]  # type: ignore[union-attr]
-            taken = self.pending.remove(event_id)
+            taken = self.pending.peek(event_id) if keep else self.pending.remove(event_id)
+            key = self.keys.get(event_id, "") if keep else self.keys.pop(event_id, "")
+            if not keep:
+                del self.origins[event_id]  # type: ignore[union-attr]
             if taken is not None:
                 ids.append(event_id)
                 taps.append(taken[0])
                 ages.append(taken[1])
-        return ids, taps, ages
+                keys.append(key)
+        return ids, taps, ages, keys if any(keys) else []
 
-    def adopt(self, ids: list[str], taps: np.ndarray, ages_s: list[float]) -> list[tuple[str, np.ndarray, str]]:
+    def adopt(self, ids: list[str], taps: np.ndarray, ages_s: list[float],
+              keys: list[str]) -> list[tuple[str, np.ndarray, str, str | None]]:
         """Park events another replica handed on; returns those whose label is here already (to learn)."""
         joined = []
-        for event_id, tap, age in zip(ids, taps, ages_s):
+        for n, (event_id, tap, age) in enumerate(zip(ids, taps, ages_s)):
+            key = keys[n] if keys else None
             if age > self.pending.max_age_s or event_id in self.pending:
                 continue
             label = self.early.take(event_id)
             if label is not None:
                 self.pending.mark_joined(event_id)
                 self._count("joined")
-                joined.append((event_id, tap, label))
+                joined.append((event_id, tap, label, key))
             else:
                 self.metrics.pending_expired.inc(self.pending.add_aged(event_id, tap, age))
+                if key is not None:
+                    self.keys[event_id] = key
         return joined
 
     def key_of(self, event_id: str) -> str | None:

@@ -21,19 +21,17 @@ import time
 from collections import Counter
 from typing import Callable
 
-import numpy as np
-
 from ..learner.base import Learner
 from ..monitoring.metrics import Metrics
 from ..stream.events import LabelMessage
 from ..stream.sinks import Sink, SinkError
 from ..stream.sources import Record, Source, TopicPartition, next_offsets
-from . import handoff
 from .checkpoint import Checkpointer, CheckpointWriteError, Part
 from .config import Settings
 from .heap import release_free_heap
 from .intake import Intake, LabelIn, LoopCounters
 from .merger import Merger
+from .partition_handoff import PartitionHandoff
 from .publishing import Publisher
 from .snapshot import SnapshotHolder
 from .snapshot_wire import with_version
@@ -90,6 +88,7 @@ class LearningLoop:
         self.publisher: Publisher | None = None  # roles that publish snapshots to the snapshot topic
         self.version_offset = 0  # added to the learner's versions so published ones keep rising
         self.merger: Merger | None = None  # scaleout.learning.mode merge: this replica's merge duties
+        self.handoffs: PartitionHandoff | None = None  # merge and per_key: a moved partition's state goes on
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -225,6 +224,8 @@ class LearningLoop:
                 self._merged(self.merger.connect())
             while not self._stop.is_set():
                 self.step()
+            if self.handoffs is not None:
+                self.handoffs.leave()
             if self.merger is not None:
                 self.merger.finish(self._reducer(), self.checkpoint)
             self._publish(force=True)
@@ -269,8 +270,8 @@ class LearningLoop:
             self.positions[tp] = max(offset, self.positions.get(tp, 0))
         if self.merger is not None:  # after the positions: a checkpoint it takes covers this step's events
             self._merged(self.merger.step(self._reducer(), self.checkpoint))
-            for handed in self.merger.take_handoffs():
-                joined += self.intake.adopt(handed, getattr(self.source, "owns", None))
+        if self.handoffs is not None:
+            joined += self.handoffs.receive(self.source)
         # Labels joined from HTTP change the state without any record read: they
         # count towards the next checkpoint too.
         self._after_step(len(records), joined)
@@ -283,14 +284,14 @@ class LearningLoop:
         if self._revoked.is_set():
             if self.checkpoint():
                 self._revoked.clear()  # else retried after the next step
-                if self.merger is not None:
-                    self._hand_off()
                 self._forget_revoked()
         elif self.checkpointer is None:
             if n_records:
                 self.checkpoint()  # no state to keep: commit after every batch (at-least-once)
         elif self.checkpointer.due():
             self.checkpoint()
+        if self.handoffs is not None:
+            self.handoffs.after_step(self.source)
         if self._uncommitted is not None and time.monotonic() - self._last_commit_try >= 1.0:
             self._commit()
         if time.monotonic() - self._last_lag_check >= self.settings.source.lag_check_s:
@@ -318,20 +319,9 @@ class LearningLoop:
         # close as possible to where this state ends.
         log.info("partitions revoked: %s", partitions)
         self._revoked_partitions.update(partitions)
+        if self.handoffs is not None:
+            self.handoffs.revoked(partitions, self._source)
         self._revoked.set()
-
-    def _hand_off(self) -> None:
-        """Send the events parked from partitions this replica lost (the rebalance is over: a partition
-        revoked and assigned back stays) to the replica that reads their labels now."""
-        owns = getattr(self.source, "owns", lambda *_: True)
-        gone = {tp for tp in self._revoked_partitions if not owns(*tp)}
-        ids, taps, ages = self.join.hand_off(gone)
-        recent = self.intake.recent_of(gone)
-        if not (ids or recent) or self.merger is None:
-            return
-        stacked = np.stack(taps) if taps else np.zeros((0, 0), np.float32)
-        if not self.merger.hand_off(ids, stacked, ages, recent):
-            self.intake.adopt(handoff.Handoff(ids, stacked, ages, []))  # not sent: kept here rather than lost
 
     def _forget_revoked(self) -> None:
         """Drop the positions of partitions handed over, once their last offsets are committed.

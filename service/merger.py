@@ -150,21 +150,20 @@ class Merger:
             self._unsent = False  # merged: sent by this replica before a restart, or read back just now
         return moved
 
-    def take_handoffs(self) -> list[handoff.Handoff]:
+    def receive(self) -> list[handoff.Handoff]:
+        """Partitions' state other replicas handed on (read from the merge channel by :meth:`step`)."""
         taken, self._handoffs = self._handoffs, []
         return taken
 
     # -- writing -----------------------------------------------------------------------------------
-    def hand_off(self, ids: list[str], taps: np.ndarray, ages: list[float], recent: list[tuple[str, str, int]]) -> bool:
+    def send(self, h: handoff.Handoff) -> bool:
         """Send the state of partitions this replica lost (parked events, dedup ids) to the others; whether it went."""
-        message = channel.Message("handoff", self.replica.name, handoff.pack(ids, taps, ages, recent))
+        message = channel.Message("handoff", self.replica.name, handoff.pack(h))
         try:
             channel.send(self._writer, message, self.cfg.chunk_bytes)  # type: ignore[arg-type]
         except ChannelError as exc:
-            log.warning("%d parked events not handed on (kept here): %s", len(ids), exc)
+            log.warning("%d parked events not handed on (kept here): %s", len(h.ids), exc)
             return False
-        log.info("handed on %d events waiting for labels and %d dedup ids with the partitions that moved",
-                 len(ids), len(recent))
         return True
 
     def _send(self) -> None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -219,11 +221,25 @@ class Service:
 
             self.loop.merger = Merger(settings, self.learner, self.metrics)  # MergeRefused: a learner that can't
             self.loop.intake.on_learned = self.loop.merger.replica.observe
-            self.loop.intake.follow_partitions()  # parked events and dedup ids follow a moved partition
+        self._follow_partitions(settings)
         self.restored = self.loop.restore()
         if self.keyed is not None and self.holder.current is None:
             self.loop.publish()  # per_key: the keys another replica stored are served before this one learns
         self.app = create_app(self)
+
+    def _follow_partitions(self, settings: Settings) -> None:
+        """Merge and per_key modes: parked events and dedup ids follow a partition the group moves."""
+        channel: Any = self.loop.merger
+        if self.keyed is not None:
+            from .handoff import FolderHandoffs
+
+            folder = Path(self.learner.store.folder) / ".handoff"  # type: ignore[attr-defined]
+            name = settings.source.kafka.instance_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+            channel = FolderHandoffs(folder, name, settings.labels.max_wait_s)
+        if channel is not None:
+            from .partition_handoff import PartitionHandoff
+
+            self.loop.handoffs = PartitionHandoff(channel, self.loop.intake)
 
     # ServiceHandle for the app
     def submit_feedback(self, message: LabelMessage) -> None:

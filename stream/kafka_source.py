@@ -132,6 +132,7 @@ class KafkaSource:
         self._assigned_since_poll: set[KafkaTP] = set()
         self._assigned_lock = threading.Lock()
         self.on_revoke = on_revoke or (lambda partitions: None)
+        self.assignments = 0  # assignments received (a revoke is followed by one when the rebalance ends)
         self.skipped = 0
         self.commit_failures = 0
         self._commit_backoff = options.commit_backoff_s
@@ -195,6 +196,7 @@ class KafkaSource:
         with self._assigned_lock:
             self._assigned_since_poll.update(partitions)
             self._join_state = "no_metadata" if not partitions and known == 0 else "ok"
+            self.assignments += 1  # a rebalance is over: owns() tells the new assignment from here
 
     def cached_partitions(self) -> int:
         """Partitions of the subscribed topics in the client's metadata cache (no request: safe on

@@ -69,6 +69,11 @@ class PendingStore:
         entry = self._items.pop(event_id, None)
         return None if entry is None else (entry.payload, self._clock() - entry.added_at)
 
+    def peek(self, event_id: str) -> tuple[Any, float] | None:
+        """``event_id``'s payload and age, left in place."""
+        entry = self._items.get(event_id)
+        return None if entry is None else (entry.payload, self._clock() - entry.added_at)
+
     def add_aged(self, event_id: str, payload: Any, age_s: float) -> int:
         """:meth:`add` for an entry that has waited ``age_s`` elsewhere already (its wait limit keeps running)."""
         evicted = self.add(event_id, payload)

@@ -126,9 +126,10 @@ class RecentIds:
         """Give an id back (its event was rejected after validation), so a corrected resend is accepted."""
         self._ids.pop(event_id, None)
 
-    def of_partitions(self, partitions: set[tuple[str, int]]) -> list[str]:
-        """The ids read from ``partitions``, oldest first."""
-        return [i for i, origin in self._ids.items() if origin in partitions]
+    def of_partitions(self, partitions: set[tuple[str, int]] | None) -> list[tuple[str, str, int]]:
+        """The ids read from ``partitions`` (None: any), oldest first, each with its partition."""
+        return [(i, *origin) for i, origin in self._ids.items()
+                if origin is not None and (partitions is None or origin in partitions)]
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         origins = [list(o) if o is not None else None for o in self._ids.values()]

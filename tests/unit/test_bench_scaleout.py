@@ -313,7 +313,14 @@ def test_learning_targets_read_the_merged_runs_against_the_single_and_lone_learn
     assert met["prototype_max_abs_diff"].ok and met["merged_above_every_lone_replica"].ok
     assert met["hash_final_accuracy_below_single"].measured == -0.003
     assert met["domain_final_accuracy_below_single"].ok and met["merge_fraction"].ok
-    assert met["per_key_accuracy_gap"].ok is None  # not built: n/a, never met
+    assert met["per_key_accuracy_gap"].ok is None  # not measured: n/a, never met
+    run = {"events": 600, "max_resident_bytes": 0, "evictions": 20, "final_accuracy_mean": 0.9,
+           "alone_accuracy_mean": 0.9, "max_key_gap": 0.0, "keyed_seconds": 1.0, "alone_seconds": 1.0}
+    keyed = learning() | {"per_key": {"keys": 4, "accuracy_gap": 0.002, "runs": [run]}}
+    assert {t.key: t for t in targets({"learning": keyed})}["per_key_accuracy_gap"].ok
+    keyed["per_key"]["accuracy_gap"] = 0.02
+    assert {t.key: t for t in targets({"learning": keyed})}["per_key_accuracy_gap"].ok is False
+    assert "## Learning: a model per key" in render_md({"learning": keyed})
     bad = {t.key: t for t in targets({"learning": learning(final=0.93, lone=0.94, fraction=0.2, diff=1e-3)})}
     assert bad["hash_final_accuracy_below_single"].ok is False and bad["domain_final_accuracy_below_single"].ok is False
     assert bad["merged_above_every_lone_replica"].ok is False and bad["merge_fraction"].ok is False
@@ -327,5 +334,7 @@ def test_the_learning_part_merges_replicas_of_clinc150_into_one_learners_prototy
     out = run_learning(LearningOptions(limit=600, learners=(2,), splits=("domain",), merge_every=50))
     row, = out["merged"]
     assert out["prototype_max_abs_diff"] <= 1e-5 and row["merges"] >= 5 and len(row["lone"]) == 2
+    # A model per key, saved and read back at every batch, learns what the key's model alone learns.
+    assert out["per_key"]["accuracy_gap"] <= 0.005 and out["per_key"]["runs"][1]["evictions"] > 0
     # Each lone replica knows half the domains; the merged model knows them all.
     assert row["final_accuracy"] > max(x["final_accuracy"] for x in row["lone"]) + 0.2

@@ -29,6 +29,7 @@ def all_metrics() -> Metrics:
     metrics = Metrics(REASONS)
     metrics.add_snapshot_channel(REJECT_REASONS)
     metrics.add_merge()
+    metrics.add_keys()
     return metrics
 
 
@@ -64,7 +65,8 @@ def test_dashboard_structure() -> None:
     assert variable["query"] == "prometheus" and variable["current"]["value"] == DATASOURCE_UID
     rows = [p["title"] for p in panels if p["type"] == "row"]
     assert rows == ["Throughput & lag", "Learning", "Stability gap", "Memory", "Serving",
-                    "Snapshots (learner and predictors)", "Learner replicas (scaleout.learning.mode merge)"]
+                    "Snapshots (learner and predictors)", "Learner replicas (scaleout.learning.mode merge)",
+                    "Models per key (scaleout.learning.mode per_key)"]
     cells: set[tuple[int, int]] = set()
     for panel in panels:
         grid = panel["gridPos"]

@@ -205,3 +205,25 @@ def test_per_key_settings_are_refused_where_they_cannot_work(tmp_path: Path) -> 
         Settings(**base, checkpoint={"dir": None})
     with pytest.raises(ValidationError, match="publishing"):
         Settings(**base, checkpoint={"dir": str(tmp_path)}, snapshots={"publish": True, "dir": str(tmp_path / "s")})
+
+
+def test_events_waiting_for_labels_follow_a_moved_partition_with_their_key(tmp_path: Path, services: Services) -> None:
+    shared = {"key_dir": str(tmp_path / "keys")}
+    a = services(keyed_settings(tmp_path / "a", write(tmp_path / "a.jsonl", events(30, labelled=False)), **shared))
+    b = services(keyed_settings(tmp_path / "b", write(tmp_path / "b.jsonl", []), **shared))
+    run_to_end(a)
+    assert len(a.loop.join) == 30
+    truth = events(30)
+    for event in truth:  # the labels reach b: the group gave it a's partition (below)
+        b.loop.submit_feedback(LabelMessage(id=event["id"], label=event["label"]))
+    b.loop.step()
+    assert len(b.loop.join.early) == 30
+    a.loop._source.owns = lambda topic, partition: False  # type: ignore[union-attr]
+    a.loop._on_revoke(list(a.loop.positions))
+    a.loop.step()  # the revoke checkpoint, then the handoff through the shared key store's folder
+    assert len(a.loop.join) == 0
+    b.loop.step()
+    assert {k: b.learner.info[k].events for k in KEYS} == {"x": 10, "y": 10, "z": 10}  # type: ignore[attr-defined]
+    b.loop.publish()
+    answer = TestClient(b.app).post("/v1/predict", json={"key": "z", "instances": [{"features": CENTRES[1].tolist()}]})
+    assert answer.json()["predictions"][0]["label"] == label_of("z", 1)

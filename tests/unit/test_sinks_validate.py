@@ -260,5 +260,5 @@ def test_recent_ids_keep_their_partitions_through_a_restart() -> None:
     ids.seen_or_add("c")  # from HTTP: no partition
     twin = RecentIds(4)
     twin.load_state_dict({}, json.loads(json.dumps(ids.state_dict()[1])))
-    assert twin.of_partitions({("events", 1)}) == ["b"]
-    assert twin.of_partitions({("events", 0), ("events", 1)}) == ["a", "b"]
+    assert twin.of_partitions({("events", 1)}) == [("b", "events", 1)]
+    assert twin.of_partitions(None) == [("a", "events", 0), ("b", "events", 1)]
