@@ -9,8 +9,9 @@ Events go in stream order to their replica; once a replica has learned ``merge_e
 since its last contribution, every replica that learned anything contributes it, one reduce makes
 the next base and every replica rebases onto it (an idle one fast-forwards; ``learner/merging.py``,
 ``learner/replica.py``): the rounds the service runs through its merge channel, here in one
-process on the encoded taps, so the figures are the algorithm's. The served model is replica 0's snapshot (the reducer's), scored
-on the test events of the segments seen so far at every true boundary and every 1,000 events.
+process on the encoded taps, so the figures are the algorithm's. The served model is replica 0's
+snapshot (the reducer's), scored on the test events of the segments seen so far at every true
+boundary and every 1,000 events.
 
 Each configuration runs twice: merging, and with no merges at all (every replica alone on its
 shard: the *lone* replicas the merged model must beat). The single learner is the same loop with

@@ -40,15 +40,17 @@ class Handoff:
     ages_s: list[float]  # how long each has waited (its wait limit keeps running)
     recent: list[tuple[str, str, int]]  # the dedup window's ids of the partitions, with their partition
     keys: list[str] = field(default_factory=list)  # per_key mode: each parked event's key
+    early: list[tuple[str, str, float]] = field(default_factory=list)  # labels waiting for their event, with age
 
     def __len__(self) -> int:
-        return len(self.ids) + len(self.recent)
+        return len(self.ids) + len(self.recent) + len(self.early)
 
 
 def pack(h: Handoff) -> bytes:
     body = np.ascontiguousarray(h.taps, np.float32).tobytes()
     header = json.dumps({"format": FORMAT, "ids": h.ids, "ages_s": h.ages_s, "shape": list(h.taps.shape),
                          "recent": [list(r) for r in h.recent], "keys": h.keys,
+                         "early": [list(e) for e in h.early],
                          "sha256": hashlib.sha256(body).hexdigest()}).encode()
     return MAGIC + struct.pack(">I", len(header)) + header + body
 
@@ -74,7 +76,8 @@ def unpack(raw: bytes) -> Handoff:
     keys = [str(k) for k in head.get("keys", [])]
     if keys and len(keys) != len(head["ids"]):
         raise ValueError("handoff: ids and keys disagree")
-    return Handoff([str(i) for i in head["ids"]], taps, [float(a) for a in head["ages_s"]], recent, keys)
+    early = [(str(i), str(label), float(age)) for i, label, age in head.get("early", [])]
+    return Handoff([str(i) for i in head["ids"]], taps, [float(a) for a in head["ages_s"]], recent, keys, early)
 
 
 class FolderHandoffs:

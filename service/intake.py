@@ -175,7 +175,8 @@ class Intake:
         for record in records:
             try:
                 event = self.validator(record.value, (record.topic, record.partition) if self.track_origins else None)
-                items.append(Item(record, event.id, event.label, self._raw_input(event), None, event.key or DEFAULT_KEY))
+                raw = self._raw_input(event)
+                items.append(Item(record, event.id, event.label, raw, None, event.key or DEFAULT_KEY))
             except InvalidEvent as exc:
                 self._dead_letter(record, exc)
             except Exception as exc:  # noqa: BLE001 - a record must never stop the loop
@@ -302,7 +303,7 @@ class Intake:
         for event_id, topic, partition in handed.recent:
             if owns is not None and owns(topic, partition):
                 self.validator.recent_ids.seen_or_add(event_id, (topic, partition))
-        joined = self.join.adopt(handed.ids, handed.taps, handed.ages_s, handed.keys)
+        joined = self.join.adopt(handed)
         items = [Item(None, i, label, None, tap, key or DEFAULT_KEY) for i, tap, label, key in joined]
         self._each_key(items, self._learn, labelled_only=False)
         return len(joined)
@@ -324,7 +325,8 @@ class Intake:
         items = []
         for record, message in messages:
             event_id, label = str(message.id), str(message.label)
-            tap = self.join.label(event_id, label)
+            origin = (record.topic, record.partition) if record is not None and self.track_origins else None
+            tap = self.join.label(event_id, label, origin)
             if tap is not None:
                 items.append(Item(record, event_id, label, None, tap, self.join.key_of(event_id) or DEFAULT_KEY))
         self._each_key(items, self._learn, labelled_only=False)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..monitoring.metrics import Metrics
 from ..stream.label_join import EarlyLabels, PendingStore
+from .handoff import Handoff
 
 Part = tuple[dict[str, np.ndarray], dict[str, Any]]
 
@@ -48,31 +49,34 @@ class LabelJoin:
             self.origins[event_id] = origin
         return None
 
-    def hand_off(self, partitions: set[tuple[str, int]] | None,
-                 keep: bool = False) -> tuple[list[str], list[np.ndarray], list[float], list[str]]:
-        """The parked events read from ``partitions`` (None: all), taken out (moved to another replica) or
-        copied (``keep``: this replica leaves, and may get them back): ids, taps, ages, keys."""
-        ids, taps, ages, keys = [], [], [], []
+    def hand_off(self, partitions: set[tuple[str, int]] | None, keep: bool = False) -> Handoff:
+        """What waits here from ``partitions`` (None: all): parked events and early labels, taken out (the
+        partitions moved to another replica) or copied (``keep``: this replica leaves, may get them back)."""
+        ids, taps, ages, keys, early = [], [], [], [], []
         for event_id, origin in list((self.origins or {}).items()):
             if partitions is not None and origin not in partitions:
                 continue
-            taken = self.pending.peek(event_id) if keep else self.pending.remove(event_id)
-            key = self.keys.get(event_id, "") if keep else self.keys.pop(event_id, "")
             if not keep:
                 del self.origins[event_id]  # type: ignore[union-attr]
+            waiting = self.early.peek(event_id) if keep else self.early.remove(event_id)
+            if waiting is not None:
+                early.append((event_id, str(waiting[0]), waiting[1]))
+            taken = self.pending.peek(event_id) if keep else self.pending.remove(event_id)
+            key = self.keys.get(event_id, "") if keep else self.keys.pop(event_id, "")
             if taken is not None:
                 ids.append(event_id)
                 taps.append(taken[0])
                 ages.append(taken[1])
                 keys.append(key)
-        return ids, taps, ages, keys if any(keys) else []
+        return Handoff(ids, np.stack(taps) if taps else np.zeros((0, 0), np.float32), ages, [],
+                       keys if any(keys) else [], early)
 
-    def adopt(self, ids: list[str], taps: np.ndarray, ages_s: list[float],
-              keys: list[str]) -> list[tuple[str, np.ndarray, str, str | None]]:
-        """Park events another replica handed on; returns those whose label is here already (to learn)."""
+    def adopt(self, h: Handoff) -> list[tuple[str, np.ndarray, str, str | None]]:
+        """Take what another replica handed on: park its events and early labels; returns the events whose
+        label is now here as well (to learn): (id, tap, label, key)."""
         joined = []
-        for n, (event_id, tap, age) in enumerate(zip(ids, taps, ages_s)):
-            key = keys[n] if keys else None
+        for n, (event_id, tap, age) in enumerate(zip(h.ids, h.taps, h.ages_s)):
+            key = h.keys[n] if h.keys else None
             if age > self.pending.max_age_s or event_id in self.pending:
                 continue
             label = self.early.take(event_id)
@@ -84,6 +88,15 @@ class LabelJoin:
                 self.metrics.pending_expired.inc(self.pending.add_aged(event_id, tap, age))
                 if key is not None:
                     self.keys[event_id] = key
+        for event_id, label, age in h.early:
+            if age > self.early.max_age_s or event_id in self.early:
+                continue
+            outcome, tap = self.pending.take(event_id)
+            if outcome == "joined":  # its event was handed here from elsewhere, or read here
+                self._count("joined")
+                joined.append((event_id, tap, label, self.key_of(event_id)))
+            elif outcome == "unknown_id":
+                self._count("unknown_id", self.early.add_aged(event_id, label, age))
         return joined
 
     def key_of(self, event_id: str) -> str | None:
@@ -96,7 +109,7 @@ class LabelJoin:
         if self.early.take(event_id) is not None:
             self._count("duplicate")
 
-    def label(self, event_id: str, label: str) -> np.ndarray | None:
+    def label(self, event_id: str, label: str, origin: tuple[str, int] | None = None) -> np.ndarray | None:
         """A label arrived: the tap of its waiting event (joined), or None (it waits, or is counted)."""
         outcome, tap = self.pending.take(event_id)
         if outcome == "joined":
@@ -108,6 +121,8 @@ class LabelJoin:
             self._count("duplicate")  # the first label that arrived wins
         else:
             self._count("unknown_id", self.early.add(event_id, label))  # those pushed out of a full store
+            if self.origins is not None and origin is not None:
+                self.origins[event_id] = origin  # the label's partition: it follows the partition too
         return None
 
     def expire(self) -> None:

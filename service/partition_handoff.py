@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-import numpy as np
+from dataclasses import replace
 
 from .handoff import Handoff
 from .intake import Intake
@@ -48,16 +48,15 @@ class PartitionHandoff:
         self._send(None, keep=True)
 
     def _send(self, gone: set[TopicPartition] | None, keep: bool = False) -> None:
-        ids, taps, ages, keys = self.intake.join.hand_off(gone, keep)
-        h = Handoff(ids, np.stack(taps) if taps else np.zeros((0, 0), np.float32), ages,
-                    self.intake.recent_of(gone), keys)
+        h = replace(self.intake.join.hand_off(gone, keep), recent=self.intake.recent_of(gone))
         if not len(h):
             return
         if self.channel.send(h):
-            log.info("handed on %d events waiting for labels and %d dedup ids with the partitions that %s",
-                     len(h.ids), len(h.recent), "it read (leaving)" if keep else "moved")
+            log.info("handed on %d events waiting for labels, %d labels waiting for events and %d dedup ids with "
+                     "the partitions that %s", len(h.ids), len(h.early), len(h.recent),
+                     "it read (leaving)" if keep else "moved")
         elif not keep:  # not sent: kept here rather than lost
-            self.intake.adopt(Handoff(h.ids, h.taps, h.ages_s, [], h.keys))
+            self.intake.adopt(replace(h, recent=[]))
 
     def receive(self, source: Any) -> int:
         """Take what the other replicas handed on; returns how many events it let this replica learn."""

@@ -76,7 +76,8 @@ def build_learner(settings: Settings) -> Learner:
     device = resolve_device(settings)
     if settings.scaleout.learning.mode == "per_key":
         return build_keyed(settings, device)
-    return build(settings.learner.name, build_encoder(settings, device), learner_options(settings, device))  # type: ignore[no-any-return]
+    encoder = build_encoder(settings, device)
+    return build(settings.learner.name, encoder, learner_options(settings, device))  # type: ignore[no-any-return]
 
 
 def learner_options(settings: Settings, device: str, **continual: Any) -> LearnerOptions:
@@ -99,7 +100,8 @@ def build_keyed(settings: Settings, device: str) -> Learner:
 
     pk = settings.scaleout.learning.per_key
     first = build_encoder(settings, device)
-    shared = first if settings.learner.input_kind == "text" or settings.learner.encoder == "efficientnet-lite0" else None
+    frozen = settings.learner.input_kind == "text" or settings.learner.encoder == "efficientnet-lite0"
+    shared = first if frozen else None
     # A key's replay memory grows as it fills (not resident at once): most keys are small.
     options = learner_options(settings, device, memory_budget_bytes=pk.key_memory_bytes, resident_memory=False)
 
@@ -281,7 +283,8 @@ class Service:
 
     def not_ready(self) -> str | None:
         snap = self.holder.current
-        if self.keyed is not None and snap is not None and self.learner.summary["keys_stored"]:  # type: ignore[attr-defined]
+        stored = self.keyed is not None and self.learner.summary["keys_stored"]  # type: ignore[attr-defined]
+        if stored and snap is not None:
             return None  # per_key: any stored key can be answered, from the key store
         return None if snap is not None and snap.classes else "no model yet"
 

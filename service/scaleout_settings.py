@@ -61,27 +61,19 @@ class ScaleoutSettings(BaseModel):
 def scaleout_problem(settings: Any) -> str | None:
     """Why ``settings`` cannot run its ``scaleout.learning.mode`` (None: it can)."""
     learning = settings.scaleout.learning
-    if learning.mode == "off":
+    mode = learning.mode
+    if mode == "off":
         return None
-    if learning.mode == "per_key":
-        return _per_key_problem(settings)
-    if settings.source.kind != "kafka" and learning.merge_dir is None:
+    if mode == "merge" and settings.source.kind != "kafka" and learning.merge_dir is None:
         return ("scaleout.learning.mode 'merge' needs source.kind 'kafka' (the merge topic) or "
                 "scaleout.learning.merge_dir")
     if settings.role == "predictor" or settings.publishes:
-        return ("scaleout.learning.mode 'merge' serves each replica's merged model over its own HTTP; publishing "
-                "snapshots (role learner or predictor, snapshots.publish) from merging replicas is not supported yet")
+        served = "each replica's merged model" if mode == "merge" else "every key (from the shared key store)"
+        return (f"scaleout.learning.mode {mode!r} serves {served} over each replica's own HTTP; publishing snapshots "
+                "(role learner or predictor, snapshots.publish) is not supported with it yet")
     if settings.checkpoint.dir is None:
-        return ("scaleout.learning.mode 'merge' needs checkpoint.dir: a replica checkpoints before each contribution, "
-                "so a kill -9 never merges an event twice")
-    return None
-
-
-def _per_key_problem(settings: Any) -> str | None:
-    if settings.role == "predictor" or settings.publishes:
-        return ("scaleout.learning.mode 'per_key' serves every key over each replica's own HTTP (from the shared key "
-                "store); publishing snapshots (role learner or predictor, snapshots.publish) is not supported yet")
-    if settings.checkpoint.dir is None:
-        return ("scaleout.learning.mode 'per_key' needs checkpoint.dir: the keys' states are saved with each "
-                "checkpoint, and the offsets they hold keep every event learned once")
+        why = ("a replica checkpoints before each contribution, so a kill -9 never merges an event twice"
+               if mode == "merge" else "the keys' states are saved with each checkpoint, and the offsets they hold "
+               "keep every event learned once")
+        return f"scaleout.learning.mode {mode!r} needs checkpoint.dir: {why}"
     return None

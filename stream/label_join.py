@@ -169,6 +169,22 @@ class EarlyLabels:
             evicted += 1
         return evicted
 
+    def remove(self, event_id: str) -> tuple[str, float] | None:
+        """The label waiting for ``event_id`` and its age, taken out (handed to another replica)."""
+        entry = self._items.pop(event_id, None)
+        return None if entry is None else (str(entry.payload), self._clock() - entry.added_at)
+
+    def peek(self, event_id: str) -> tuple[str, float] | None:
+        entry = self._items.get(event_id)
+        return None if entry is None else (str(entry.payload), self._clock() - entry.added_at)
+
+    def add_aged(self, event_id: str, label: str, age_s: float) -> int:
+        """:meth:`add` for a label that has waited ``age_s`` elsewhere already."""
+        evicted = self.add(event_id, label)
+        if event_id in self._items:
+            self._items[event_id].added_at -= max(0.0, age_s)
+        return evicted
+
     def take(self, event_id: str) -> str | None:
         """The label waiting for ``event_id`` (removed), or None."""
         entry = self._items.pop(event_id, None)

@@ -167,3 +167,18 @@ def checkpoint_meta(state_dir: Path) -> dict[str, Any]:
 
 def learned_counts(state_dir: Path) -> dict[str, int]:
     return checkpoint_meta(state_dir)["parts"]["learned_ids"]["counts"]
+
+
+def replica_config(broker: Broker, topic: str, group: str, name: str, state: Path, dim: int,
+                   learning: dict[str, Any]) -> dict[str, Any]:
+    """A learner replica on feature vectors of ``dim`` in consumer group ``group`` (scale-out tests)."""
+    return {
+        "source": {"kind": "kafka", "batch_size": 50, "poll_timeout_s": 0.2, "lag_check_s": 0.5,
+                   "kafka": {"bootstrap_servers": broker.bootstrap, "events_topic": topic, "group_id": group,
+                             "instance_id": name, "session_timeout_s": 6, "startup_timeout_s": 60}},
+        "learner": {"input_kind": "features", "feature_dim": dim, "encoder": "standardize",
+                    "feature_warmup_events": 0, "torch_threads": 1},
+        "outputs": {"predictions_topic": None, "dead_letter_topic": None},
+        "evaluation": {"holdout_fraction": 0.0},
+        "checkpoint": {"dir": str(state / name), "every_s": 1},
+        "scaleout": {"learning": learning}}

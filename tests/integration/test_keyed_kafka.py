@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from harness import Broker, Daemon, http_json, wait_until
+from harness import Broker, Daemon, http_json, replica_config, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -58,19 +58,9 @@ def test_keys_follow_their_partitions_through_joins_kills_and_leaves(
     topic = f"ev-{tag}"
 
     def config(name: str) -> dict[str, Any]:
-        return {
-            "source": {"kind": "kafka", "batch_size": 50, "poll_timeout_s": 0.2, "lag_check_s": 0.5,
-                       "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": topic,
-                                 "group_id": f"g-{tag}", "instance_id": name, "session_timeout_s": 6,
-                                 "startup_timeout_s": 60}},
-            "learner": {"input_kind": "features", "feature_dim": DIM, "encoder": "standardize",
-                        "feature_warmup_events": 0, "torch_threads": 1},
-            "outputs": {"predictions_topic": None, "dead_letter_topic": None},
-            "evaluation": {"holdout_fraction": 0.0},
-            "checkpoint": {"dir": str(tmp_path / name), "every_s": 1},
-            # Both replicas share the key store; a small memory budget makes them evict and read back too.
-            "scaleout": {"learning": {"mode": "per_key", "per_key": {"key_dir": str(tmp_path / "keys"),
-                                                                     "max_resident_bytes": 8_000}}}}
+        # Both replicas share the key store; a small memory budget makes them evict and read back too.
+        return replica_config(kafka_broker, topic, f"g-{tag}", name, tmp_path, DIM, {"mode": "per_key", "per_key": {
+            "key_dir": str(tmp_path / "keys"), "max_resident_bytes": 8_000}})
 
     cfg = tmp_path / "topics.yaml"
     cfg.write_text(json.dumps(config("topics")))

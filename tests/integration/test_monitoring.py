@@ -44,7 +44,8 @@ METRIC_NAME = re.compile(r"\blifelong_[a-z0-9_]+")
 # Empty: every panel has data (the evaluator is wired and the relabelling phase opens a stability gap).
 # Metrics only some modes export: a query naming one has no data here (its own test shows the data).
 MERGE_ONLY = "only merging replicas export it (scaleout.learning.mode merge; test_merge_kafka reads it)"
-PER_KEY_ONLY = "only replicas with a model per key export it (scaleout.learning.mode per_key; test_keyed_kafka reads it)"
+PER_KEY_ONLY = ("only replicas with a model per key export it (scaleout.learning.mode per_key; test_keyed_kafka "
+                "reads it)")
 NO_DATA_OK: dict[str, str] = {name: MERGE_ONLY for name in (
     "lifelong_merge_round", "lifelong_merge_events", "lifelong_merge_seconds_total",
     "lifelong_merge_contributions_total", "lifelong_merge_bases_total", "lifelong_merge_rejects_total")} | {

@@ -70,7 +70,8 @@ def test_each_key_is_served_its_own_model_and_unknown_keys_are_404(tmp_path: Pat
     svc.loop.publish()
     client = TestClient(svc.app)
     for key in KEYS:
-        answer = client.post("/v1/predict", json={"key": key, "instances": [{"features": c.tolist()} for c in CENTRES[:3]]})
+        instances = [{"features": c.tolist()} for c in CENTRES[:3]]
+        answer = client.post("/v1/predict", json={"key": key, "instances": instances})
         assert answer.status_code == 200, answer.text
         assert [p["label"] for p in answer.json()["predictions"]] == [label_of(key, c) for c in range(3)]
     unknown = client.post("/v1/predict", json={"key": "nope", "instances": [{"features": [0.0] * DIM}]})

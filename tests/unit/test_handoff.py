@@ -1,0 +1,60 @@
+"""A moved partition's waiting state: parked events and early labels handed on, the wire format, the folder channel."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lifelong.monitoring.metrics import Metrics
+from lifelong.service.handoff import FolderHandoffs, Handoff, pack, unpack
+from lifelong.service.joining import LabelJoin
+from lifelong.stream.errors import REASONS
+
+
+def join() -> LabelJoin:
+    j = LabelJoin(100, 3600.0, Metrics(REASONS))
+    j.origins = {}
+    return j
+
+
+def test_parked_events_and_early_labels_of_the_moved_partitions_join_at_the_new_owner() -> None:
+    a, b = join(), join()
+    tap = np.arange(3, dtype=np.float32)
+    a.park("e1", tap, origin=("events", 0))
+    a.park("e2", tap + 1, origin=("events", 1))  # stays: its partition stays with a
+    assert a.label("e3", "c3", ("labels", 0)) is None  # its label came first, its event is not read yet
+    assert b.label("e1", "c1", ("labels", 0)) is None  # e1's label reached b, the partition's new owner
+    h = a.hand_off({("events", 0), ("labels", 0)})
+    assert h.ids == ["e1"] and h.early[0][:2] == ("e3", "c3") and len(a) == 1 and "e3" not in a.early
+    joined = b.adopt(unpack(pack(h)))
+    assert [(i, label) for i, _, label, _ in joined] == [("e1", "c1")]
+    np.testing.assert_array_equal(joined[0][1], tap)
+    assert b.park("e3", tap + 2, origin=("events", 0)) == "c3"  # the handed label meets its event at b
+
+
+def test_a_leaving_replica_hands_copies_on_and_keeps_its_own() -> None:
+    a = join()
+    a.park("e1", np.zeros(2, np.float32), origin=("events", 0))
+    h = a.hand_off(None, keep=True)
+    assert h.ids == ["e1"] and len(a) == 1 and a.label("e1", "x") is not None
+
+
+def test_a_damaged_handoff_is_refused_with_the_reason() -> None:
+    raw = bytearray(pack(Handoff(["e1"], np.ones((1, 2), np.float32), [0.0], [], [], [("e2", "a", 1.0)])))
+    raw[-1] ^= 1
+    with pytest.raises(ValueError, match="checksum"):
+        unpack(bytes(raw))
+    with pytest.raises(ValueError, match="not a handoff"):
+        unpack(b"nonsense")
+
+
+def test_the_folder_channel_delivers_each_handoff_once_to_every_other_replica(tmp_path: Path) -> None:
+    a, b = FolderHandoffs(tmp_path, "a", 60.0), FolderHandoffs(tmp_path, "b", 60.0)
+    assert a.send(Handoff(["e1"], np.ones((1, 2), np.float32), [0.0], []))
+    assert a.receive() == [] and [h.ids for h in b.receive()] == [["e1"]] and b.receive() == []
+    old = FolderHandoffs(tmp_path, "c", 0.001)
+    time.sleep(0.01)
+    assert old.receive() == [] and not [n for n in os.listdir(tmp_path) if n.endswith(".ho")]  # too old: removed
