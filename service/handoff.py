@@ -41,6 +41,8 @@ class Handoff:
     recent: list[tuple[str, str, int]]  # the dedup window's ids of the partitions, with their partition
     keys: list[str] = field(default_factory=list)  # per_key mode: each parked event's key
     early: list[tuple[str, str, float]] = field(default_factory=list)  # labels waiting for their event, with age
+    # Each parked event's and early label's partition, by id: the receiver can hand them on again.
+    origins: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids) + len(self.recent) + len(self.early)
@@ -51,6 +53,7 @@ def pack(h: Handoff) -> bytes:
     header = json.dumps({"format": FORMAT, "ids": h.ids, "ages_s": h.ages_s, "shape": list(h.taps.shape),
                          "recent": [list(r) for r in h.recent], "keys": h.keys,
                          "early": [list(e) for e in h.early],
+                         "origins": [[i, t, p] for i, (t, p) in h.origins.items()],
                          "sha256": hashlib.sha256(body).hexdigest()}).encode()
     return MAGIC + struct.pack(">I", len(header)) + header + body
 
@@ -77,7 +80,9 @@ def unpack(raw: bytes) -> Handoff:
     if keys and len(keys) != len(head["ids"]):
         raise ValueError("handoff: ids and keys disagree")
     early = [(str(i), str(label), float(age)) for i, label, age in head.get("early", [])]
-    return Handoff([str(i) for i in head["ids"]], taps, [float(a) for a in head["ages_s"]], recent, keys, early)
+    origins = {str(i): (str(t), int(p)) for i, t, p in head.get("origins", [])}
+    return Handoff([str(i) for i in head["ids"]], taps, [float(a) for a in head["ages_s"]], recent, keys, early,
+                   origins)
 
 
 class FolderHandoffs:

@@ -43,19 +43,17 @@ class LabelJoin:
             self._count("joined")
             return label
         self.metrics.pending_expired.inc(self.pending.add(event_id, tap))
-        if key is not None:
-            self.keys[event_id] = key
-        if self.origins is not None and origin is not None:
-            self.origins[event_id] = origin
+        self._note(event_id, key, origin)
         return None
 
     def hand_off(self, partitions: set[tuple[str, int]] | None, keep: bool = False) -> Handoff:
         """What waits here from ``partitions`` (None: all): parked events and early labels, taken out (the
         partitions moved to another replica) or copied (``keep``: this replica leaves, may get them back)."""
-        ids, taps, ages, keys, early = [], [], [], [], []
+        ids, taps, ages, keys, early, origins = [], [], [], [], [], {}
         for event_id, origin in list((self.origins or {}).items()):
             if partitions is not None and origin not in partitions:
                 continue
+            origins[event_id] = origin
             if not keep:
                 del self.origins[event_id]  # type: ignore[union-attr]
             waiting = self.early.peek(event_id) if keep else self.early.remove(event_id)
@@ -69,7 +67,7 @@ class LabelJoin:
                 ages.append(taken[1])
                 keys.append(key)
         return Handoff(ids, np.stack(taps) if taps else np.zeros((0, 0), np.float32), ages, [],
-                       keys if any(keys) else [], early)
+                       keys if any(keys) else [], early, origins)
 
     def adopt(self, h: Handoff) -> list[tuple[str, np.ndarray, str, str | None]]:
         """Take what another replica handed on: park its events and early labels; returns the events whose
@@ -86,8 +84,7 @@ class LabelJoin:
                 joined.append((event_id, tap, label, key))
             else:
                 self.metrics.pending_expired.inc(self.pending.add_aged(event_id, tap, age))
-                if key is not None:
-                    self.keys[event_id] = key
+                self._note(event_id, key, h.origins.get(event_id))
         for event_id, label, age in h.early:
             if age > self.early.max_age_s or event_id in self.early:
                 continue
@@ -97,7 +94,15 @@ class LabelJoin:
                 joined.append((event_id, tap, label, self.key_of(event_id)))
             elif outcome == "unknown_id":
                 self._count("unknown_id", self.early.add_aged(event_id, label, age))
+                self._note(event_id, None, h.origins.get(event_id))
         return joined
+
+    def _note(self, event_id: str, key: str | None, origin: tuple[str, int] | None) -> None:
+        """Remember what lets an entry move on again: its key and its partition (a later move hands it on)."""
+        if key is not None:
+            self.keys[event_id] = key
+        if self.origins is not None and origin is not None:
+            self.origins[event_id] = origin
 
     def key_of(self, event_id: str) -> str | None:
         """The key a joined event was parked under (per_key mode), once."""
@@ -121,8 +126,7 @@ class LabelJoin:
             self._count("duplicate")  # the first label that arrived wins
         else:
             self._count("unknown_id", self.early.add(event_id, label))  # those pushed out of a full store
-            if self.origins is not None and origin is not None:
-                self.origins[event_id] = origin  # the label's partition: it follows the partition too
+            self._note(event_id, None, origin)  # the label's partition: it follows the partition too
         return None
 
     def expire(self) -> None:

@@ -35,6 +35,17 @@ def test_parked_events_and_early_labels_of_the_moved_partitions_join_at_the_new_
     assert b.park("e3", tap + 2, origin=("events", 0)) == "c3"  # the handed label meets its event at b
 
 
+def test_what_was_handed_on_moves_on_again_with_its_partition() -> None:
+    a, b, c = join(), join(), join()
+    a.park("e1", np.ones(2, np.float32), origin=("events", 0))
+    a.label("e2", "x", ("labels", 0))
+    b.adopt(unpack(pack(a.hand_off({("events", 0), ("labels", 0)}))))
+    h = b.hand_off({("events", 0), ("labels", 0)})  # the partitions move on from b to c
+    assert h.ids == ["e1"] and [e[0] for e in h.early] == ["e2"]
+    c.adopt(h)
+    assert c.label("e1", "y") is not None and c.park("e2", np.ones(2, np.float32)) == "x"
+
+
 def test_a_leaving_replica_hands_copies_on_and_keeps_its_own() -> None:
     a = join()
     a.park("e1", np.zeros(2, np.float32), origin=("events", 0))
