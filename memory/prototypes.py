@@ -48,6 +48,19 @@ class PrototypeIndex:
         np.add.at(self._counts, class_ids, 1)
         self._index = None
 
+    def subtract(self, embeddings: np.ndarray, class_ids: np.ndarray) -> None:
+        """Take a batch of embeddings out of their classes' running means (forgetting what :meth:`add` folded in)."""
+        class_ids = np.asarray(class_ids, dtype=np.int64)
+        if len(class_ids) == 0:
+            return
+        per_class = np.bincount(class_ids, minlength=self.num_classes)
+        if len(per_class) > self.num_classes or (per_class > self._counts).any():
+            raise ValueError("subtracting more embeddings from a class than it holds")
+        np.subtract.at(self._sums, class_ids, np.asarray(embeddings, dtype=np.float64))
+        np.subtract.at(self._counts, class_ids, 1)
+        self._sums[self._counts == 0] = 0.0  # an emptied class is a zero row again, not rounding residue
+        self._index = None
+
     def means(self) -> np.ndarray:
         """Normalised class means, shape (C, dim); a class never seen is a zero row."""
         means = self._sums / np.maximum(self._counts, 1)[:, None]

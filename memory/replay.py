@@ -1,6 +1,8 @@
 """Replay memory with a byte budget: class-balanced eviction and sampling.
 
-Items are (tap, class id). The store starts with exact float32 taps in the
+Items are (tap, class id), and, in a *tagged* store, the item's tag (a hash of its event
+id) and source number, so that :meth:`ReplayStore.forget` removes exactly the items of
+given events or of a source. The store starts with exact float32 taps in the
 budget (few items); :meth:`ReplayStore.compress` switches it, once, to the PQ
 codes of a trained codec, and the capacity grows by the compression ratio (the
 two kinds of item are :mod:`~lifelong.memory.replay_items`). When full, a new
@@ -9,6 +11,7 @@ classes keep their share. Sampling draws classes uniformly, then items.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,13 +20,29 @@ from .pq import PQCodec
 from .replay_items import ExactTaps, PQCodes
 
 LABEL_BYTES = 4
+TAG_BYTES = 12  # a tagged item's event-id hash (int64) and source number (int32)
 SLOT = np.int32
+NO_SOURCE = -1
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """The items :meth:`ReplayStore.forget` removed: their class ids and taps (exact unless ``exact`` is False:
+    decoded from PQ codes)."""
+
+    labels: np.ndarray
+    taps: np.ndarray
+    exact: bool
 
 
 class ReplayStore:
-    def __init__(self, dim: int, budget_bytes: int, seed: int = 0, resident: bool = False) -> None:
+    def __init__(self, dim: int, budget_bytes: int, seed: int = 0, resident: bool = False,
+                 tagged: bool = False) -> None:
         self.dim = dim
         self.budget_bytes = budget_bytes
+        self.tagged = tagged  # items carry their event's tag and source (their bytes count in the budget)
+        self._tags = np.zeros(0, np.int64)
+        self._sources = np.zeros(0, SLOT)
         self.resident = resident  # the reserve's pages written at once (see replay_items.resident)
         self.items: ExactTaps | PQCodes = ExactTaps(dim)
         self._rng = np.random.default_rng(seed)
@@ -42,7 +61,7 @@ class ReplayStore:
         return isinstance(self.items, PQCodes)
 
     def item_bytes(self) -> int:
-        return self.items.item_bytes + LABEL_BYTES
+        return self.items.item_bytes + LABEL_BYTES + (TAG_BYTES if self.tagged else 0)
 
     @property
     def capacity(self) -> int:
@@ -52,6 +71,9 @@ class ReplayStore:
         cap = self.capacity
         self._labels = np.resize(self._labels, cap)
         self._pos = np.resize(self._pos, cap)
+        if self.tagged:
+            self._tags = np.resize(self._tags, cap)
+            self._sources = np.resize(self._sources, cap)
         self.items.reserve(cap, self.n, self.resident)
 
     def _reset_regions(self) -> None:
@@ -70,7 +92,7 @@ class ReplayStore:
             raise ValueError("compress needs a trained codec")
         if self.compressed:
             return False
-        after = (self.budget_bytes - codec.nbytes()) // (codec.code_size + LABEL_BYTES)
+        after = (self.budget_bytes - codec.nbytes()) // (codec.code_size + self.item_bytes() - self.items.item_bytes)
         if after < self.n:
             return False
         self.items = PQCodes(codec, codec.encode(self.items.decode(np.arange(self.n))))
@@ -154,11 +176,16 @@ class ReplayStore:
         c = int(largest[self._rng.integers(len(largest))])
         return self._member(c, int(self._rng.integers(self._size[c])))
 
-    def add(self, taps: np.ndarray, labels: np.ndarray) -> None:
+    def add(self, taps: np.ndarray, labels: np.ndarray, tags: np.ndarray | None = None,
+            sources: np.ndarray | None = None) -> None:
+        """Store items (a tagged store also takes each one's tag and source; none: 0 and no source)."""
         taps = np.asarray(taps, dtype=np.float32)
         labels = np.asarray(labels, dtype=np.int64)
         if len(labels) == 0:
             return
+        if self.tagged:
+            tags = np.zeros(len(labels), np.int64) if tags is None else np.asarray(tags, np.int64)
+            sources = np.full(len(labels), NO_SOURCE, SLOT) if sources is None else np.asarray(sources, SLOT)
         self._class_arrays(int(labels.max()) + 1)
         encoded = self.items.encode(taps)
         self.seen += len(labels)
@@ -166,6 +193,7 @@ class ReplayStore:
         k = min(len(labels), self.capacity - self.n)
         slots = np.arange(self.n, self.n + k)
         self.items.put(slots, encoded[:k])
+        self._put_tags(slots, tags, sources, slice(0, k))
         for c in np.unique(labels[:k]):
             self._join(int(c), slots[labels[:k] == c])
         self.n += k
@@ -174,7 +202,40 @@ class ReplayStore:
             slot = self._victim()
             self._leave(slot)
             self.items.put(np.array([slot]), encoded[i:i + 1])
+            self._put_tags(np.array([slot]), tags, sources, slice(i, i + 1))
             self._join(int(labels[i]), np.array([slot]))
+
+    def _put_tags(self, slots: np.ndarray, tags: np.ndarray | None, sources: np.ndarray | None, at: slice) -> None:
+        if self.tagged:
+            self._tags[slots] = tags[at]  # type: ignore[index]
+            self._sources[slots] = sources[at]  # type: ignore[index]
+
+    def forget(self, tags: np.ndarray | None = None, source: int | None = None) -> Forgotten:
+        """Remove every item whose tag is in ``tags`` or whose source is ``source``; returns what went.
+
+        The last items move into the freed slots, so slots stay 0 .. n-1 and the class regions exact."""
+        if not self.tagged:
+            raise ValueError("forget needs a tagged store (its items carry their events' tags and sources)")
+        n = self.n
+        hit = np.isin(self._tags[:n], np.asarray(tags if tags is not None else [], np.int64))
+        if source is not None:
+            hit |= self._sources[:n] == source
+        slots = np.flatnonzero(hit)
+        gone = Forgotten(self._labels[slots].astype(np.int64), self.decode(slots), not self.compressed)
+        for slot in sorted(slots.tolist(), reverse=True):
+            self._remove(slot)
+        return gone
+
+    def _remove(self, slot: int) -> None:
+        self._leave(slot)
+        last = self.n - 1
+        if slot != last:  # the last item takes the freed slot
+            self.items.move(last, slot)
+            self._labels[slot] = self._labels[last]
+            self._tags[slot], self._sources[slot] = self._tags[last], self._sources[last]
+            self._pool[self._pos[last]] = slot
+            self._pos[slot] = self._pos[last]
+        self.n -= 1
 
     def decode(self, slots: np.ndarray) -> np.ndarray:
         return self.items.decode(slots)
@@ -203,6 +264,8 @@ class ReplayStore:
         # samples and evicts the same items.
         order = self._in_class_order()
         arrays = {"labels": self._labels[order].astype(np.int64)} | self.items.state_dict(order)  # the format: int64
+        if self.tagged:
+            arrays |= {"tags": self._tags[order].copy(), "sources": self._sources[order].astype(np.int32)}
         meta = {"n": self.n, "seen": self.seen, "rng": self._rng.bit_generator.state}
         return arrays, meta
 
@@ -215,6 +278,9 @@ class ReplayStore:
         self._labels = np.zeros(0, SLOT)
         self._reset_regions()
         self._reserve()
+        if self.tagged:  # a state saved untagged: tag 0, no source (only forget by tag or source misses them)
+            self._tags[:self.n] = arrays.get("tags", np.zeros(self.n, np.int64))
+            self._sources[:self.n] = arrays.get("sources", np.full(self.n, NO_SOURCE, np.int32))
         if self.n:
             self._class_arrays(int(labels.max()) + 1)
             for c in np.unique(labels):

@@ -53,6 +53,9 @@ class ExactTaps:
     def decode(self, slots: np.ndarray) -> np.ndarray:
         return self._taps[slots].copy()
 
+    def move(self, src: int, dst: int) -> None:
+        self._taps[dst] = self._taps[src]
+
     def remap(self, scale: np.ndarray, shift: np.ndarray, n: int) -> None:
         """Every stored tap ``t`` (slots ``0 .. n-1``) becomes ``t * scale + shift``, exactly."""
         self._taps[:n] = self._taps[:n] * scale + shift
@@ -95,6 +98,9 @@ class PQCodes:
 
     def decode(self, slots: np.ndarray) -> np.ndarray:
         return self.codec.decode(self._codes[slots])
+
+    def move(self, src: int, dst: int) -> None:
+        self._codes[dst] = self._codes[src]
 
     def remap(self, scale: np.ndarray, shift: np.ndarray, n: int) -> None:
         """Every decoded tap becomes ``t * scale + shift``: the codebook moves, the codes stay."""
