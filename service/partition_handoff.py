@@ -8,9 +8,8 @@ the key store's folder). Each step it reads what the other replicas sent (``serv
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
-
 from dataclasses import replace
+from typing import Any, Protocol
 
 from .handoff import Handoff
 from .intake import Intake
