@@ -12,10 +12,12 @@ store is also where a replica finds a key whose partition moved to it: a key
 whose stored stamp changed since it was read is read again.
 
 Exactly once without a two-phase write: a key's saved state carries, per input
-partition, the next offset it has taken. A record below that offset is in the
-key already, whatever the checkpoint's own offsets say, so a replay after a
-crash, an eviction after the last checkpoint, or the partition's next owner
-skips it for that key (:meth:`covered`).
+partition, the next offset it has taken, and the offsets below it of events it
+parked (waiting for their labels, not learned). A record below that offset and
+not parked is in the key already, whatever the checkpoint's own offsets say, so
+a replay after a crash, an eviction after the last checkpoint, or the
+partition's next owner skips it for that key (:meth:`covered`); a parked one is
+parked again.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
 FADING = 0.999  # per-key prequential accuracy weighs about the last 1,000 events
+MAX_PARKED = 100_000  # a key's parked offsets kept (the oldest go first: their labels are long overdue)
 
 
 class KeyRefused(Exception):
@@ -77,7 +80,7 @@ class _Resident:
     dirty: bool = False  # learned since the last save
     unpublished: bool = True  # learned since the last snapshot
     nbytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    parked: dict[tuple[str, int, int], None] = field(default_factory=dict)  # (topic, partition, offset), in order
 
 
 class KeyedLearners:
@@ -143,12 +146,13 @@ class KeyedLearners:
             arrays, meta, stamp = stored
             learner = self._make()
             learner.load_state_dict(arrays, meta["learner"])
-        except (DamagedState, KeyError, ValueError, TypeError) as exc:
+            info = KeyInfo(**meta["info"])
+            positions = {(str(t), int(p)): int(o) for t, p, o in meta["positions"]}
+            parked = dict.fromkeys((str(t), int(p), int(o)) for t, p, o in meta.get("parked", []))
+        except (OSError, DamagedState, KeyError, ValueError, TypeError) as exc:
             raise KeyRefused("key_unavailable", f"the stored state of this key cannot be read: {exc}") from exc
-        info = KeyInfo(**meta["info"])
         self.info[key] = info
-        positions = {(str(t), int(p)): int(o) for t, p, o in meta["positions"]}
-        return _Resident(learner, positions, stamp, info, dirty=False, nbytes=learner.nbytes())
+        return _Resident(learner, positions, stamp, info, dirty=False, nbytes=learner.nbytes(), parked=parked)
 
     def _load_served(self, key: str) -> Any:
         """A stored key's served model, for HTTP (any thread): a learner of its own, never a resident one."""
@@ -167,13 +171,27 @@ class KeyedLearners:
 
     # -- exactly once per key -----------------------------------------------------------
     def covered(self, tp: TopicPartition, offset: int) -> bool:
-        """Whether the key in use has taken the record at ``offset`` of ``tp`` already."""
-        return self._active is not None and 0 <= offset < self._active.positions.get(tp, 0)
+        """Whether the key in use has taken the record at ``offset`` of ``tp`` already (and not only parked it)."""
+        a = self._active
+        return a is not None and 0 <= offset < a.positions.get(tp, 0) and (*tp, offset) not in a.parked
 
-    def advance(self, tp: TopicPartition, offset: int) -> None:
-        """The key in use has taken the record at ``offset`` of ``tp``."""
-        if self._active is not None and offset >= 0:
-            self._active.positions[tp] = max(offset + 1, self._active.positions.get(tp, 0))
+    def advance(self, tp: TopicPartition, offset: int, parked: bool = False) -> None:
+        """The key in use has taken the record at ``offset`` of ``tp``: learned it (or refused it), or ``parked``
+        it to wait for its label."""
+        a = self._active
+        if a is None or offset < 0:
+            return
+        a.positions[tp] = max(offset + 1, a.positions.get(tp, 0))
+        if parked:
+            a.parked[(*tp, offset)] = None
+            a.dirty = True  # a save must hold it, or a replay would take the event for learned
+            while len(a.parked) > MAX_PARKED:
+                del a.parked[next(iter(a.parked))]
+
+    def learned_parked(self, tp: TopicPartition, offset: int) -> None:
+        """A parked event of the key in use was learned (its label came)."""
+        if self._active is not None:
+            self._active.parked.pop((*tp, offset), None)
 
     # -- the Learner verbs, on the key in use ----------------------------------------------
     @property
@@ -236,7 +254,8 @@ class KeyedLearners:
         positions = [[t, p, o] for (t, p), o in sorted(entry.positions.items())]
         info = entry.info
         was_new = entry.stamp is None
-        entry.stamp = self.store.save(key, arrays, {"learner": meta, "positions": positions, "info": {
+        parked = [list(p) for p in entry.parked]
+        entry.stamp = self.store.save(key, arrays, {"learner": meta, "positions": positions, "parked": parked, "info": {
             "events": info.events, "version": info.version, "classes": info.classes, "hits": info.hits,
             "seen": info.seen}})
         entry.dirty = False
@@ -252,12 +271,16 @@ class KeyedLearners:
         return KeyedServing(self._served, self.stored, version=self.version, events_learned=self.events_learned,
                             keys=len(self.info), input_kind=self.input_kind, input_dim=self.input_dim)
 
-    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Save every key learned since its last save (OSError: the checkpoint must not be written), then the
-        process's own counters: the keys' states live in the store, not in the checkpoint."""
+    def save_keys(self) -> None:
+        """Save every key learned since its last save (OSError: not all went)."""
         for key, entry in list(self._resident.items()):
             self._save(key, entry)
         self._stored_count = len(self.store)
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Save every key learned since its last save (OSError: the checkpoint must not be written), then the
+        process's own counters: the keys' states live in the store, not in the checkpoint."""
+        self.save_keys()
         return {}, {"keyed": 1, "learner": self.name, "version": self.version, "events_learned": self.events_learned,
                     "evictions": self.evictions}
 

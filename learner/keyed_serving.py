@@ -9,6 +9,7 @@ key's last save. An unknown key is None: the HTTP app answers 404.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from typing import Callable, Mapping
@@ -16,7 +17,10 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..memory.key_store import KeyStore, Stamp
+from ..memory.persistence import DamagedState
 from .base import InputKind, Predictions, RawInputs, ServingModel
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KEY = ""  # the model of events that carry no key
 
@@ -32,7 +36,10 @@ class StoredModels:
         self._lock = threading.Lock()  # HTTP threads and the learning loop's publishes share it
 
     def get(self, key: str) -> ServingModel | None:
-        stamp = self.store.stamp(key)
+        try:
+            stamp = self.store.stamp(key)
+        except DamagedState:
+            return None
         if stamp is None:
             return None
         with self._lock:
@@ -40,7 +47,11 @@ class StoredModels:
             if hit is not None and hit[0] == stamp:
                 self._cache.move_to_end(key)
                 return hit[1]
-        model = self._load(key)  # outside the lock: seconds for a large state, others keep reading
+        try:
+            model = self._load(key)  # outside the lock: seconds for a large state, others keep reading
+        except (OSError, DamagedState, KeyError, ValueError, TypeError):
+            log.warning("the stored state of a key could not be read for serving", exc_info=True)
+            return None
         if model is None:
             return None
         with self._lock:

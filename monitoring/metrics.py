@@ -206,3 +206,11 @@ class Metrics:
                                      "from memory (least recently used first).", registry=r)
         self.key_conflicts = Counter("lifelong_key_conflicts_total", "Keys learned here that another replica saved "
                                      "too (a key's events on two partitions).", registry=r)
+
+    def set_keys(self, gauges: dict[str, float]) -> None:
+        """The per-key gauges from the keyed learner's numbers (it keeps the running totals of the counters)."""
+        self.keys_in_memory.set(gauges["keys_in_memory"])
+        self.keys_stored.set(gauges["keys_stored"])
+        self.keys_memory_bytes.set(gauges["keys_bytes_in_memory"])
+        for counter, name in ((self.key_evictions, "key_evictions"), (self.key_conflicts, "key_conflicts")):
+            counter.inc(max(0.0, gauges[name] - counter._value.get()))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import struct
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 MAGIC = b"LLHO"
 FORMAT = 1
 
@@ -60,6 +62,13 @@ def pack(h: Handoff) -> bytes:
 
 def unpack(raw: bytes) -> Handoff:
     """The handed-on events; ValueError naming what is wrong with a damaged or foreign message."""
+    try:
+        return _unpack(raw)
+    except (KeyError, TypeError, AttributeError, struct.error) as exc:
+        raise ValueError(f"handoff: malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _unpack(raw: bytes) -> Handoff:
     if raw[:4] != MAGIC or len(raw) < 8:
         raise ValueError("handoff: not a handoff message")
     (n,) = struct.unpack(">I", raw[4:8])
@@ -112,14 +121,20 @@ class FolderHandoffs:
         return True
 
     def receive(self) -> list[Handoff]:
-        """Handoffs of the other replicas not read yet (damaged ones: ValueError, after the good ones)."""
+        """Handoffs of the other replicas not read yet; a damaged or vanished file is logged and skipped."""
         out, names = [], sorted(n for n in os.listdir(self.folder) if n.endswith(".ho") and not n.startswith("."))
         cutoff = time.time_ns() - int(self.max_age_s * 1e9)
         for name in names:
-            if int(name.split("-", 1)[0]) < cutoff:
+            written = name.split("-", 1)[0]
+            if not written.isdigit() or name in self._seen or name.endswith(f"-{self.replica}.ho"):
+                continue
+            self._seen.add(name)
+            if int(written) < cutoff:
                 (self.folder / name).unlink(missing_ok=True)
-            elif name not in self._seen and not name.endswith(f"-{self.replica}.ho"):
-                self._seen.add(name)
+                continue
+            try:
                 out.append(unpack((self.folder / name).read_bytes()))
+            except (OSError, ValueError) as exc:
+                log.warning("handoff %s refused: %s", name, exc)
         self._seen &= set(names)
         return out

@@ -46,6 +46,7 @@ class Item:
     raw: str | np.ndarray | None  # the model input; None once only the tap is needed
     tap: np.ndarray | None = None
     key: str = DEFAULT_KEY  # per_key mode: the model it teaches
+    rejected: bool = False
 
 
 @dataclass
@@ -114,9 +115,9 @@ class Intake:
         """Learn the labelled events of ``records``, predict and park the others."""
         items = self._validate(records)
         if items:
-            self._each_key(items, self._process, labelled_only=True)
+            self._each_key(items, self._process)
 
-    def _each_key(self, items: list[Item], run: Callable[[list[Item]], None], labelled_only: bool) -> None:
+    def _each_key(self, items: list[Item], run: Callable[[list[Item]], None]) -> None:
         """``run`` the items (per key, in per_key mode), without those their key has taken already."""
         if self.keyed is None:
             run(items)
@@ -131,20 +132,30 @@ class Intake:
                 for item in group:
                     self._reject(item, InvalidEvent(exc.reason, "key", str(exc)))  # type: ignore[arg-type]
                 continue
-            fresh = [i for i in group if not self._covered(i, labelled_only)]
+            fresh = [i for i in group if not self._covered(i)]
             self.metrics.redelivered.inc(len(group) - len(fresh))
             run(fresh)
-            for item in group:
-                if item.record is not None:
-                    self.keyed.advance((item.record.topic, item.record.partition), item.record.offset)
+            for item in fresh:
+                self._taken(item)
         self.keyed.evict_over_budget()
 
-    def _covered(self, item: Item, labelled_only: bool) -> bool:
-        """Learned into its key already (a replay after a crash, or a moved partition re-read). An event
-        without its label is parked again instead: if its label is still to come, it must find it."""
-        if item.record is None or self.keyed is None or (labelled_only and item.label is None):
+    def _covered(self, item: Item) -> bool:
+        """Taken by its key already (a replay after a crash, or a moved partition re-read); an event the key
+        only parked is not: it is parked again, and its label, if still to come, finds it."""
+        if item.record is None or self.keyed is None:
             return False
         return self.keyed.covered((item.record.topic, item.record.partition), item.record.offset)
+
+    def _taken(self, item: Item) -> None:
+        """What the key in use now holds of ``item``: its record, learned or parked; a parked event it learned."""
+        keyed = self.keyed
+        assert keyed is not None
+        if item.record is not None:
+            parked = item.label is None and item.tap is not None and not item.rejected
+            keyed.advance((item.record.topic, item.record.partition), item.record.offset, parked)
+        parked_from = self.join.record_of(item.id) if item.raw is None and not item.rejected else None
+        if parked_from is not None:
+            keyed.learned_parked(parked_from[:2], parked_from[2])
 
     def _dead_letter(self, record: Record, exc: InvalidEvent) -> None:
         self.metrics.events_rejected.labels(reason=exc.reason).inc()
@@ -161,6 +172,7 @@ class Intake:
 
     def _reject(self, item: Item, exc: Exception) -> None:
         """An item that failed alone in a stage: its record's dead letter; its id is free again."""
+        item.rejected = True
         error = exc if isinstance(exc, InvalidEvent) else InvalidEvent("internal_error", "", describe(exc))
         if item.record is None:  # a label from HTTP: nothing to dead-letter, but counted
             self.metrics.events_rejected.labels(reason=error.reason).inc()
@@ -235,6 +247,8 @@ class Intake:
             origin = (item.record.topic, item.record.partition) if item.record is not None else None
             item.label = self.join.park(item.id, item.tap, item.key if self.keyed else None,  # type: ignore[arg-type]
                                         origin)
+            if item.label is None and self.keyed is not None and item.record is not None:
+                self.join.offsets[item.id] = (item.record.topic, item.record.partition, item.record.offset)
             if item.label is not None:
                 early.append(item)
 
@@ -305,7 +319,7 @@ class Intake:
                 self.validator.recent_ids.seen_or_add(event_id, (topic, partition))
         joined = self.join.adopt(handed)
         items = [Item(None, i, label, None, tap, key or DEFAULT_KEY) for i, tap, label, key in joined]
-        self._each_key(items, self._learn, labelled_only=False)
+        self._each_key(items, self._learn)
         return len(joined)
 
     # -- labels ---------------------------------------------------------------------
@@ -329,6 +343,6 @@ class Intake:
             tap = self.join.label(event_id, label, origin)
             if tap is not None:
                 items.append(Item(record, event_id, label, None, tap, self.join.key_of(event_id) or DEFAULT_KEY))
-        self._each_key(items, self._learn, labelled_only=False)
+        self._each_key(items, self._learn)
         return len(items)
 

@@ -26,6 +26,7 @@ class LabelJoin:
         self.metrics = metrics
         self.keys: dict[str, str] = {}  # per_key mode: the key of each parked event
         self.origins: dict[str, tuple[str, int]] | None = None  # merge mode: each parked event's partition
+        self.offsets: dict[str, tuple[str, int, int]] = {}  # per_key mode: each parked event's record
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -108,6 +109,10 @@ class LabelJoin:
         """The key a joined event was parked under (per_key mode), once."""
         return self.keys.pop(event_id, None)
 
+    def record_of(self, event_id: str) -> tuple[str, int, int] | None:
+        """The record (topic, partition, offset) a joined event was parked from (per_key mode), once."""
+        return self.offsets.pop(event_id, None)
+
     def labelled_event(self, event_id: str) -> None:
         """An event arrived with its own label: a label for it, before or after, is a second one."""
         self.pending.mark_joined(event_id)
@@ -137,8 +142,9 @@ class LabelJoin:
         self.metrics.early_labels.set(len(self.early))
         if len(self.keys) > 2 * len(self.pending) + 1024:  # keys of events that expired or were pushed out
             self.keys = {i: k for i, k in self.keys.items() if i in self.pending}
+            self.offsets = {i: o for i, o in self.offsets.items() if i in self.pending}
         if self.origins is not None and len(self.origins) > 2 * len(self.pending) + 1024:
-            self.origins = {i: o for i, o in self.origins.items() if i in self.pending}
+            self.origins = {i: o for i, o in self.origins.items() if i in self.pending or i in self.early}
 
     def state_parts(self) -> dict[str, Part]:
         keys = {"pending_keys": ({}, {"keys": dict(self.keys)})} if self.keys else {}  # per_key mode only

@@ -319,9 +319,22 @@ class LearningLoop:
         # close as possible to where this state ends.
         log.info("partitions revoked: %s", partitions)
         self._revoked_partitions.update(partitions)
+        self._save_keys()
         if self.handoffs is not None:
             self.handoffs.revoked(partitions, self._source)
         self._revoked.set()
+
+    def _save_keys(self) -> None:
+        """per_key: save the keys learned since their last save now, inside the rebalance, before another
+        replica gets the partitions and reads those keys. The client calls this while the loop waits in
+        its poll (kafka-python runs the rebalance there): nothing learns meanwhile."""
+        save = getattr(self.learner, "save_keys", None)
+        if save is None:
+            return
+        try:
+            save()
+        except OSError as exc:
+            log.error("keys not saved before the rebalance (the next owner may read older states): %s", exc)
 
     def _forget_revoked(self) -> None:
         """Drop the positions of partitions handed over, once their last offsets are committed.
@@ -384,12 +397,4 @@ class LearningLoop:
         self.metrics.adapters_merged.set(gauges.get("adapters_merged", 0))
         self.metrics.prototypes.set(gauges.get("prototypes", 0))
         if "keys_in_memory" in gauges:  # per_key mode
-            self._key_gauges(gauges)
-
-    def _key_gauges(self, gauges: dict[str, float]) -> None:
-        m = self.metrics
-        m.keys_in_memory.set(gauges["keys_in_memory"])
-        m.keys_stored.set(gauges["keys_stored"])
-        m.keys_memory_bytes.set(gauges["keys_bytes_in_memory"])
-        for counter, name in ((m.key_evictions, "key_evictions"), (m.key_conflicts, "key_conflicts")):
-            counter.inc(max(0.0, gauges[name] - counter._value.get()))  # the learner keeps the running total
+            self.metrics.set_keys(gauges)

@@ -14,8 +14,8 @@ from lifelong.service.joining import LabelJoin
 from lifelong.stream.errors import REASONS
 
 
-def join() -> LabelJoin:
-    j = LabelJoin(100, 3600.0, Metrics(REASONS))
+def join(max_items: int = 100) -> LabelJoin:
+    j = LabelJoin(max_items, 3600.0, Metrics(REASONS))
     j.origins = {}
     return j
 
@@ -69,3 +69,19 @@ def test_the_folder_channel_delivers_each_handoff_once_to_every_other_replica(tm
     old = FolderHandoffs(tmp_path, "c", 0.001)
     time.sleep(0.01)
     assert old.receive() == [] and not [n for n in os.listdir(tmp_path) if n.endswith(".ho")]  # too old: removed
+
+
+def test_early_labels_keep_their_partition_when_the_origins_are_pruned() -> None:
+    a = join(5000)
+    for i in range(1100):  # more labels waiting for their events than the pruning leaves alone
+        a.label(f"e{i}", "x", ("labels", 0))
+    a.expire()
+    assert len(a.hand_off({("labels", 0)}).early) == 1100
+
+
+def test_a_damaged_or_foreign_file_in_the_folder_is_skipped_and_the_others_delivered(tmp_path: Path) -> None:
+    a, b = FolderHandoffs(tmp_path, "a", 60.0), FolderHandoffs(tmp_path, "b", 60.0)
+    (tmp_path / f"{time.time_ns()}-x.ho").write_bytes(b"LLHO\x00\x00\x00\x02{}")  # a header without its fields
+    (tmp_path / "notes-x.ho").write_bytes(b"")  # not a handoff's name
+    assert a.send(Handoff(["e1"], np.ones((1, 2), np.float32), [0.0], []))
+    assert [h.ids for h in b.receive()] == [["e1"]] and b.receive() == []
