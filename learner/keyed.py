@@ -137,7 +137,7 @@ class KeyedLearners:
         if stamp is None:
             if self._stored_count + sum(e.stamp is None for e in self._resident.values()) >= self.max_keys:
                 raise KeyRefused("too_many_keys", f"a new key past scaleout.learning.per_key.max_keys={self.max_keys}")
-            learner, self._spare = (self._spare, None) if self._spare is not None else (self._make(), None)
+            learner, self._spare = self._spare or self._make(), None
             return _Resident(learner, {}, None, self.info.setdefault(key, KeyInfo()))
         try:
             stored = self.store.load(key)

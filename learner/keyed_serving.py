@@ -83,7 +83,6 @@ class KeyedServing:
         # Ready once any key has a model; the default key's classes when it has one.
         self.classes: tuple[str, ...] = default.classes if default is not None else tuple(
             sorted({c for m in self._models.values() for c in m.classes}))
-        self.encoder = next((getattr(m, "encoder", None) for m in self._models.values()), None)
 
     def for_key(self, key: str) -> ServingModel | None:
         model = self._models.get(key)

@@ -244,11 +244,9 @@ class Intake:
             if self.sink is not None and topic:
                 value = prediction_value(item.id, preds.labels[n], float(preds.scores[n]), preds.model_version)
                 self.sink.send(topic, value, item.id.encode())
-            origin = (item.record.topic, item.record.partition) if item.record is not None else None
+            r = item.record
             item.label = self.join.park(item.id, item.tap, item.key if self.keyed else None,  # type: ignore[arg-type]
-                                        origin)
-            if item.label is None and self.keyed is not None and item.record is not None:
-                self.join.offsets[item.id] = (item.record.topic, item.record.partition, item.record.offset)
+                                        (r.topic, r.partition, r.offset) if r is not None else None)
             if item.label is not None:
                 early.append(item)
 

@@ -36,15 +36,18 @@ class LabelJoin:
             self.metrics.labels.labels(outcome=outcome).inc(n)
 
     def park(self, event_id: str, tap: np.ndarray, key: str | None = None,
-             origin: tuple[str, int] | None = None) -> str | None:
-        """An unlabelled event arrived: its early label if one waits (then it is learned now), else parked."""
+             record: tuple[str, int, int] | None = None) -> str | None:
+        """An unlabelled event arrived: its early label if one waits (then it is learned now), else parked.
+        ``record``: where it was read (topic, partition, offset), for a partition's move and per-key offsets."""
         label = self.early.take(event_id)
         if label is not None:
             self.pending.mark_joined(event_id)
             self._count("joined")
             return label
         self.metrics.pending_expired.inc(self.pending.add(event_id, tap))
-        self._note(event_id, key, origin)
+        self._note(event_id, key, record[:2] if record is not None else None)
+        if key is not None and record is not None:
+            self.offsets[event_id] = record
         return None
 
     def hand_off(self, partitions: set[tuple[str, int]] | None, keep: bool = False) -> Handoff:

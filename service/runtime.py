@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 from .. import __version__
 from ..learner.base import Learner
 from ..learner.encoders import Encoder, make_encoder
+from ..learner.keyed import KeyedLearners
 from ..learner.registry import LEARNERS, LearnerOptions, build
 from ..monitoring.metrics import Metrics
 from ..stream.demo import demo_path
@@ -99,9 +100,8 @@ def build_keyed(settings: Settings, device: str) -> Learner:
     from ..memory.key_store import KeyStore
 
     pk = settings.scaleout.learning.per_key
-    first = build_encoder(settings, device)
     frozen = settings.learner.input_kind == "text" or settings.learner.encoder == "efficientnet-lite0"
-    shared = first if frozen else None
+    shared = build_encoder(settings, device) if frozen else None
     # A key's replay memory grows as it fills (not resident at once): most keys are small.
     options = learner_options(settings, device, memory_budget_bytes=pk.key_memory_bytes, resident_memory=False)
 
@@ -199,7 +199,7 @@ class Service:
                 settings = keep_checkpointed_encoder(settings, checkpointer)
         self.settings = settings
         self.learner = learner or build_learner(settings)
-        self.keyed = getattr(self.learner, "describe", None) if settings.scaleout.learning.mode == "per_key" else None
+        self.keyed = self.learner if isinstance(self.learner, KeyedLearners) else None
         if self.keyed is not None:
             self.metrics.add_keys()
         self.metrics.model_info.info({"learner": self.learner.name, "input_kind": self.learner.input_kind})
@@ -235,7 +235,7 @@ class Service:
         if self.keyed is not None:
             from .handoff import FolderHandoffs
 
-            folder = Path(self.learner.store.folder) / ".handoff"  # type: ignore[attr-defined]
+            folder = Path(self.keyed.store.folder) / ".handoff"
             name = settings.source.kafka.instance_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
             channel = FolderHandoffs(folder, name, settings.labels.max_wait_s)
         if channel is not None:
@@ -275,15 +275,15 @@ class Service:
                 "pending_labels": len(self.loop.join), "early_labels": len(self.loop.join.early),
                 "source": self.settings.source.kind, "restored_from_checkpoint": self.restored,
                 "role": self.settings.role} | ({"merge": self.loop.merger.describe()} if self.loop.merger else {}) \
-            | ({"keys": dict(self.learner.summary)} if self.keyed else {})  # type: ignore[attr-defined]
+            | ({"keys": dict(self.keyed.summary)} if self.keyed is not None else {})
 
     def keys(self, limit: int) -> list[dict[str, Any]] | None:
         """Per-key models' rows for GET /v1/keys (None: this service keeps one model)."""
-        return self.keyed(limit) if self.keyed is not None else None
+        return self.keyed.describe(limit) if self.keyed is not None else None
 
     def not_ready(self) -> str | None:
         snap = self.holder.current
-        stored = self.keyed is not None and self.learner.summary["keys_stored"]  # type: ignore[attr-defined]
+        stored = self.keyed is not None and self.keyed.summary["keys_stored"]
         if stored and snap is not None:
             return None  # per_key: any stored key can be answered, from the key store
         return None if snap is not None and snap.classes else "no model yet"

@@ -23,8 +23,8 @@ def join(max_items: int = 100) -> LabelJoin:
 def test_parked_events_and_early_labels_of_the_moved_partitions_join_at_the_new_owner() -> None:
     a, b = join(), join()
     tap = np.arange(3, dtype=np.float32)
-    a.park("e1", tap, origin=("events", 0))
-    a.park("e2", tap + 1, origin=("events", 1))  # stays: its partition stays with a
+    a.park("e1", tap, record=("events", 0, 0))
+    a.park("e2", tap + 1, record=("events", 1, 0))  # stays: its partition stays with a
     assert a.label("e3", "c3", ("labels", 0)) is None  # its label came first, its event is not read yet
     assert b.label("e1", "c1", ("labels", 0)) is None  # e1's label reached b, the partition's new owner
     h = a.hand_off({("events", 0), ("labels", 0)})
@@ -32,12 +32,12 @@ def test_parked_events_and_early_labels_of_the_moved_partitions_join_at_the_new_
     joined = b.adopt(unpack(pack(h)))
     assert [(i, label) for i, _, label, _ in joined] == [("e1", "c1")]
     np.testing.assert_array_equal(joined[0][1], tap)
-    assert b.park("e3", tap + 2, origin=("events", 0)) == "c3"  # the handed label meets its event at b
+    assert b.park("e3", tap + 2, record=("events", 0, 0)) == "c3"  # the handed label meets its event at b
 
 
 def test_what_was_handed_on_moves_on_again_with_its_partition() -> None:
     a, b, c = join(), join(), join()
-    a.park("e1", np.ones(2, np.float32), origin=("events", 0))
+    a.park("e1", np.ones(2, np.float32), record=("events", 0, 0))
     a.label("e2", "x", ("labels", 0))
     b.adopt(unpack(pack(a.hand_off({("events", 0), ("labels", 0)}))))
     h = b.hand_off({("events", 0), ("labels", 0)})  # the partitions move on from b to c
@@ -48,7 +48,7 @@ def test_what_was_handed_on_moves_on_again_with_its_partition() -> None:
 
 def test_a_leaving_replica_hands_copies_on_and_keeps_its_own() -> None:
     a = join()
-    a.park("e1", np.zeros(2, np.float32), origin=("events", 0))
+    a.park("e1", np.zeros(2, np.float32), record=("events", 0, 0))
     h = a.hand_off(None, keep=True)
     assert h.ids == ["e1"] and len(a) == 1 and a.label("e1", "x") is not None
 
