@@ -46,6 +46,8 @@ OnUnrecoverable = Literal["refuse", "start_empty"]
 LATEST = "latest"
 PREFIX = "ckpt-"
 _NUMBERED = re.compile(r"ckpt-(\d{12})")
+# ``save_state``'s temporary folder: ``.ckpt-NNN.<random>`` (``.deleting`` is a pruned one)
+_TEMPORARY = re.compile(r"\.ckpt-(\d{12})\.(?!deleting$)[^.]+")
 # After a failed save, the next try waits this long at most (or every_s if shorter),
 # so a full or broken disk is retried every few seconds, not on every step.
 RETRY_S = 5.0
@@ -285,12 +287,25 @@ class Checkpointer:
             return []
         traces = []
         for entry in sorted(self.directory.iterdir()):
-            if entry.name.startswith((PREFIX, f".{PREFIX}", LATEST, f".{LATEST}")):
+            if _first_save_interrupted(entry):
+                log.warning("%s is what a first checkpoint killed while it was written left: no offsets were "
+                            "committed after it, so starting empty re-reads the input and loses nothing", entry)
+            elif entry.name.startswith((PREFIX, f".{PREFIX}", LATEST, f".{LATEST}")):
                 what = f"symlink to {os.readlink(entry)}, " if entry.is_symlink() else ""
                 traces.append((str(entry), f"{what}left by an interrupted or damaged checkpoint"))
             elif entry.name in (MANIFEST, META, TENSORS):
                 traces.append((str(entry), "a checkpoint file outside a checkpoint folder"))
         return traces
+
+
+def _first_save_interrupted(entry: Path) -> bool:
+    """The temporary folder of the first save ever made here: never renamed in, so never committed.
+
+    Offsets are committed only after a save is complete, so nothing depends on it. A later save's
+    leftover (its number above 1) does count as a trace: the checkpoints before it are gone.
+    """
+    match = _TEMPORARY.fullmatch(entry.name)
+    return match is not None and int(match.group(1)) == 1 and not entry.is_symlink()
 
 
 def _encode(parts: dict[str, Part], offsets: dict[TopicPartition, int]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

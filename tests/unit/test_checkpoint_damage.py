@@ -162,7 +162,7 @@ def test_traces_of_checkpoints_without_any_folder_refuse(tmp_path: Path, trace: 
         (tmp_path / LATEST).symlink_to("ckpt-000000000009")
         named = tmp_path / LATEST
     elif trace == "temporary folder":
-        named = tmp_path / ".ckpt-000000000001.x81k2"  # a save killed half way
+        named = tmp_path / ".ckpt-000000000004.x81k2"  # a save killed half way, its three elders gone
         named.mkdir()
         (named / TENSORS).write_bytes(b"partial")
     else:
@@ -171,6 +171,26 @@ def test_traces_of_checkpoints_without_any_folder_refuse(tmp_path: Path, trace: 
     with pytest.raises(UnrecoverableCheckpoint, match=str(named)):
         Checkpointer(tmp_path).load()
     assert Checkpointer(tmp_path, on_unrecoverable="start_empty").load() is None
+
+
+def test_a_first_save_killed_half_way_starts_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # kill -9 while the very first checkpoint was written: no offsets were committed after it,
+    # so starting empty re-reads the input; refusing would keep the daemon down for nothing.
+    for name in (".ckpt-000000000001.x81k2", ".ckpt-000000000001.q0_zz"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / TENSORS).write_bytes(b"partial")
+    with caplog.at_level(logging.WARNING, logger=checkpoint_module.__name__):
+        assert Checkpointer(tmp_path).load() is None
+    assert any("loses nothing" in r.getMessage() for r in caplog.records)
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save({"a": ({"w": np.ones(2)}, {})}, {("t", 0): 5})
+    assert not list(tmp_path.glob(".ckpt-*"))  # the next save clears them away
+    assert ckpt.load().offsets == {("t", 0): 5}
+    # A pruned folder's leftover is still a sign that checkpoints existed.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / ".ckpt-000000000001.deleting").mkdir()
+    with pytest.raises(UnrecoverableCheckpoint):
+        Checkpointer(tmp_path / "other").load()
 
 
 def test_unrelated_files_or_no_folder_at_all_start_empty(tmp_path: Path) -> None:
