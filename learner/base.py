@@ -29,6 +29,18 @@ class StepStats:
     signals: tuple[str, ...] = ()  # drift signals this step raised: peak, plateau, consolidation, adwin
     window_mean: float = float("nan")  # normalised loss window, for monitoring
     window_var: float = float("nan")
+    suspects: int = 0  # events down-weighted by the source influence bound (``influence``)
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    """What one forget request changed in a learner."""
+
+    items: int  # replay items removed (their events' own taps)
+    classes_removed: tuple[str, ...]  # classes none of whose retained events is left: gone from the model
+    seconds: float  # the whole request: removal, refit, prototypes, served copy
+    version: int  # the learner's version from which no forgotten event is held
+    refit_items: int = 0  # the retained items the plastic weights were refit on
 
 
 @dataclass(frozen=True)

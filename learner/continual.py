@@ -18,29 +18,28 @@ plastic top below the tap through the hooks marked below.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..memory.codec_schedule import (CodecSchedule, CompressWhen, codec_in_use, learner_layout,
-                                     restore_learner_layout)
+from ..memory.codec_schedule import CodecSchedule, CompressWhen, codec_in_use
 from ..memory.pq import PQCodec
 from ..memory.prototypes import PrototypeIndex
 from ..memory.replay import ReplayStore
 from .adam import Adam
-from .adam_state import adam_state, load_adam_state
-from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
+from .base import ForgetReport, InputKind, Predictions, RawInputs, StepStats, TapsLearner
+from .continual_state import ContinualState
 from .drift import LossWindow, RiverDetector
 from .ema import AdaptiveDecay, EmaCopy
 from .encoders import Encoder
 from .fisher import diagonal_fisher
 from .hard_buffer import HardBuffer
 from .head import softmax
+from .influence import InfluenceConfig, SourceInfluence, Weighing
 from .lora import LoRALinear
-from .parts import part, with_prefix
 from .serving import CosineSnapshot, to_predictions, unit
 from .tap_space import TapSpace
 
@@ -80,9 +79,13 @@ class ContinualConfig:
     consolidation: bool = True
     ema: bool = True
     lora: bool = True
+    # Items carry their event's tag and source, so a request can forget them (``unlearning``).
+    forgetting: bool = False
+    refit_epochs: float = 4.0  # passes over the retained memory that refit the plastic weights after a forget
+    influence: dict[str, Any] = field(default_factory=dict)  # ``influence.InfluenceConfig`` fields
 
 
-class ContinualLearner(TapsLearner):
+class ContinualLearner(ContinualState, TapsLearner):
     name = "lifelong"
 
     def __init__(self, encoder: Encoder, config: ContinualConfig = ContinualConfig()) -> None:
@@ -94,7 +97,9 @@ class ContinualLearner(TapsLearner):
         self.adapter = self._new_adapter()
         self.head = torch.nn.Parameter(torch.zeros(0, self.embedding_dim, device=self.device))
         self.protos = PrototypeIndex(d)
-        self.memory = ReplayStore(d, config.memory_budget_bytes, seed=config.seed, resident=config.resident_memory)
+        self.memory = ReplayStore(d, config.memory_budget_bytes, seed=config.seed, resident=config.resident_memory,
+                                  tagged=config.forgetting)
+        self.influence = SourceInfluence(InfluenceConfig(**config.influence))
         self.codec_schedule = self._new_codec_schedule()
         self.window = LossWindow(config.loss_window, config.plateau_mean, config.plateau_var)
         self.detector = RiverDetector()
@@ -219,7 +224,10 @@ class ContinualLearner(TapsLearner):
         return to_predictions(self.predict_proba_taps(taps), self._classes, self.version)
 
     # -- learning ------------------------------------------------------------------
-    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], *, tags: np.ndarray | None = None,
+                   sources: np.ndarray | None = None) -> StepStats:
+        """Learn a batch. ``tags`` and ``sources`` (``memory.tags`` of the events' ids and sources) let a
+        forget request find the batch's items later, and the influence bound weigh each source."""
         if len(taps) != len(labels):
             raise ValueError(f"{len(taps)} inputs but {len(labels)} labels")
         if len(labels) == 0:
@@ -235,27 +243,30 @@ class ContinualLearner(TapsLearner):
             # Test-then-train: the prediction before learning, over the classes known before this
             # batch (a cosine logit does not depend on the rows added since).
             if before is None and known:
-                before = logits[:, :known].cpu().numpy()
+                before = softmax(logits[:, :known].cpu().numpy())
         correct = np.zeros(len(y), bool) if before is None else before.argmax(1) == y
         # A class never seen before is maximal surprise (loss >= ln C), although its
         # fresh head row, its own mean, already fits this batch: the drift window
         # and the reported loss must see the shift.
         is_new = np.isin(y, [self._class_ids[lab] for lab in new])
         losses = np.where(is_new, np.maximum(losses, np.log(max(len(self._classes), 2))), losses).astype(np.float32)
+        sources = np.zeros(len(y), np.int64) if sources is None else np.asarray(sources, np.int64)
+        weighing = self.influence.weigh(y, sources, before)
         self.protos.add(unit(taps), y)
         for i in range(self.config.steps_per_batch):
-            self._train_step(taps, y, compare=i == 0)
-        self.hard.update(taps, y, self._losses)
-        self._remember(taps, y)
+            self._train_step(taps, y, compare=i == 0, weighing=weighing)
+        self.hard.update(taps[weighing.remember], y[weighing.remember], self._losses)
+        self._remember(taps, y, tags, sources, weighing)
         signals = self._drift(float(losses.mean()), ~correct)
         self.ema.update(self._effective_weight(), self.head, self.steps)
         self.steps += 1
         self.version += 1
         self.events_learned += len(y)
         return StepStats(len(y), float(losses.mean()), losses, correct, tuple(new), self.version, signals,
-                         self.window.mean, self.window.var)
+                         self.window.mean, self.window.var, weighing.suspects)
 
-    def _train_step(self, taps: np.ndarray, y: np.ndarray, compare: bool = False) -> None:
+    def _train_step(self, taps: np.ndarray, y: np.ndarray, compare: bool = False,
+                    weighing: Weighing | None = None) -> None:
         xs, ys = [taps, self.hard.x], [y, self.hard.y]
         if self.config.replay and self.memory.n:
             rx, ry = self.memory.sample(self.config.replay_per_step)
@@ -264,7 +275,7 @@ class ContinualLearner(TapsLearner):
         x = self._t(np.concatenate(xs))
         target = self._t(np.concatenate(ys))
         logits = self._logits(x)
-        loss = F.cross_entropy(logits, target)
+        loss = self._loss(logits, target, weighing)
         if compare and self.ema.adaptive is not None:
             # The served copy scored on the same items, before this batch moves the live weights.
             with torch.no_grad():
@@ -277,19 +288,41 @@ class ContinualLearner(TapsLearner):
         loss.backward()
         self.opt.step()
 
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, weighing: Weighing | None) -> torch.Tensor:
+        """Cross-entropy over the step's items; the batch's own events weighed as the influence bound says."""
+        if weighing is None or weighing.uniform:
+            return F.cross_entropy(logits, target)
+        w = torch.ones(len(target), device=self.device)
+        w[:len(weighing.weights)] = self._t(weighing.weights)
+        return (w * F.cross_entropy(logits, target, reduction="none")).sum() / w.sum().clamp_min(1e-6)
+
+    @property
+    def supports_forget(self) -> bool:
+        """Whether :meth:`forget` can work: items are tagged, and replay keeps the training set of record."""
+        return self.config.forgetting and self.config.replay
+
+    def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> ForgetReport:
+        """Forget the events tagged ``tags`` and every event of the ``sources`` (``memory.tags``); see ``unlearning``."""
+        from .unlearning import forget
+
+        return forget(self, tags, sources)
+
     def _losses(self, taps: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Per-sample loss under the current model (what the hard buffer ranks by)."""
         with torch.no_grad():
             return F.cross_entropy(self._logits(self._t(taps)), self._t(y), reduction="none").cpu().numpy()
 
-    def _remember(self, taps: np.ndarray, y: np.ndarray) -> None:
+    def _remember(self, taps: np.ndarray, y: np.ndarray, tags: np.ndarray | None, sources: np.ndarray,
+                  weighing: Weighing) -> None:
         if not self.config.replay:
             return
+        keep = weighing.remember
         if self.codec_schedule is not None:
-            self.codec_schedule.switch_if_due(self.memory, len(y), self.events_learned)
-        self.memory.add(taps, y)
+            self.codec_schedule.switch_if_due(self.memory, int(keep.sum()), self.events_learned)
+        self.memory.add(taps[keep], y[keep], None if tags is None else np.asarray(tags, np.int64)[keep], sources[keep],
+                        max_per_source=self.influence.memory_cap(self.memory.capacity))
         if self.codec_schedule is not None:
-            self.codec_schedule.collect(taps, self.events_learned)
+            self.codec_schedule.collect(taps[keep], self.events_learned)
 
     def _drift(self, loss: float, errors: np.ndarray) -> tuple[str, ...]:
         signals = []
@@ -334,61 +367,6 @@ class ContinualLearner(TapsLearner):
         top = sum(b.numel() for b in self.adapter.buffers()) + 3 * sum(p.numel() for p in self.adapter.trainable())
         params = 4 * (top + 3 * self.head.numel() + sum(t.numel() for t in self.ema.tensors()))
         return int(params + self.memory.nbytes() + self.protos.nbytes())
-
-    # -- state: each component saves its own; this is only where each goes -------------------
-    # The layout is the one checkpoints have always had (users upgrade with them on disk):
-    # arrays under a prefix per component, the adapter's and the codec schedule's few numbers
-    # at the top of the meta, the memory's and the loss window's under their names.
-    def _named_params(self) -> dict[str, torch.Tensor]:
-        return {"A": self.adapter.A, "B": self.adapter.B, "head": self.head}
-
-    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        codec_arrays, codec_meta = learner_layout(self.codec_schedule)  # first: it waits for a codebook
-        adapter_arrays, adapter_meta = self.adapter.state_dict()
-        opt_arrays, opt_steps = adam_state(self.opt, self._named_params())
-        memory_arrays, memory_meta = self.memory.state_dict()
-        detector_arrays, detector_meta = self.detector.state_dict()
-        arrays = (with_prefix("adapter.", adapter_arrays) | {"head": self.head.detach().cpu().numpy().copy()}
-                  | with_prefix("ema.", self.ema.state_dict()) | with_prefix("hard.", self.hard.state_dict())
-                  | with_prefix("opt.", opt_arrays) | with_prefix("protos.", self.protos.state_dict())
-                  | with_prefix("encoder.", self.encoder.state_dict()) | with_prefix("memory.", memory_arrays)
-                  | codec_arrays | with_prefix("detector.", detector_arrays)
-                  | with_prefix("space.", self.space.state_dict()))
-        meta = {"learner": self.name, "dim": self.encoder.dim, "config": asdict(self.config),
-                "classes": self._classes, "version": self.version, "events_learned": self.events_learned,
-                "steps": self.steps, **adapter_meta, "opt_steps": opt_steps, "memory": memory_meta,
-                "window": self.window.state_dict(), **codec_meta, "detector": detector_meta}
-        return arrays, meta
-
-    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        if meta.get("learner") != self.name or meta.get("dim") != self.encoder.dim:
-            raise ValueError(f"state is for {meta.get('learner')} dim {meta.get('dim')}, "
-                             f"not {self.name} dim {self.encoder.dim}")
-        self.adapter.load_state_dict(part("adapter.", arrays), {k: meta[k] for k in ("plateaus", "merges")})
-        self.head = torch.nn.Parameter(self._t(arrays["head"].copy()))
-        self.ema.load_state_dict(part("ema.", arrays))
-        self.hard.load_state_dict(part("hard.", arrays))
-        self._new_optimizer()
-        load_adam_state(self.opt, self._named_params(), part("opt.", arrays), meta["opt_steps"])
-        self.protos.load_state_dict(part("protos.", arrays))
-        self.encoder.load_state_dict(part("encoder.", arrays))
-        self.memory.load_state_dict(part("memory.", arrays), meta["memory"])
-        self._load_codec_state(arrays, meta)
-        self.window.load_state_dict(meta["window"])
-        if "detector" in meta:  # states written before ADWIN's window was kept restart it
-            self.detector.load_state_dict(part("detector.", arrays), meta["detector"])
-        else:
-            self.detector = RiverDetector()
-        self.space.load_state_dict(part("space.", arrays))
-        self._classes = list(meta["classes"])
-        self._class_ids = {c: i for i, c in enumerate(self._classes)}
-        self.version, self.events_learned, self.steps = (int(meta[k]) for k in ("version", "events_learned",
-                                                                                    "steps"))
-
-    def _load_codec_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        # Where the codebook was in its life (collecting, trained, in use) is restored too.
-        self.codec_schedule = self._new_codec_schedule()
-        restore_learner_layout(self.codec_schedule, arrays, meta, self.memory.compressed)
 
     def gauges(self) -> dict[str, float]:
         codec = codec_in_use(self.memory, self.codec_schedule)

@@ -1,7 +1,7 @@
 """Replay memory with a byte budget: class-balanced eviction and sampling.
 
 Items are (tap, class id), and, in a *tagged* store, the item's tag (a hash of its event
-id) and source number, so that :meth:`ReplayStore.forget` removes exactly the items of
+id) and its source's tag (:mod:`~lifelong.memory.tags`), so that :meth:`ReplayStore.forget` removes exactly the items of
 given events or of a source. The store starts with exact float32 taps in the
 budget (few items); :meth:`ReplayStore.compress` switches it, once, to the PQ
 codes of a trained codec, and the capacity grows by the compression ratio (the
@@ -18,11 +18,11 @@ import numpy as np
 
 from .pq import PQCodec
 from .replay_items import ExactTaps, PQCodes
+from .tags import NO_SOURCE
 
 LABEL_BYTES = 4
-TAG_BYTES = 12  # a tagged item's event-id hash (int64) and source number (int32)
+TAG_BYTES = 16  # a tagged item's event-id tag and source tag (int64 each, see ``tags``)
 SLOT = np.int32
-NO_SOURCE = -1
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class ReplayStore:
         self.budget_bytes = budget_bytes
         self.tagged = tagged  # items carry their event's tag and source (their bytes count in the budget)
         self._tags = np.zeros(0, np.int64)
-        self._sources = np.zeros(0, SLOT)
+        self._sources = np.zeros(0, np.int64)
         self.resident = resident  # the reserve's pages written at once (see replay_items.resident)
         self.items: ExactTaps | PQCodes = ExactTaps(dim)
         self._rng = np.random.default_rng(seed)
@@ -177,7 +177,7 @@ class ReplayStore:
         return self._member(c, int(self._rng.integers(self._size[c])))
 
     def add(self, taps: np.ndarray, labels: np.ndarray, tags: np.ndarray | None = None,
-            sources: np.ndarray | None = None) -> None:
+            sources: np.ndarray | None = None, max_per_source: int | None = None) -> None:
         """Store items (a tagged store also takes each one's tag and source; none: 0 and no source)."""
         taps = np.asarray(taps, dtype=np.float32)
         labels = np.asarray(labels, dtype=np.int64)
@@ -185,7 +185,7 @@ class ReplayStore:
             return
         if self.tagged:
             tags = np.zeros(len(labels), np.int64) if tags is None else np.asarray(tags, np.int64)
-            sources = np.full(len(labels), NO_SOURCE, SLOT) if sources is None else np.asarray(sources, SLOT)
+            sources = np.full(len(labels), NO_SOURCE, np.int64) if sources is None else np.asarray(sources, np.int64)
         self._class_arrays(int(labels.max()) + 1)
         encoded = self.items.encode(taps)
         self.seen += len(labels)
@@ -210,16 +210,16 @@ class ReplayStore:
             self._tags[slots] = tags[at]  # type: ignore[index]
             self._sources[slots] = sources[at]  # type: ignore[index]
 
-    def forget(self, tags: np.ndarray | None = None, source: int | None = None) -> Forgotten:
-        """Remove every item whose tag is in ``tags`` or whose source is ``source``; returns what went.
+    def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> Forgotten:
+        """Remove every item whose tag is in ``tags`` or whose source tag is in ``sources``; returns what went.
 
         The last items move into the freed slots, so slots stay 0 .. n-1 and the class regions exact."""
         if not self.tagged:
             raise ValueError("forget needs a tagged store (its items carry their events' tags and sources)")
         n = self.n
         hit = np.isin(self._tags[:n], np.asarray(tags if tags is not None else [], np.int64))
-        if source is not None:
-            hit |= self._sources[:n] == source
+        if sources is not None and len(sources):
+            hit |= np.isin(self._sources[:n], np.asarray(sources, np.int64))
         slots = np.flatnonzero(hit)
         gone = Forgotten(self._labels[slots].astype(np.int64), self.decode(slots), not self.compressed)
         for slot in sorted(slots.tolist(), reverse=True):
@@ -236,6 +236,22 @@ class ReplayStore:
             self._pool[self._pos[last]] = slot
             self._pos[slot] = self._pos[last]
         self.n -= 1
+
+    def relabel(self, mapping: np.ndarray) -> None:
+        """Class ``c`` becomes ``mapping[c]`` (a caller dropping emptied classes renumbers the rest)."""
+        labels = np.asarray(mapping, np.int64)[self._labels[:self.n]]
+        if (labels < 0).any():
+            raise ValueError("relabel would drop classes that still hold items")
+        self._reset_regions()
+        self._size = np.zeros(0, np.int64)
+        if self.n:
+            self._class_arrays(int(labels.max()) + 1)
+            for c in np.unique(labels):
+                self._join(int(c), np.flatnonzero(labels == c))
+
+    def labels(self) -> np.ndarray:
+        """Every stored item's class id, in slot order (``decode(np.arange(n))`` gives their taps)."""
+        return self._labels[:self.n].astype(np.int64)
 
     def decode(self, slots: np.ndarray) -> np.ndarray:
         return self.items.decode(slots)
@@ -265,7 +281,7 @@ class ReplayStore:
         order = self._in_class_order()
         arrays = {"labels": self._labels[order].astype(np.int64)} | self.items.state_dict(order)  # the format: int64
         if self.tagged:
-            arrays |= {"tags": self._tags[order].copy(), "sources": self._sources[order].astype(np.int32)}
+            arrays |= {"tags": self._tags[order].copy(), "sources": self._sources[order].copy()}
         meta = {"n": self.n, "seen": self.seen, "rng": self._rng.bit_generator.state}
         return arrays, meta
 
@@ -280,7 +296,7 @@ class ReplayStore:
         self._reserve()
         if self.tagged:  # a state saved untagged: tag 0, no source (only forget by tag or source misses them)
             self._tags[:self.n] = arrays.get("tags", np.zeros(self.n, np.int64))
-            self._sources[:self.n] = arrays.get("sources", np.full(self.n, NO_SOURCE, np.int32))
+            self._sources[:self.n] = arrays.get("sources", np.full(self.n, NO_SOURCE, np.int64))
         if self.n:
             self._class_arrays(int(labels.max()) + 1)
             for c in np.unique(labels):

@@ -46,7 +46,7 @@ def test_forgetting_events_removes_exactly_their_items() -> None:
 
 def test_forgetting_a_source_removes_all_of_its_items_and_survives_a_restore() -> None:
     store, taps, _ = filled(60)
-    gone = store.forget(source=1)
+    gone = store.forget(sources=np.array([1]))
     assert len(gone.labels) == 30 and store.n == 30 and set(store._sources[:30].tolist()) == {0}
     consistent(store)
     twin = ReplayStore(DIM, 1 << 20, tagged=True)
@@ -56,7 +56,7 @@ def test_forgetting_a_source_removes_all_of_its_items_and_survives_a_restore() -
 
 
 def test_forgetting_after_evictions_keeps_the_store_consistent_and_sampling_only_kept_items() -> None:
-    store, _, _ = filled(400, budget=40 * (DIM * 4 + 4 + 12))  # room for 40: most items were evicted
+    store, _, _ = filled(400, budget=40 * (DIM * 4 + 4 + 16))  # room for 40: most items were evicted
     assert store.n == 40
     held = store._tags[:40].copy()
     gone = store.forget(tags=held[::2])
@@ -97,3 +97,16 @@ def test_subtracting_from_prototypes_gives_the_means_without_those_embeddings() 
     assert both.counts.tolist() == [25, 25, 0] and not both.means()[2].any()
     with pytest.raises(ValueError, match="more embeddings"):
         both.subtract(b[:1], np.array([2]))
+
+
+def test_relabel_renumbers_classes_and_keeps_every_item() -> None:
+    store, taps, labels = filled(60)
+    store.forget(tags=np.flatnonzero(labels == 1) + 1)  # class 1 is empty now
+    before = {int(t): int(c) for t, c in zip(store._tags[:store.n], store.labels())}
+    store.relabel(np.array([0, -1, 1]))
+    after = {int(t): int(c) for t, c in zip(store._tags[:store.n], store.labels())}
+    assert after == {t: (0 if c == 0 else 1) for t, c in before.items()}
+    consistent(store)
+    assert set(store.class_counts()) == {0, 1}
+    with pytest.raises(ValueError):
+        store.relabel(np.array([-1, 0]))
