@@ -101,7 +101,39 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
                 (RuntimeError, TimeoutError, OSError))
 
 
+def cmd_bench_unlearning(args: argparse.Namespace) -> int:
+    """``--forget`` or ``--poison``: over --stream (default clinc150) or --stream-file, in process."""
+    if args.speed or args.faults or args.scaleout or args.checkpoint or args.soak is not None:
+        raise SystemExit("lifelong bench: --forget / --poison run alone (no --speed / --faults / --scaleout / "
+                         "--checkpoint / --soak)")
+    from pathlib import Path
+
+    from .streams import StreamError, builtin, from_file
+
+    flag = "--forget" if args.forget else "--poison"
+    try:
+        stream = from_file(args.stream_file) if args.stream_file else builtin(args.stream or "clinc150", args.seed)
+    except StreamError as exc:
+        raise SystemExit(f"lifelong bench: {exc}") from None
+    if args.limit:
+        stream = stream.limited(args.limit, args.seed)
+    out = Path(args.out or f"docs/benchmarks/{flag[2:]}")
+    if args.forget:
+        from .forget import ForgetOptions, render_text, run_forget
+
+        opts = ForgetOptions(out=out, seed=args.seed, quick=args.quick, device=args.device)
+        return _run(flag, lambda: run_forget(stream, opts), render_text, f"{out}/forget.json and forget.md",
+                    (ValueError, RuntimeError))
+    from .poison import PoisonOptions, render_text as render_poison, run_poison
+
+    popts = PoisonOptions(out=out, seed=args.seed, quick=args.quick, device=args.device)
+    return _run(flag, lambda: run_poison(stream, popts), render_poison, f"{out}/poison.json and poison.md",
+                (ValueError, RuntimeError))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.forget or args.poison:
+        return cmd_bench_unlearning(args)
     if args.soak is not None:
         return cmd_bench_soak(args)
     if args.scaleout:
@@ -232,4 +264,13 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                           "2 and 4 learner replicas that merge (hash and domain splits, in one process)")
     scaleout.add_argument("--scaleout-part", choices=("all", "serving", "learning"), default="all",
                           help="run one part of --scaleout alone (learning needs no broker)")
+    unlearning = bench.add_argument_group("forgetting and poisoning (--forget, --poison)")
+    unlearning.add_argument("--forget", action="store_true", help="learn --stream (default clinc150) or "
+                            "--stream-file with events tagged by synthetic sources, forget one source (one class "
+                            "whole, 10%% of the others), against a model retrained without them; writes "
+                            "OUT/forget.json and forget.md (--out default: docs/benchmarks/forget)")
+    unlearning.add_argument("--poison", action="store_true", help="one source sends 20%% of the events with half "
+                            "its labels flipped, then a flood of one class at 10x the rate; accuracy with and "
+                            "without the source influence bound; writes OUT/poison.json and poison.md (--out "
+                            "default: docs/benchmarks/poison)")
     bench.set_defaults(func=cmd_bench)
