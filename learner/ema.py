@@ -63,6 +63,13 @@ class EmaCopy:
         self.head = torch.cat([self.head, torch.zeros_like(rows) if fresh else rows])
         self.mass = torch.cat([self.mass, torch.full((len(rows),), 0.0 if fresh else 1.0, device=self.device)])
 
+    def restart(self, weight: torch.Tensor, head: torch.Tensor) -> None:
+        """Start the average again at these weights (after a refit: nothing of the earlier ones stays)."""
+        with torch.no_grad():
+            self._mix(weight, 0.0)
+            self.head = head.detach().clone()
+            self.mass = torch.ones(len(head), device=self.device)
+
     def update(self, weight: torch.Tensor, head: torch.Tensor, steps: int) -> None:
         """Fold in the live weights after learning step ``steps`` (a faster average while warming up)."""
         decay = 0.0 if not self.enabled else (self.warm_decay if steps < self.warmup_steps else self.decay)
