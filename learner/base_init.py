@@ -23,6 +23,7 @@ did on the raw input, and the continual learner's stored taps follow on their in
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..memory.pq import subquantizers
 from ..memory.replay import ReplayStore
-from .base import InputKind, Predictions, RawInputs, StepStats, TapsLearner
+from .base import ForgetReport, InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .continual import ContinualConfig, ContinualLearner
 from .encoders import Encoder
 from .head import softmax
@@ -125,6 +126,8 @@ class BaseInitLearner(TapsLearner):
         self._rng = np.random.default_rng(c.seed)
         self._buf_x = np.zeros((0, self.encoder.dim), np.float32)
         self._buf_y = np.zeros(0, np.int64)
+        self._buf_tags = np.zeros(0, np.int64)  # each base event's tag and source (``memory.tags``): to forget
+        self._buf_sources = np.zeros(0, np.int64)
         self._classes: list[str] = []
         self._class_ids: dict[str, int] = {}
         self._version_offset = 0
@@ -184,20 +187,25 @@ class BaseInitLearner(TapsLearner):
 
     # -- learning --------------------------------------------------------------------------
 
-    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], *, tags: np.ndarray | None = None,
+                   sources: np.ndarray | None = None) -> StepStats:
         if len(taps) != len(labels):
             raise ValueError(f"{len(taps)} inputs but {len(labels)} labels")
         self.space.follow(self.encoder, self._remap)
         taps = np.ascontiguousarray(taps, dtype=np.float32)
         if self.inner is not None:
-            stats = self.inner.learn_taps(self._bottom(taps), labels)
+            stats = self.inner.learn_taps(self._bottom(taps), labels, tags=tags, sources=sources)
             self.version, self.events_learned = self.inner.version + self._version_offset, self.inner.events_learned
             return dataclasses.replace(stats, version=self.version)
         if len(labels) == 0:
             return StepStats(0, 0.0, np.zeros(0), np.zeros(0, bool), (), self.version)
         stats = self._learn_base(taps, labels)
+        n = len(labels)
+        self._buf_tags = np.concatenate([self._buf_tags, np.zeros(n, np.int64) if tags is None else tags])
+        self._buf_sources = np.concatenate([self._buf_sources, np.zeros(n, np.int64) if sources is None else sources])
         if self.early is not None:  # it is what predicts: its prediction before learning is the prequential one
-            stats = dataclasses.replace(self.early.learn_taps(taps, labels), version=self.version)
+            early = self.early.learn_taps(taps, labels, tags=tags, sources=sources)
+            stats = dataclasses.replace(early, version=self.version)
         if self.events_learned >= self.config.base_events:
             self._switch()
         return stats
@@ -243,9 +251,11 @@ class BaseInitLearner(TapsLearner):
         # The base events again, in stream order and batches: classes keep their order and ids.
         for i in range(0, n, 64):
             inner.learn_taps(encoder.from_standardised(self._buf_x[i:i + 64]),
-                             [self._classes[k] for k in self._buf_y[i:i + 64]])
+                             [self._classes[k] for k in self._buf_y[i:i + 64]], tags=self._buf_tags[i:i + 64],
+                             sources=self._buf_sources[i:i + 64])
         self.inner, self.mlp, self.early = inner, None, None
         self._buf_x, self._buf_y = self._buf_x[:0], self._buf_y[:0]
+        self._buf_tags, self._buf_sources = self._buf_tags[:0], self._buf_sources[:0]
         self._version_offset = self.version - inner.version
 
     # -- serving and state ------------------------------------------------------------------
@@ -270,7 +280,8 @@ class BaseInitLearner(TapsLearner):
         assert self.mlp is not None
         mlp_arrays, mlp_meta = self.mlp.state_dict()
         arrays = with_prefix("mlp.", mlp_arrays) | with_prefix("std.", self.encoder.state_dict())
-        arrays |= {"buffer.x": self._buf_x.copy(), "buffer.y": self._buf_y.copy()}
+        arrays |= {"buffer.x": self._buf_x.copy(), "buffer.y": self._buf_y.copy(), "buffer.tags": self._buf_tags.copy(),
+                   "buffer.sources": self._buf_sources.copy()}
         arrays |= with_prefix("space.", self.space.state_dict())
         meta |= {"phase": "base", "mlp": mlp_meta, "classes": list(self._classes), "rng": self._rng.bit_generator.state}
         if self.early is not None:
@@ -296,6 +307,9 @@ class BaseInitLearner(TapsLearner):
             self.mlp.load_state_dict(part("mlp.", arrays), meta["mlp"])
             self.encoder.load_state_dict(part("std.", arrays))
             self._buf_x, self._buf_y = arrays["buffer.x"].copy(), arrays["buffer.y"].copy()
+            untagged = np.zeros(len(self._buf_y), np.int64)  # a state from before tags: nothing to forget by
+            self._buf_tags = arrays.get("buffer.tags", untagged).copy()
+            self._buf_sources = arrays.get("buffer.sources", untagged).copy()
             self._classes = list(meta["classes"])
             self._class_ids = {c: i for i, c in enumerate(self._classes)}
             self._rng.bit_generator.state = meta["rng"]
@@ -306,6 +320,32 @@ class BaseInitLearner(TapsLearner):
                 self.early = None
         self.space.load_state_dict(part("space.", arrays))
         self.version, self.events_learned = int(meta["version"]), int(meta["events_learned"])
+
+    # -- forgetting ---------------------------------------------------------------------------
+    @property
+    def supports_forget(self) -> bool:
+        return bool(self.continual.forgetting and self.continual.replay)
+
+    def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> ForgetReport:
+        """After the switch, the continual learner forgets (the MLP bottom, frozen, is not refit). In the base
+        phase the retained base events are learned again from scratch, in stream order: exact retraining."""
+        if self.inner is not None:
+            report = self.inner.forget(tags, sources)
+            self.version = self.inner.version + self._version_offset
+            return dataclasses.replace(report, version=self.version)
+        if not self.supports_forget:
+            raise ValueError(f"{self.name} cannot forget: it needs a tagged replay memory (forgetting on, replay on)")
+        started = time.perf_counter()
+        hit = np.isin(self._buf_tags, np.asarray([] if tags is None else tags, np.int64))
+        hit |= np.isin(self._buf_sources, np.asarray([] if sources is None else sources, np.int64))
+        x, y, t, s = (a[~hit] for a in (self._buf_x, self._buf_y, self._buf_tags, self._buf_sources))
+        labels, version, before = [self._classes[k] for k in y], self.version, self._classes
+        self._base_phase()
+        for i in range(0, len(y), 64):
+            self.learn_taps(x[i:i + 64], labels[i:i + 64], tags=t[i:i + 64], sources=s[i:i + 64])
+        self.version, self.events_learned = version + 1, len(y)
+        gone = tuple(c for c in before if c not in self._class_ids)
+        return ForgetReport(int(hit.sum()), gone, time.perf_counter() - started, self.version, len(y))
 
     def nbytes(self) -> int:
         if self.inner is not None:

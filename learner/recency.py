@@ -23,7 +23,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from ..memory.replay import ReplayStore
-from .base import Learner, Predictions, RawInputs, ServingModel, StepStats, TapsLearner
+from .base import ForgetReport, Learner, Predictions, RawInputs, ServingModel, StepStats, TapsLearner
 from .encoders import Encoder
 from .head import softmax
 from .parts import part, with_prefix
@@ -189,12 +189,13 @@ class RecencyMixture(TapsLearner):
         slow = self._slow().probs(tap[None])
         return bool(self._sequential(np.asarray(tap[None], np.float64), np.array([y]), slow, known)[0])
 
-    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], **tagged: Any) -> StepStats:
+        """``tagged``: the events' ``tags`` and ``sources``, for the wrapped learner."""
         if len(taps) != len(labels):
             raise ValueError(f"{len(taps)} inputs but {len(labels)} labels")
         known = len(self.inner.classes)
         slow = self._slow().probs(taps) if known and len(labels) else np.zeros((len(labels), known))
-        stats = self.inner.learn_taps(taps, labels)
+        stats = self.inner.learn_taps(taps, labels, **tagged)
         if not len(labels):
             return stats
         ids = {c: i for i, c in enumerate(self.inner.classes)}
@@ -221,6 +222,19 @@ class RecencyMixture(TapsLearner):
             losses = -np.log(np.maximum([slow[i, y[i]], fast[y[i]]], 1e-12))
             self.hedge = _hedge(self.hedge, losses, c.eta, c.share)
         return correct
+
+    @property
+    def supports_forget(self) -> bool:
+        return bool(getattr(self.inner, "supports_forget", False))
+
+    def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> ForgetReport:
+        """The wrapped learner forgets; the fast head, trained on recent events whatever they were, starts again."""
+        report = self.inner.forget(tags, sources)  # type: ignore[attr-defined]
+        self.fast = FastHead(self.inner.encoder.dim, self.config.lr)
+        self.fast.grow(len(self.inner.classes))
+        self.hedge = np.full(2, 0.5)
+        self._snap = None
+        return report
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, meta = self.inner.state_dict()

@@ -82,3 +82,29 @@ def test_a_learner_without_tagged_memory_refuses_to_forget() -> None:
     assert not lr.supports_forget
     with pytest.raises(ValueError, match="cannot forget"):
         lr.forget(tags=tags_of(["x"]))
+
+
+@pytest.mark.parametrize("events, phase", [(600, "base"), (1200, "continual")])
+def test_the_daemons_feature_learner_forgets_in_its_base_phase_and_after(events: int, phase: str) -> None:
+    from lifelong.learner.registry import LearnerOptions, build
+
+    options = LearnerOptions(continual={"forgetting": True, "pq_m": 0}, base_init={"base_events": 900},
+                             fast_expert=True)
+    lr = build("lifelong", FeatureEncoder(DIM, warmup_events=200), options)
+    x, labels = blobs(events, 0)
+    ids = [f"e{i}" for i in range(events)]
+    sources = ["a" if lab == "c0" else "b" for lab in labels]
+    for s in range(0, events, 60):
+        lr.learn_taps(lr.encode(x[s:s + 60], learning=True), labels[s:s + 60], tags=tags_of(ids[s:s + 60]),
+                      sources=source_tags(sources[s:s + 60]))
+    assert (lr.inner.inner is None) == (phase == "base")
+    version = lr.version
+    report = lr.forget(sources=source_tags(["a"]), tags=tags_of(ids[1:3]))
+    assert report.classes_removed == ("c0",) and "c0" not in lr.classes
+    assert report.items == sum(s == "a" for s in sources) + sum(labels[i] != "c0" for i in (1, 2))
+    assert report.version == lr.version > version
+    test_x, test_labels = blobs(300, 1)
+    predicted = lr.snapshot().predict_taps(lr.encode(test_x)).labels
+    assert "c0" not in predicted
+    kept = [i for i, t in enumerate(test_labels) if t != "c0"]
+    assert np.mean([predicted[i] == test_labels[i] for i in kept]) > 0.9
