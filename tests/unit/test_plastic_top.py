@@ -184,3 +184,18 @@ def test_consolidation_still_works_when_asked_for(mid: MidImageEncoder) -> None:
     np.testing.assert_allclose(lr.predict_proba_taps(taps), before, atol=1e-5)
     penalty = float(lr.adapter.penalty())  # the importances now weigh the fresh pairs
     assert np.isfinite(penalty) and penalty > 0
+
+
+def test_forgetting_refits_the_plastic_top_and_keeps_serving(mid: MidImageEncoder) -> None:
+    from lifelong.memory.tags import tags_of
+
+    x, y = striped(192)
+    lr = learner(mid, steps_per_batch=4, replay_per_step=64, forgetting=True, refit_epochs=8)
+    for i in range(0, 160, 32):
+        lr.learn_taps(lr.encode(x[i:i + 32], learning=True), y[i:i + 32], tags=tags_of(f"e{j}" for j in range(i, i + 32)))
+    report = lr.forget(tags=tags_of(f"e{j}" for j in range(0, 160, 4)))
+    assert report.items == 40 and lr.memory.n == 120 and report.classes_removed == ()
+    test, truth = x[160:], np.array(y[160:])
+    snap = lr.snapshot()
+    assert isinstance(snap, DeepSnapshot) and snap.version == report.version
+    assert (np.array(snap.predict_many(test).labels) == truth).mean() >= 0.9
