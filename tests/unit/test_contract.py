@@ -313,3 +313,38 @@ def test_accuracy_well_above_chance_on_held_out_points(variant: Variant) -> None
     assert accuracy(learner.snapshot().predict_many(x), y) > 0.95
     prequential = np.concatenate([s.correct for s in stats]).mean()
     assert prequential > 0.8  # observed >= 0.93: only the first batch of each class is (necessarily) wrong
+
+
+# -- (z) forgetting on request ------------------------------------------------------------
+def test_forget_removes_a_class_and_restores_identically(variant: Variant, tmp_path: Path) -> None:
+    """A learner with a tagged replay memory forgets a whole class and some other events, exactly and
+    durably; one without says so (ValueError), never a half-applied request."""
+    from lifelong.memory.tags import tags_of
+
+    learner = variant.build(forgetting=True)
+    stream = blob_stream()
+    ids = [[f"b{b}e{i}" for i in range(len(y))] for b, (_, y) in enumerate(stream)]
+    for (x, y), batch_ids in zip(stream, ids):
+        tagged = {"tags": tags_of(batch_ids)} if hasattr(learner, "forget") else {}
+        learner.learn_taps(learner.encode(x, learning=True), y, **tagged)
+    if not getattr(learner, "supports_forget", False):
+        if hasattr(learner, "forget"):
+            with pytest.raises(ValueError, match="cannot forget"):
+                learner.forget(tags=tags_of(ids[0]))
+        return
+    doomed = [i for (_, y), batch_ids in zip(stream, ids) for i, lab in zip(batch_ids, y) if lab == LABELS[2]]
+    version = learner.version
+    report = learner.forget(tags=tags_of(doomed + ids[0][:3] + ["never-learned"]))
+    assert report.classes_removed == (LABELS[2],) and LABELS[2] not in learner.classes
+    assert report.version == learner.version > version
+    x, y = held_out()
+    kept = [i for i, lab in enumerate(y) if lab != LABELS[2]]
+    predicted = learner.snapshot().predict_many(x).labels
+    assert LABELS[2] not in predicted
+    assert np.mean([predicted[i] == y[i] for i in kept]) > 0.9
+    save_state(tmp_path / "state", *learner.state_dict())
+    twin = variant.build(forgetting=True)
+    twin.load_state_dict(*load_state(tmp_path / "state"))
+    assert twin.classes == learner.classes
+    assert_same_predictions(twin.snapshot().predict_many(PROBE), learner.snapshot().predict_many(PROBE))
+    assert twin.forget(tags=tags_of(doomed)).items == 0  # nothing of them is left to find
