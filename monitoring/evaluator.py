@@ -144,13 +144,17 @@ class _Segment:
         self.id, self.start, self.end, self.seen = sid, start, end, seen
         self.taps: np.ndarray | None = None
         self.codes = np.zeros(0, np.int32)   # label ids into the evaluator's class table
+        # Per item, its event-id tag and source tag (memory.tags; 0: unknown), what a forget request matches.
+        self.tags = np.zeros((0, 2), np.int64)
 
-    def add(self, taps: np.ndarray, codes: np.ndarray, cap: int, rng: np.random.Generator) -> None:
+    def add(self, taps: np.ndarray, codes: np.ndarray, cap: int, rng: np.random.Generator,
+            tags: np.ndarray) -> None:
         if self.taps is not None and taps.shape[1:] != self.taps.shape[1:]:
             raise ValueError(f"holdout taps have shape {taps.shape[1:]}, expected {self.taps.shape[1:]}")
         free = min(max(0, cap - len(self.codes)), len(codes))
         self.taps = taps[:free].copy() if self.taps is None else np.concatenate([self.taps, taps[:free]])
         self.codes = np.concatenate([self.codes, codes[:free]]).astype(np.int32)
+        self.tags = np.concatenate([self.tags, tags[:free]])
         self.seen += free
         rest = len(codes) - free
         if rest:
@@ -158,7 +162,14 @@ class _Segment:
             slots = rng.integers(0, self.seen + 1 + np.arange(rest))
             for k in np.flatnonzero(slots < cap):
                 self.taps[slots[k]], self.codes[slots[k]] = taps[free + k], codes[free + k]
+                self.tags[slots[k]] = tags[free + k]
             self.seen += rest
+
+    def remove(self, hit: np.ndarray) -> int:
+        """Drop the items ``hit`` marks (a forget request); returns how many went."""
+        if self.taps is not None and hit.any():
+            self.taps, self.codes, self.tags = self.taps[~hit], self.codes[~hit], self.tags[~hit]
+        return int(hit.sum())
 
 
 class ContinualEvaluator:
@@ -207,12 +218,24 @@ class ContinualEvaluator:
         digest = hashlib.blake2b(event_id.encode(), digest_size=8, key=self._key).digest()
         return int.from_bytes(digest, "big") < self.holdout_fraction * 2.0 ** 64
 
-    def add_holdout(self, taps: np.ndarray, labels: list[str]) -> None:
+    def add_holdout(self, taps: np.ndarray, labels: list[str], tags: np.ndarray | None = None,
+                    sources: np.ndarray | None = None) -> None:
+        """Hold these out; ``tags`` and ``sources`` (``memory.tags`` of their ids and sources) let :meth:`forget`
+        find them later."""
         taps = np.asarray(taps)
         if len(taps) != len(labels):
             raise ValueError(f"{len(taps)} taps but {len(labels)} labels")
         codes = np.array([self._code(label) for label in labels], dtype=np.int32)
-        self._segments[-1].add(taps, codes, self.per_segment_cap, self._rng)
+        zeros = np.zeros(len(labels), np.int64)
+        pairs = np.stack([zeros if tags is None else tags, zeros if sources is None else sources], 1).astype(np.int64)
+        self._segments[-1].add(taps, codes, self.per_segment_cap, self._rng, pairs)
+
+    def forget(self, tags: np.ndarray, sources: np.ndarray) -> int:
+        """Remove held-out items of these event-id tags or source tags (0 never matches); returns how many."""
+        tags, sources = np.asarray(tags, np.int64), np.asarray(sources, np.int64)
+        sources = sources[sources != 0]
+        return sum(seg.remove(np.isin(seg.tags[:, 0], tags) | np.isin(seg.tags[:, 1], sources))
+                   for seg in self._segments)
 
     def observe_labels(self, labels: Iterable[str], events_learned: int) -> None:
         """Note the labels of a learned batch ending at ``events_learned`` (the class-based variant)."""
@@ -309,6 +332,7 @@ class ContinualEvaluator:
         for s in self._segments:
             if s.taps is not None and len(s.codes):
                 arrays[f"segment.{s.id}.taps"], arrays[f"segment.{s.id}.labels"] = s.taps.copy(), s.codes.copy()
+                arrays[f"segment.{s.id}.tags"] = s.tags.copy()
         models = list(self._tracks)
         for m, name in enumerate(models):
             arrays |= {f"track.{m}.{sid}": t.to_array() for sid, t in self._tracks[name].items()}
@@ -331,6 +355,8 @@ class ContinualEvaluator:
             if f"segment.{sid}.taps" in arrays:
                 seg.taps = np.array(arrays[f"segment.{sid}.taps"])
                 seg.codes = np.array(arrays[f"segment.{sid}.labels"], dtype=np.int32)
+                # Saved before forgetting: tags unknown (0), so forget requests cannot find these items.
+                seg.tags = np.array(arrays.get(f"segment.{sid}.tags", np.zeros((len(seg.codes), 2), np.int64)))
             self._segments.append(seg)
         self._next_id, self._last_eval_at = int(meta["next_id"]), int(meta["last_eval_at"])
         self._rng = np.random.default_rng()

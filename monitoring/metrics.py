@@ -21,7 +21,11 @@ PREDICT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 LABEL_OUTCOMES = ("joined", "unknown_id", "duplicate", "expired", "invalid")
 DRIFT_KINDS = ("peak", "plateau", "consolidation", "adwin")
 SWAP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-HTTP_ROUTES = ("/v1/predict", "/v1/feedback", "/v1/model", "/v1/keys", "/healthz", "/readyz", "/metrics", "other")
+HTTP_ROUTES = ("/v1/predict", "/v1/feedback", "/v1/forget", "/v1/model", "/v1/keys", "/healthz", "/readyz",
+               "/metrics", "other")
+FORGET_OUTCOMES = ("applied", "rejected", "failed")
+# A forget request removes, refits and checkpoints: tens of milliseconds to a minute.
+FORGET_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
@@ -144,10 +148,34 @@ class Metrics:
         self.events_held_out = Counter("lifelong_events_held_out_total",
                                        "Labelled events held out for evaluation instead of learned.", registry=r)
 
+        self._add_forgetting(r)
+
         self.model_version = Gauge("lifelong_model_version", "Version of the model being served.", registry=r)
         self.model_classes = Gauge("lifelong_model_classes", "Classes the served model knows.", registry=r)
         self.model_bytes = Gauge("lifelong_model_memory_bytes", "Bytes held by the served model's state.",
                                  registry=r)
+
+    def _add_forgetting(self, r: CollectorRegistry) -> None:
+        """Forgetting on request (service/forgetting.py) and the per-source influence bound at intake."""
+        self.forget_requests = Counter("lifelong_forget_requests_total", "Forget requests (HTTP and the forget "
+                                       "topic), by outcome: applied, rejected (malformed, or forgetting off), "
+                                       "failed (the learner or the checkpoint failed; retry).", ["outcome"],
+                                       registry=r)
+        for outcome in FORGET_OUTCOMES:
+            self.forget_requests.labels(outcome=outcome)
+        self.forget_items = Counter("lifelong_forget_items_total", "Replay items removed by forget requests.",
+                                    registry=r)
+        self.forget_seconds = Histogram("lifelong_forget_seconds", "Time to apply one forget request (removal, "
+                                        "refit, snapshot, checkpoint).", buckets=FORGET_BUCKETS, registry=r)
+        self.forgotten_skipped = Counter("lifelong_forgotten_skipped_total", "Events and labels not learned "
+                                         "because their id or source was forgotten (never dead-lettered).",
+                                         registry=r)
+        self.events_suspect = Counter("lifelong_events_suspect_total", "Learned events the influence bound "
+                                      "down-weighted as suspect.", registry=r)
+        self.events_throttled = Counter("lifelong_events_throttled_total", "Events not learned because their "
+                                        "source sent more than influence.max_source_rate events/s.", registry=r)
+        self.tombstones = Gauge("lifelong_tombstones", "Forgotten ids and sources remembered (forget.*).",
+                                registry=r)
 
     def add_snapshot_channel(self, reject_reasons: Iterable[str]) -> None:
         """The snapshot channel's metrics (roles that publish or read it)."""

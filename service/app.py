@@ -1,6 +1,7 @@
 """The HTTP app. It reads the current serving snapshot and never touches the live learner.
 
-Routes: POST /v1/predict, POST /v1/feedback, GET /v1/model, /v1/keys, /healthz, /readyz, /metrics.
+Routes: POST /v1/predict, POST /v1/feedback, POST /v1/forget, GET /v1/model, /v1/keys, /healthz, /readyz,
+/metrics.
 Bad input answers 4xx with the field and the reason (bodies are read and
 checked in service/http_body.py, never by FastAPI). /v1/predict validates on
 the event loop, then awaits the micro-batcher (service/batcher.py), whose
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
+from concurrent.futures import Future
 from typing import Any, AsyncIterator, Callable, Protocol
 
 import numpy as np
@@ -24,11 +26,14 @@ from ..learner.base import ServingModel
 from ..monitoring.metrics import HTTP_ROUTES, Metrics
 from ..stream.errors import InvalidEvent
 from ..stream.events import EventLimits, Inputs, LabelMessage, validate_inputs, validate_label
+from ..stream.forget_request import ForgetRequest
 from .batcher import Answer, Overloaded, PredictBatcher
 from .config import Settings
 from .loop import FeedbackQueueFull
+from .forgetting import Answer
 from .http_body import (ERROR_HANDLERS, SafeJSONResponse, ValidationErrors, invalid_item, read_json, schema_items,
                         unprocessable)
+from .http_forget import ForgetBody, add_forget_route
 from .http_guard import HttpGuard
 from .http_keys import add_keys_route, keyed_model
 from .http_protocol import header_timeout_protocol
@@ -43,6 +48,10 @@ class ServiceHandle(Protocol):
     holder: SnapshotHolder
 
     def submit_feedback(self, message: LabelMessage) -> None: ...
+
+    def forget(self, request: ForgetRequest) -> Future[Answer]:
+        """Queue a forget request for the learner (raises ``ForgetRefused`` where it cannot be taken)."""
+        ...
 
     def healthy(self) -> bool: ...
 
@@ -240,7 +249,7 @@ def _document(app: FastAPI, settings: Settings) -> None:
             return app.openapi_schema
         doc = generate()
         schemas = doc["components"]["schemas"]
-        for model in (PredictRequest, LabelMessage):  # bodies read by the routes themselves
+        for model in (PredictRequest, LabelMessage, ForgetBody):  # bodies read by the routes themselves
             schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
         instances = schemas["PredictRequest"]["properties"]["instances"]
         instances.update(items=_instance_schema(settings), maxItems=settings.http.max_instances)
@@ -363,5 +372,7 @@ def create_app(service: ServiceHandle) -> FastAPI:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     add_keys_route(app, lambda limit: getattr(service, "keys", lambda _: None)(limit), AUTH)
+    add_forget_route(app, service.forget, limits, settings.forget.max_ids_per_request,
+                     settings.forget.request_timeout_s, AUTH)
     _document(app, settings)
     return app

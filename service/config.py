@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ..learner.registry import LEARNERS, PRODUCT
 from ..learner.text_runtime import AUTO_CPU
+from .forget_settings import ForgetSettings, InfluenceSettings, forget_problem
 from .scaleout_settings import ScaleoutSettings, scaleout_problem
 
 ENV_PREFIX = "LIFELONG_"
@@ -29,6 +30,10 @@ class KafkaSettings(Section):
     events_topic: str = Field("lifelong-events", description="Topic the events are consumed from.")
     labels_topic: str | None = Field(
         None, description="Topic of delayed labels {id, label}; when set, POST /v1/feedback writes to it too.")
+    forget_topic: str | None = Field(None, description="Topic of forget requests ({ids} or {source}, as POST "
+                                     "/v1/forget takes), applied and checkpointed before their offset is committed.")
+    source_header: str | None = Field(None, min_length=1, description="Kafka record header naming the event's "
+                                      "source (it wins over the event's own 'source' field).")
     group_id: str = Field("lifelong", description="Consumer group; replicas in one group split the partitions.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new group starts reading.")
@@ -305,6 +310,8 @@ class Settings(BaseSettings):
     snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings,
                                         description="The snapshot channel between learner and predictors.")
     scaleout: ScaleoutSettings = Field(default_factory=ScaleoutSettings, description="Several replicas.")
+    forget: ForgetSettings = Field(default_factory=ForgetSettings, description="Forgetting on request.")
+    influence: InfluenceSettings = Field(default_factory=InfluenceSettings, description="What one source may teach.")
     debug: DebugSettings = Field(default_factory=DebugSettings, description="Test hooks.")
     role: Literal["all", "learner", "predictor"] = Field(
         "all", description="all: learn and serve in one process; learner: learn and publish snapshots; "
@@ -324,7 +331,7 @@ class Settings(BaseSettings):
                 and self.snapshots.dir is None:
             what = "snapshots.publish" if self.role == "all" else f"role {self.role!r}"
             raise ValueError(f"{what} needs source.kind 'kafka' (the snapshot topic) or snapshots.dir (a folder)")
-        problem = scaleout_problem(self)
+        problem = scaleout_problem(self) or forget_problem(self)
         if problem:
             raise ValueError(problem)
         return self

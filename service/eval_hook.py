@@ -14,6 +14,7 @@ import numpy as np
 from prometheus_client import Gauge
 
 from ..learner.base import Learner, StepStats
+from ..memory.tags import tags_of
 from ..monitoring.evaluator import WINDOWS, ContinualEvaluator, ModelScores
 from ..monitoring.history import EvaluationLog
 from ..monitoring.metrics import Metrics
@@ -38,15 +39,29 @@ class EvaluationHook:
             eval_every=settings.eval_every, class_absent_window=settings.class_absent_window)
         self.log = EvaluationLog()
 
-    def hold_out(self, ids: Sequence[str], taps: np.ndarray, labels: Sequence[str]) -> np.ndarray:
-        """Keep the hash-chosen events for evaluation; returns the mask of those to learn."""
+    def hold_out(self, ids: Sequence[str], taps: np.ndarray, labels: Sequence[str],
+                 sources: np.ndarray | None = None) -> np.ndarray:
+        """Keep the hash-chosen events for evaluation (with the tags of their ids and ``sources``, the source tags,
+        which a forget request matches); returns the mask of those to learn."""
         if not self.enabled:
             return np.ones(len(ids), bool)
         held = np.array([self.evaluator.route(i) for i in ids], bool)
         if held.any():
-            self.evaluator.add_holdout(taps[held], [labels[i] for i in np.flatnonzero(held)])
+            index = np.flatnonzero(held)
+            self.evaluator.add_holdout(taps[held], [labels[i] for i in index], tags_of(ids[i] for i in index),
+                                       None if sources is None else np.asarray(sources, np.int64)[held])
             self.metrics.events_held_out.inc(int(held.sum()))
         return ~held
+
+    def forget(self, tags: np.ndarray, sources: np.ndarray) -> int:
+        """Remove held-out events of these id tags or source tags; returns how many went."""
+        gone = self.evaluator.forget(tags, sources)
+        if gone:
+            self._export_holdout()
+        return gone
+
+    def _export_holdout(self) -> None:
+        self.metrics.eval_holdout.set(sum(len(self.evaluator.holdout(i)[1]) for i in range(self.evaluator.n_segments)))
 
     def after_learn(self, stats: StepStats, labels: Sequence[str], learner: Learner, holder: SnapshotHolder) -> None:
         if not self.enabled:
@@ -67,7 +82,7 @@ class EvaluationHook:
             self.log.add(learner.events_learned, name, self.evaluator.last_accuracies[name])
         self.metrics.evaluations.inc()
         self.metrics.eval_segments.set(self.evaluator.n_segments)
-        self.metrics.eval_holdout.set(sum(len(self.evaluator.holdout(i)[1]) for i in range(self.evaluator.n_segments)))
+        self._export_holdout()
 
     def state_parts(self) -> dict[str, tuple[dict[str, np.ndarray], dict[str, object]]]:
         return {"evaluator": self.evaluator.state_dict(), "eval_log": self.log.state_dict()}

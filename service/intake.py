@@ -17,6 +17,7 @@ import numpy as np
 
 from ..learner.base import Learner, StepStats
 from ..learner.keyed import DEFAULT_KEY, KeyedLearners, KeyRefused
+from ..memory.tags import NO_SOURCE, tags_of
 from ..monitoring.metrics import Metrics
 from ..monitoring.prequential import PrequentialAccuracy
 from ..stream.errors import InvalidEvent
@@ -24,6 +25,7 @@ from ..stream.events import EventLimits, LabelMessage, decode_label
 from ..stream.sinks import Sink, dead_letter, prediction_value
 from ..stream.sources import Record
 from ..stream.validate import EventValidator, ParsedEvent
+from .admission import Admission, takes_tags
 from .config import Settings
 from .eval_hook import EvaluationHook
 from .handoff import Handoff
@@ -47,6 +49,7 @@ class Item:
     tap: np.ndarray | None = None
     key: str = DEFAULT_KEY  # per_key mode: the model it teaches
     rejected: bool = False
+    source: int = NO_SOURCE  # its source's tag (memory.tags): learned with it, matched by forget requests
 
 
 @dataclass
@@ -72,6 +75,9 @@ class Intake:
         self.join = LabelJoin(settings.labels.max_pending, settings.labels.max_wait_s, metrics)
         self.prequential = PrequentialAccuracy(settings.prequential_window)
         self.evaluation = EvaluationHook(settings.evaluation, metrics)
+        self.admission = Admission(settings.forget, settings.influence, metrics, settings.source.kafka.source_header,
+                                   lim.max_id_chars)
+        self._tagged = takes_tags(learner)  # lifelong learners keep each item's id and source tags (forget)
         self.keyed = learner if isinstance(learner, KeyedLearners) else None
         self.track_origins = False  # merge mode: parked events and dedup ids follow a partition that moves
         if self.keyed is not None:
@@ -95,6 +101,7 @@ class Intake:
             "dedup": self.validator.recent_ids.state_dict(),
             "prequential": (self.prequential.state_dict(), {}),
             **self.evaluation.state_parts(),
+            **self.admission.state_parts(),
         }
         if self.learned_ids is not None:
             parts["learned_ids"] = ({}, {"counts": dict(self.learned_ids)})
@@ -106,6 +113,7 @@ class Intake:
         self.validator.recent_ids.load_state_dict(*parts["dedup"])
         self.prequential.load_state_dict(parts["prequential"][0])
         self.evaluation.load_parts(parts)
+        self.admission.load_parts(parts)
         if self.learned_ids is not None and "learned_ids" in parts:
             self.learned_ids = Counter(parts["learned_ids"][1]["counts"])
         self.counters.learned = self.learner.events_learned
@@ -182,13 +190,25 @@ class Intake:
         if item.record is not None and item.record.topic != self._labels_topic:
             self.validator.recent_ids.discard(item.id)
 
+    def dead_letter(self, record: Record, exc: InvalidEvent) -> None:
+        """``record`` to the dead-letter topic, counted by reason (a forget message the loop could not parse)."""
+        self._dead_letter(record, exc)
+
     def _validate(self, records: Sequence[Record]) -> list[Item]:
         items = []
+        self.admission.expire()
         for record in records:
             try:
-                event = self.validator(record.value, (record.topic, record.partition) if self.track_origins else None)
+                event = self.validator.parse(record.value)
+                source = self.admission.source(event, record)
+                verdict = self.admission.verdict(event, source, record)  # before the id is claimed: see admission
+                if verdict == "throttled" and self.admission.dead_letter_throttled:
+                    raise InvalidEvent("source_over_rate", "source", "over influence.max_source_rate")
+                if verdict != "take":
+                    continue  # forgotten or throttled: counted, never learned
+                self.validator.claim(event, (record.topic, record.partition) if self.track_origins else None)
                 raw = self._raw_input(event)
-                items.append(Item(record, event.id, event.label, raw, None, event.key or DEFAULT_KEY))
+                items.append(Item(record, event.id, event.label, raw, None, event.key or DEFAULT_KEY, source=source))
             except InvalidEvent as exc:
                 self._dead_letter(record, exc)
             except Exception as exc:  # noqa: BLE001 - a record must never stop the loop
@@ -229,7 +249,8 @@ class Intake:
             self.join.labelled_event(item.id)
         if labelled:
             taps = np.stack([i.tap for i in labelled])  # type: ignore[misc]
-            learn = self.evaluation.hold_out([i.id for i in labelled], taps, [str(i.label) for i in labelled])
+            learn = self.evaluation.hold_out([i.id for i in labelled], taps, [str(i.label) for i in labelled],
+                                             np.array([i.source for i in labelled], np.int64))
             self._learn([item for item, keep in zip(labelled, learn) if keep])
         early: list[Item] = []
         isolate([i for i in encoded if i.label is None], lambda batch: self._predict(batch, early), self._reject)
@@ -246,7 +267,7 @@ class Intake:
                 self.sink.send(topic, value, item.id.encode())
             r = item.record
             item.label = self.join.park(item.id, item.tap, item.key if self.keyed else None,  # type: ignore[arg-type]
-                                        (r.topic, r.partition, r.offset) if r is not None else None)
+                                        (r.topic, r.partition, r.offset) if r is not None else None, item.source)
             if item.label is not None:
                 early.append(item)
 
@@ -273,7 +294,7 @@ class Intake:
         started = time.perf_counter()
         labels = [str(i.label) for i in items]
         taps = np.stack([i.tap for i in items])  # type: ignore[misc]
-        stats = self.learner.learn_taps(taps, labels)
+        stats = self._learn_taps(taps, labels, items)
         # Learned: from here a failure must not make the caller learn these again.
         try:
             self._record_step(stats, labels, items, time.perf_counter() - started)
@@ -281,6 +302,12 @@ class Intake:
                 self.on_learned(taps, labels)
         except Exception:  # noqa: BLE001 - monitoring must not undo or repeat learning
             log.exception("recording a learning step failed (the step itself was learned)")
+
+    def _learn_taps(self, taps: np.ndarray, labels: list[str], items: Sequence[Item]) -> StepStats:
+        if not self._tagged:  # baselines keep no tags: they cannot forget (forgetting.py refuses them)
+            return self.learner.learn_taps(taps, labels)
+        return self.learner.learn_taps(taps, labels, tags=tags_of(i.id for i in items),  # type: ignore[call-arg]
+                                       sources=np.array([i.source for i in items], np.int64))
 
     def _record_step(self, stats: StepStats, labels: list[str], items: Sequence[Item], seconds: float) -> None:
         self.counters.learned += stats.n
@@ -291,6 +318,7 @@ class Intake:
         self.metrics.learn_batch_size.observe(stats.n)
         self.metrics.events_learned.inc(stats.n)
         self.metrics.loss.set(stats.loss)
+        self.metrics.events_suspect.inc(stats.suspects)
         for signal in stats.signals:
             self.metrics.drift_events.labels(kind=signal).inc()
         if stats.window_mean == stats.window_mean:  # not NaN
@@ -337,10 +365,13 @@ class Intake:
         items = []
         for record, message in messages:
             event_id, label = str(message.id), str(message.label)
+            if self.admission.label_forgotten(event_id):
+                continue  # its event was forgotten: counted, not joined, not dead-lettered
             origin = (record.topic, record.partition) if record is not None and self.track_origins else None
             tap = self.join.label(event_id, label, origin)
             if tap is not None:
-                items.append(Item(record, event_id, label, None, tap, self.join.key_of(event_id) or DEFAULT_KEY))
+                items.append(Item(record, event_id, label, None, tap, self.join.key_of(event_id) or DEFAULT_KEY,
+                                  source=self.join.source_of(event_id)))
         self._each_key(items, self._learn)
         return len(items)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..memory.tags import NO_SOURCE, tags_of
 from ..monitoring.metrics import Metrics
 from ..stream.label_join import EarlyLabels, PendingStore
 from .handoff import Handoff
@@ -27,6 +28,7 @@ class LabelJoin:
         self.keys: dict[str, str] = {}  # per_key mode: the key of each parked event
         self.origins: dict[str, tuple[str, int]] | None = None  # merge mode: each parked event's partition
         self.offsets: dict[str, tuple[str, int, int]] = {}  # per_key mode: each parked event's record
+        self.sources: dict[str, int] = {}  # the source tag of each parked event that names one (memory.tags)
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -36,9 +38,10 @@ class LabelJoin:
             self.metrics.labels.labels(outcome=outcome).inc(n)
 
     def park(self, event_id: str, tap: np.ndarray, key: str | None = None,
-             record: tuple[str, int, int] | None = None) -> str | None:
+             record: tuple[str, int, int] | None = None, source: int = NO_SOURCE) -> str | None:
         """An unlabelled event arrived: its early label if one waits (then it is learned now), else parked.
-        ``record``: where it was read (topic, partition, offset), for a partition's move and per-key offsets."""
+        ``record``: where it was read (topic, partition, offset), for a partition's move and per-key offsets;
+        ``source``: its source's tag, learned with it when its label comes and matched by a forget request."""
         label = self.early.take(event_id)
         if label is not None:
             self.pending.mark_joined(event_id)
@@ -48,6 +51,8 @@ class LabelJoin:
         self._note(event_id, key, record[:2] if record is not None else None)
         if key is not None and record is not None:
             self.offsets[event_id] = record
+        if source != NO_SOURCE:
+            self.sources[event_id] = source
         return None
 
     def hand_off(self, partitions: set[tuple[str, int]] | None, keep: bool = False) -> Handoff:
@@ -112,6 +117,24 @@ class LabelJoin:
         """The key a joined event was parked under (per_key mode), once."""
         return self.keys.pop(event_id, None)
 
+    def source_of(self, event_id: str) -> int:
+        """The source tag a joined event was parked with (NO_SOURCE: none), once."""
+        return self.sources.pop(event_id, NO_SOURCE)
+
+    def forget(self, id_tags: np.ndarray, source_tags: np.ndarray) -> int:
+        """Drop the parked events and early labels of forgotten ids (tags) or sources; returns how many went."""
+        ids, sources = set(np.asarray(id_tags).tolist()), set(np.asarray(source_tags).tolist()) - {NO_SOURCE}
+
+        def hit(event_ids: list[str]) -> np.ndarray:
+            return np.array([t in ids or self.sources.get(i, NO_SOURCE) in sources
+                             for i, t in zip(event_ids, tags_of(event_ids).tolist())], bool)
+
+        gone = self.pending.remove_where(hit) + self.early.remove_where(hit)
+        for event_id in gone:
+            for held in (self.keys, self.offsets, self.sources, self.origins or {}):
+                held.pop(event_id, None)  # type: ignore[attr-defined]
+        return len(gone)
+
     def record_of(self, event_id: str) -> tuple[str, int, int] | None:
         """The record (topic, partition, offset) a joined event was parked from (per_key mode), once."""
         return self.offsets.pop(event_id, None)
@@ -146,6 +169,8 @@ class LabelJoin:
         if len(self.keys) > 2 * len(self.pending) + 1024:  # keys of events that expired or were pushed out
             self.keys = {i: k for i, k in self.keys.items() if i in self.pending}
             self.offsets = {i: o for i, o in self.offsets.items() if i in self.pending}
+        if len(self.sources) > 2 * len(self.pending) + 1024:  # sources of events that expired or were pushed out
+            self.sources = {i: t for i, t in self.sources.items() if i in self.pending}
         if self.origins is not None and len(self.origins) > 2 * len(self.pending) + 1024:
             self.origins = {i: o for i, o in self.origins.items() if i in self.pending or i in self.early}
 
@@ -153,6 +178,8 @@ class LabelJoin:
         keys = {"pending_keys": ({}, {"keys": dict(self.keys)})} if self.keys else {}  # per_key mode only
         if self.origins:  # merge mode only
             keys["pending_origins"] = ({}, {"origins": [[i, t, p] for i, (t, p) in self.origins.items()]})
+        if self.sources:  # the sources of parked events (as tags)
+            keys["pending_sources"] = ({}, {"ids": list(self.sources), "tags": list(self.sources.values())})
         return {"pending": self.pending.state_dict(), "early_labels": self.early.state_dict(), **keys}
 
     def load_parts(self, parts: dict[str, Part]) -> None:
@@ -160,5 +187,7 @@ class LabelJoin:
         if "early_labels" in parts:  # checkpoints before the order-free join have none
             self.early.load_state_dict(*parts["early_labels"])
         self.keys = dict(parts.get("pending_keys", ({}, {"keys": {}}))[1]["keys"])
+        sources = parts.get("pending_sources", ({}, {"ids": [], "tags": []}))[1]
+        self.sources = {str(i): int(t) for i, t in zip(sources["ids"], sources["tags"])}
         if self.origins is not None and "pending_origins" in parts:
             self.origins = {str(i): (str(t), int(p)) for i, t, p in parts["pending_origins"][1]["origins"]}

@@ -4,8 +4,8 @@ Each step polls a batch of records, skips those this state has taken already
 (re-delivered after a rejoin), and hands the rest to the intake
 (``service/intake.py``): bad records to the dead-letter sink, labelled events
 learned test-then-train, unlabelled ones predicted and parked until their label
-comes, labels (topic and HTTP) joined in either order. Then it publishes a
-serving snapshot and, when due, checkpoints.
+comes, labels (topic and HTTP) joined in either order; forget requests go
+first (``service/forgetting.py``). Then it publishes a snapshot and, when due, checkpoints.
 
 A checkpoint is the only thing that moves the committed input position:
 flush outputs -> write state + offsets atomically -> commit offsets to Kafka.
@@ -28,6 +28,7 @@ from ..stream.sinks import Sink, SinkError
 from ..stream.sources import Record, Source, TopicPartition, next_offsets
 from .checkpoint import Checkpointer, CheckpointWriteError, Part
 from .config import Settings
+from .forgetting import Forgetting
 from .heap import release_free_heap
 from .intake import Intake, LabelIn, LoopCounters
 from .merger import Merger
@@ -89,6 +90,8 @@ class LearningLoop:
         self.version_offset = 0  # added to the learner's versions so published ones keep rising
         self.merger: Merger | None = None  # scaleout.learning.mode merge: this replica's merge duties
         self.handoffs: PartitionHandoff | None = None  # merge and per_key: a moved partition's state goes on
+        self.forgetting = Forgetting(settings, learner, self.intake, metrics, holder, self.publish, self.checkpoint,
+                                     durable=checkpointer is not None)
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -261,7 +264,8 @@ class LearningLoop:
         skipped, self._skipped = self.source.skipped - self._skipped, self.source.skipped
         self.metrics.redelivered.inc(skipped)  # those the source dropped itself
         records = self._fresh(polled)
-        self.intake.events([r for r in records if r.topic != self._labels_topic])
+        rest = self.forgetting.step(records)  # forget requests first: this step's events are checked against them
+        self.intake.events([r for r in rest if r.topic != self._labels_topic])
         labels = [r for r in records if r.topic == self._labels_topic]
         joined = self.intake.join_labels(self.intake.decode_labels(labels) + self._drain_feedback())
         self.join.expire()
@@ -337,12 +341,9 @@ class LearningLoop:
             log.error("keys not saved before the rebalance (the next owner may read older states): %s", exc)
 
     def _forget_revoked(self) -> None:
-        """Drop the positions of partitions handed over, once their last offsets are committed.
-
-        A later checkpoint then does not carry them: a restart that gets such a
-        partition back starts at its committed offset (the other owner's), not
-        at this state's old one. Kept while the commit has not held.
-        """
+        """Drop the positions of partitions handed over, once their last offsets are committed: a later
+        checkpoint then does not carry them, and a restart that gets such a partition back starts at its
+        committed offset (the other owner's), not at this state's old one. Kept while the commit has not held."""
         if self._uncommitted is not None:
             return
         gone, self._revoked_partitions = self._revoked_partitions, set()
@@ -351,11 +352,9 @@ class LearningLoop:
 
     # -- records in ----------------------------------------------------------------
     def _fresh(self, records: list[Record]) -> list[Record]:
-        """Drop records this state has taken already (read again after a rejoin or a failed commit).
-
-        They are not duplicates: the same record at the same offset. Learning
-        them again would count them twice; dead-lettering them would be wrong.
-        """
+        """Drop records this state has taken already (read again after a rejoin or a failed commit). They are
+        not duplicates: the same record at the same offset. Learning them again would count them twice;
+        dead-lettering them would be wrong."""
         fresh = [r for r in records if r.offset < 0 or r.offset >= self.positions.get((r.topic, r.partition), 0)]
         if len(fresh) < len(records):
             self.metrics.redelivered.inc(len(records) - len(fresh))

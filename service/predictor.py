@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from kafka.errors import KafkaError
@@ -21,11 +22,13 @@ from .. import __version__
 from ..monitoring.metrics import Metrics
 from ..stream.errors import REASONS
 from ..stream.events import LabelMessage
+from ..stream.forget_request import ForgetRequest
 from ..stream.sinks import KafkaSink, SinkError
 from ..stream.snapshot_channel import POLL_RECORDS
 from .app import create_app
 from .config import Settings
 from .follower import SnapshotFollower
+from .forgetting import Answer, ForgetRefused
 from .loop import FeedbackQueueFull
 from .publishing import ChannelReader, channel_name, channel_reader
 from .runtime import build_encoder, resolve_device
@@ -113,6 +116,10 @@ class PredictorService:
             self.follower.settle()
 
     # -- the app's ServiceHandle ---------------------------------------------------------------
+    def forget(self, request: ForgetRequest) -> Future[Answer]:
+        raise ForgetRefused(409, "this replica is a predictor (role predictor), which learns nothing: send it to "
+                            "the learner (or to source.kafka.forget_topic)")
+
     def submit_feedback(self, message: LabelMessage) -> None:
         kafka = self.settings.source.kafka
         if not kafka.labels_topic:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,12 +19,14 @@ from ..monitoring.metrics import Metrics
 from ..stream.demo import demo_path
 from ..stream.errors import REASONS
 from ..stream.events import LabelMessage
+from ..stream.forget_request import ForgetRequest
 from ..stream.sinks import Sink, SinkError
 from ..stream.snapshot_channel import ChannelFenced
 from ..stream.sources import FileSource, Source, TopicPartition
 from .app import create_app
 from .checkpoint import Checkpointer
 from .config import Settings
+from .forgetting import Answer
 from .loop import FeedbackQueueFull, LearningLoop
 from .server import run_server
 from .snapshot import SnapshotHolder
@@ -89,7 +92,10 @@ def learner_options(settings: Settings, device: str, **continual: Any) -> Learne
                    **{k: v for k, v in (("memory_budget_bytes", ls.memory_budget_bytes), ("pq_m", ls.pq_m),
                                         ("steps_per_batch", ls.steps_per_batch),
                                         ("replay_per_step", ls.replay_per_step), ("rank", ls.rank),
-                                        ("ema_decay", ls.ema_decay)) if v is not None}, **continual},
+                                        ("ema_decay", ls.ema_decay)) if v is not None},
+                   # Tagged replay memory (what a forget request removes by id or source), the influence bound.
+                   "forgetting": settings.forget.enabled, "influence": settings.influence.learner_fields(),
+                   **continual},
         base_init={"base_events": ls.base_init_events} if ls.mlp_encoder else None,
         nmc={"lr": ls.lr, "head_weight": ls.head_weight, "proto_scale": ls.proto_scale})
 
@@ -154,7 +160,7 @@ def build_source(settings: Settings, offsets: dict[TopicPartition, int],
     from ..stream.kafka_source import KafkaSource, KafkaSourceOptions
 
     k = src.kafka
-    topics = (k.events_topic,) + ((k.labels_topic,) if k.labels_topic else ())
+    topics = (k.events_topic,) + tuple(t for t in (k.labels_topic, k.forget_topic) if t)
     return KafkaSource(KafkaSourceOptions(
         bootstrap_servers=k.bootstrap_servers, topics=topics, group_id=k.group_id,
         auto_offset_reset=k.auto_offset_reset, max_poll_records=src.batch_size,
@@ -262,6 +268,10 @@ class Service:
                 raise FeedbackQueueFull(f"label not stored: {exc}") from None
             return
         self.loop.submit_feedback(message)
+
+    def forget(self, request: ForgetRequest) -> Future[Answer]:
+        """Queue a forget request for the learning loop (``service/forgetting.py``)."""
+        return self.loop.forgetting.submit(request)
 
     def healthy(self) -> bool:
         return self.loop.alive and self.loop.error is None

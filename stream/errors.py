@@ -24,6 +24,8 @@ Reason = Literal[
     "too_many_classes",  # a new label past limits.max_classes (the model's memory grows per class)
     "too_many_keys",  # a new key past scaleout.learning.per_key.max_keys
     "key_unavailable",  # the stored state of the event's key cannot be read (damaged)
+    "source_over_rate",  # the event's source sent more than influence.max_source_rate events/s (throttled)
+    "too_many_ids",  # a forget message on the forget topic with more than forget.max_ids_per_request ids
 ]
 REASONS: tuple[str, ...] = get_args(Reason)
 

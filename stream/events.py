@@ -1,8 +1,9 @@
 """Event and label messages: pydantic models, JSON in and out.
 
-An event is ``{"id", "ts"?, "text" | "features", "label"?, "key"?}``; a label
+An event is ``{"id", "ts"?, "text" | "features", "label"?, "key"?, "source"?}``; a label
 message is ``{"id", "label", "key"?}``. ``key`` names the model an event teaches
-under ``scaleout.learning.mode: per_key`` (a tenant, a product, a site). :func:`decode_event` turns raw bytes into an
+under ``scaleout.learning.mode: per_key`` (a tenant, a product, a site); ``source`` names who sent it
+(a user, a device, a feed), what ``POST /v1/forget {"source"}`` and the influence bound act on. :func:`decode_event` turns raw bytes into an
 :class:`Event` or raises :class:`InvalidEvent` naming the field and reason.
 """
 from __future__ import annotations
@@ -54,6 +55,10 @@ class Event(Inputs):
     key: StrictStr | None = Field(default=None, min_length=1, description="The model this event teaches "
                                   "(scaleout.learning.mode per_key; none: the default key). Produce it as the "
                                   "Kafka message key, so each key's events share a partition.")
+    source: StrictStr | None = Field(default=None, min_length=1, description="Who sent the event (a user, a "
+                                     "device, a feed): a forget request can remove all of a source's events, and "
+                                     "the influence bound caps what one source teaches. At most "
+                                     "limits.max_id_chars characters.")
     # Evaluation-only metadata for benchmark files; the learner never reads them.
     segment: StrictStr | None = Field(default=None, max_length=256, description="True segment (evaluation only).")
     split: Literal["train", "test"] | None = Field(default=None, description="Benchmark split (evaluation only).")
@@ -150,7 +155,7 @@ def check_limits(inputs: Inputs, limits: EventLimits) -> None:
         raise InvalidEvent("text_too_long", "text", f"{len(inputs.text)} characters, limit {limits.max_text_chars}")
     if inputs.features is not None and len(inputs.features) > limits.max_features:
         raise InvalidEvent("wrong_dimension", "features", f"{len(inputs.features)} values, limit {limits.max_features}")
-    for field in ("id", "label", "key"):
+    for field in ("id", "label", "key", "source"):
         check_name(getattr(inputs, field, None), field, limits)
 
 

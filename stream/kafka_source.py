@@ -91,6 +91,14 @@ def retry_with_backoff(make: Callable[[], Any], *, what: str, timeout_s: float, 
             delay = min(delay * 2, max_s)
 
 
+def _record(r: Any, topic: str, partition: int) -> Record:
+    """A kafka-python ConsumerRecord as a :class:`Record`, with its headers and timestamp where it has them."""
+    headers = tuple((str(k), bytes(v or b"")) for k, v in (getattr(r, "headers", None) or ()))
+    timestamp = getattr(r, "timestamp", None)
+    return Record(r.value or b"", topic, partition, r.offset, r.key, headers,
+                  timestamp if isinstance(timestamp, int) and timestamp >= 0 else None)
+
+
 class _Rebalance(ConsumerRebalanceListener):
     # kafka-python 3 calls these on its network thread, where blocking consumer
     # calls (commit, committed) are forbidden: only pass the news on.
@@ -182,8 +190,7 @@ class KafkaSource:
             if key in moved:
                 continue  # read from the committed offset; read again from the checkpoint's
             floor = self.floors.get(key, 0)
-            kept = [Record(r.value or b"", tp.topic, tp.partition, r.offset, r.key)
-                    for r in records if r.offset >= floor]
+            kept = [_record(r, tp.topic, tp.partition) for r in records if r.offset >= floor]
             self.skipped += len(records) - len(kept)
             if kept:
                 self.floors[key] = kept[-1].offset + 1

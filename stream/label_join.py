@@ -23,6 +23,14 @@ class Pending:
     added_at: float
 
 
+def _remove_where(items: OrderedDict[str, Pending], forgotten: Callable[[list[str]], np.ndarray]) -> list[str]:
+    ids = list(items)
+    gone = [i for i, hit in zip(ids, forgotten(ids)) if hit] if ids else []
+    for event_id in gone:
+        del items[event_id]
+    return gone
+
+
 class PendingStore:
     def __init__(self, max_items: int = 100_000, max_age_s: float = 3600.0,
                  clock: Callable[[], float] = time.monotonic, remember_joined: int = 100_000) -> None:
@@ -68,6 +76,11 @@ class PendingStore:
         """Take ``event_id``'s payload and age out (handed to another replica); None if it is not here."""
         entry = self._items.pop(event_id, None)
         return None if entry is None else (entry.payload, self._clock() - entry.added_at)
+
+    def remove_where(self, forgotten: Callable[[list[str]], np.ndarray]) -> list[str]:
+        """Take out the entries whose ids ``forgotten`` marks (given every id, it answers a bool mask; a forget
+        request): gone as if never parked, so a later label for one is an unknown id. Returns their ids."""
+        return _remove_where(self._items, forgotten)
 
     def peek(self, event_id: str) -> tuple[Any, float] | None:
         """``event_id``'s payload and age, left in place."""
@@ -173,6 +186,10 @@ class EarlyLabels:
         """The label waiting for ``event_id`` and its age, taken out (handed to another replica)."""
         entry = self._items.pop(event_id, None)
         return None if entry is None else (str(entry.payload), self._clock() - entry.added_at)
+
+    def remove_where(self, forgotten: Callable[[list[str]], np.ndarray]) -> list[str]:
+        """Take out the labels whose event ids ``forgotten`` marks (a forget request); returns those ids."""
+        return _remove_where(self._items, forgotten)
 
     def peek(self, event_id: str) -> tuple[str, float] | None:
         entry = self._items.get(event_id)

@@ -21,6 +21,13 @@ class Record:
     partition: int = 0
     offset: int = -1
     key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()  # Kafka record headers (the source header, when configured)
+    timestamp_ms: int | None = None  # the Kafka record's timestamp (event time when the event has no ts)
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name`` (Kafka allows repeats; the last one set wins), or None."""
+        found = [value for key, value in self.headers if key == name]
+        return found[-1] if found else None
 
 
 class Source(Protocol):

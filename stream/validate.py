@@ -12,7 +12,7 @@ import orjson
 from .errors import InvalidEvent
 from .events import EventLimits, decode_event
 
-_KEYS = frozenset({"id", "ts", "text", "features", "label", "segment", "split", "key"})
+_KEYS = frozenset({"id", "ts", "text", "features", "label", "segment", "split", "key", "source"})
 _QUOTED = {k: b'"%s"' % k.encode() for k in _KEYS}
 
 
@@ -26,7 +26,7 @@ class ParsedEvent:
     label: str | None
     ts: float | None = None
     key: str | None = None  # scaleout.learning.mode per_key: the model it teaches
-
+    source: str | None = None  # who sent it (forget by source, the influence bound)
 
 
 def _name(value: Any, max_chars: int) -> str | None:
@@ -61,9 +61,11 @@ def _fast_parse(raw: bytes, limits: EventLimits) -> ParsedEvent | None:
     raw_label = obj.get("label")
     event_id = _name(obj.get("id"), limits.max_id_chars)
     label = None if raw_label is None else _name(raw_label, limits.max_id_chars)
-    raw_key = obj.get("key")  # a string only (an integer key is the full check's to refuse)
+    raw_key, raw_source = obj.get("key"), obj.get("source")  # strings only (others: the full check's to refuse)
     key = raw_key if type(raw_key) is str and 0 < len(raw_key) <= limits.max_id_chars else None
-    if event_id is None or (raw_label is not None and label is None) or (raw_key is not None and key is None):
+    source = raw_source if type(raw_source) is str and 0 < len(raw_source) <= limits.max_id_chars else None
+    if event_id is None or (raw_label is not None and label is None) or (raw_key is not None and key is None) \
+            or (raw_source is not None and source is None):
         return None
     segment = obj.get("segment")
     if (type(obj.get("ts")) not in (int, float, type(None)) or obj.get("split") not in (None, "train", "test")
@@ -85,7 +87,7 @@ def _fast_parse(raw: bytes, limits: EventLimits) -> ParsedEvent | None:
             return None
     ts = obj.get("ts")
     return ParsedEvent(event_id, text, features, label,
-                       None if ts is None else float(ts), key)
+                       None if ts is None else float(ts), key, source)
 
 
 def parse_event(raw: bytes, limits: EventLimits) -> ParsedEvent:
@@ -95,7 +97,7 @@ def parse_event(raw: bytes, limits: EventLimits) -> ParsedEvent:
         if fast is not None:
             return fast
     event = decode_event(raw, limits)
-    return ParsedEvent(str(event.id), event.text, event.features, event.label, event.ts, event.key)
+    return ParsedEvent(str(event.id), event.text, event.features, event.label, event.ts, event.key, event.source)
 
 
 class RecentIds:
@@ -161,9 +163,18 @@ class EventValidator:
                                f"{len(event.features)} values, expected {self.input_dim}")
 
     def __call__(self, raw: bytes, origin: tuple[str, int] | None = None) -> ParsedEvent:
+        return self.claim(self.parse(raw), origin)
+
+    def parse(self, raw: bytes) -> ParsedEvent:
+        """A valid event this model can take (its id not claimed yet: see :meth:`claim`)."""
         event = parse_event(raw, self.limits)
         self.check_input(event)
-        # Only a valid event claims its id, so a corrected resend is not a duplicate.
+        return event
+
+    def claim(self, event: ParsedEvent, origin: tuple[str, int] | None = None) -> ParsedEvent:
+        """``event``, its id now taken; raises duplicate_id if it was taken already.
+
+        Only a valid event claims its id, so a corrected resend is not a duplicate."""
         if self.recent_ids.seen_or_add(str(event.id), origin):
             raise InvalidEvent("duplicate_id", "id", f"event id {event.id!r} was already received")
         return event

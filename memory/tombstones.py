@@ -1,0 +1,105 @@
+"""Tombstones: what was forgotten, so the same data is not learned again when it is read again.
+
+A forget request removes events from the model, but the events stay in the Kafka topic until its
+retention deletes them: a restart that re-reads the topic, a producer's retry or a late label would
+teach them again. Tombstones remember, for ``retention_s`` (the topic's retention: after it the
+records are gone), the *tags* (``memory.tags``) of forgotten event ids, never the ids themselves,
+and the forgotten sources with the time of their request: an event of such a source made before
+that time stays forgotten; a later one is new data.
+
+The id set is bounded (``max_ids``): past it the oldest tombstones go first, and the caller logs
+how many. Time is wall-clock seconds since the epoch (it must mean the same after a restart).
+
+>>> t = Tombstones(retention_s=100.0, max_ids=2, clock=lambda: 1000.0)
+>>> t.add_ids(tags_of(["a", "b", "c"]))  # one over the bound: the oldest goes
+1
+>>> t.add_source(tag_of("feed"), at=990.0)
+>>> t.forgotten(tags_of(["a", "c", "x"]), source_tags(["feed", "feed", None]), np.array([995.0, 995.0, 980.0])).tolist()
+[False, True, False]
+>>> t.forgotten(tags_of(["x"]), source_tags(["feed"]), np.array([980.0])).tolist()
+[True]
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+import numpy as np
+
+from .tags import NO_SOURCE, source_tags, tag_of, tags_of  # noqa: F401 (the docstring's examples use them)
+
+WEEK_S = 7 * 24 * 3600.0  # Kafka's default log retention (log.retention.hours=168)
+
+
+class Tombstones:
+    """Forgotten id tags (bounded, oldest dropped first) and forgotten sources, each expiring after ``retention_s``."""
+
+    def __init__(self, retention_s: float = WEEK_S, max_ids: int = 1_000_000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.retention_s = retention_s
+        self.max_ids = max_ids
+        self._clock = clock
+        self._ids: OrderedDict[int, float] = OrderedDict()  # tag -> when added, oldest first
+        self._sources: dict[int, float] = {}  # source tag -> time of the (latest) request
+        self.dropped = 0  # id tombstones pushed out by the bound, over this process's life
+
+    def __len__(self) -> int:
+        return len(self._ids) + len(self._sources)
+
+    @property
+    def empty(self) -> bool:
+        return not self._ids and not self._sources
+
+    def add_ids(self, tags: np.ndarray) -> int:
+        """Tombstone these id tags (now); returns how many older tombstones the bound pushed out."""
+        now = self._clock()
+        for tag in np.asarray(tags, np.int64).tolist():
+            self._ids[tag] = now
+            self._ids.move_to_end(tag)
+        dropped = 0
+        while len(self._ids) > self.max_ids:
+            self._ids.popitem(last=False)
+            dropped += 1
+        self.dropped += dropped
+        return dropped
+
+    def add_source(self, tag: int, at: float) -> None:
+        """Tombstone source ``tag``: its events made before ``at`` are forgotten (a later request moves it on)."""
+        if tag != NO_SOURCE:
+            self._sources[tag] = max(at, self._sources.get(tag, at))
+
+    def expire(self) -> int:
+        """Drop tombstones older than ``retention_s``; returns how many went."""
+        cutoff = self._clock() - self.retention_s
+        n = 0
+        while self._ids and next(iter(self._ids.values())) < cutoff:
+            self._ids.popitem(last=False)
+            n += 1
+        old = [tag for tag, at in self._sources.items() if at < cutoff]
+        for tag in old:
+            del self._sources[tag]
+        return n + len(old)
+
+    def forgotten(self, tags: np.ndarray, sources: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Per event: its id is tombstoned, or its source is and its time is before that source's request."""
+        hit = np.fromiter((t in self._ids for t in np.asarray(tags, np.int64).tolist()), bool, len(tags))
+        if self._sources:
+            cut = np.array([self._sources.get(s, -np.inf) for s in np.asarray(sources, np.int64).tolist()])
+            hit |= np.asarray(times, np.float64) < cut
+        return hit
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {"ids": np.fromiter(self._ids, np.int64, len(self._ids)),
+                  "id_times": np.fromiter(self._ids.values(), np.float64, len(self._ids)),
+                  "sources": np.fromiter(self._sources, np.int64, len(self._sources)),
+                  "source_times": np.fromiter(self._sources.values(), np.float64, len(self._sources))}
+        return {k: v for k, v in arrays.items() if len(v)}, {"format": 1}
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        ids, times = arrays.get("ids", empty_i).tolist(), arrays.get("id_times", empty_f).tolist()
+        self._ids = OrderedDict(sorted(zip(ids, times), key=lambda pair: pair[1])[-self.max_ids:])
+        sources, at = arrays.get("sources", empty_i).tolist(), arrays.get("source_times", empty_f).tolist()
+        self._sources = dict(zip(sources, at))
+        self.expire()
