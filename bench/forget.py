@@ -30,7 +30,7 @@ import numpy as np
 from ..learner.registry import LearnerOptions, build
 from ..memory.tags import source_tags, tags_of
 from .encode import Encoded, encode_stream
-from .quality import daemon_image_encoder
+from .quality import daemon_image_encoder, daemon_threads, feature_encoder
 from .streams import BenchStream
 
 BATCH = 64
@@ -58,20 +58,32 @@ def assign_sources(labels: list[str], seed: int) -> tuple[str, np.ndarray]:
     return chosen, sources
 
 
-def _learner(enc: Encoded, seed: int) -> Any:
-    return build("lifelong", daemon_image_encoder(enc.encoder), LearnerOptions(seed=seed, continual={"forgetting": True}))
+class Daemons:
+    """The daemon's learner for the stream (forgetting on): on feature vectors it learns from raw inputs
+    with its own standardisation and MLP encoder, as ``learner.encoder: auto`` does."""
 
+    def __init__(self, stream: BenchStream, enc: Encoded, seed: int) -> None:
+        own = feature_encoder(stream)
+        options = LearnerOptions(seed=seed, continual={"forgetting": True}, base_init={} if own else None)
+        self.learner = build("lifelong", own() if own else daemon_image_encoder(enc.encoder), options)
+        self.stream, self.enc, self.raw = stream, enc, own is not None
 
-def _learn(lr: Any, enc: Encoded, stream: BenchStream, sources: np.ndarray, keep: np.ndarray) -> float:
-    """Learn the kept training events in stream order and daemon-sized batches; seconds taken."""
-    t0 = time.perf_counter()
-    idx = np.flatnonzero(keep)
-    ids, labels = stream.train.ids, stream.train.labels
-    for lo in range(0, len(idx), BATCH):
-        b = idx[lo:lo + BATCH]
-        lr.learn_taps(enc.train[b], [labels[i] for i in b], tags=tags_of(ids[i] for i in b),
-                      sources=source_tags(sources[b].tolist()))
-    return time.perf_counter() - t0
+    def taps(self, split: str, idx: np.ndarray, learning: bool = False) -> np.ndarray:
+        if not self.raw:
+            return (self.enc.train if split == "train" else self.enc.test)[idx]
+        inputs = np.asarray((self.stream.train if split == "train" else self.stream.test).inputs, np.float32)
+        return self.learner.encode(inputs[idx], learning=learning)
+
+    def learn(self, sources: np.ndarray, keep: np.ndarray) -> float:
+        """Learn the kept training events in stream order and daemon-sized batches; seconds taken."""
+        t0 = time.perf_counter()
+        idx = np.flatnonzero(keep)
+        ids, labels = self.stream.train.ids, self.stream.train.labels
+        for lo in range(0, len(idx), BATCH):
+            b = idx[lo:lo + BATCH]
+            self.learner.learn_taps(self.taps("train", b, learning=True), [labels[i] for i in b],
+                                    tags=tags_of(ids[i] for i in b), sources=source_tags(sources[b].tolist()))
+        return time.perf_counter() - t0
 
 
 def auc(members: np.ndarray, others: np.ndarray) -> float:
@@ -93,18 +105,20 @@ def _true_prob(model: Any, taps: np.ndarray, labels: list[str]) -> np.ndarray:
     return np.array([probs[r, index[lab]] if lab in index else 0.0 for r, lab in enumerate(labels)])
 
 
-def measure(model: Any, stream: BenchStream, enc: Encoded, chosen: str, members: np.ndarray) -> dict[str, float]:
+def measure(run: Daemons, chosen: str, members: np.ndarray) -> dict[str, float]:
     """The served model's figures: forgotten-class and retained accuracy, and the attack's AUC."""
+    stream, model = run.stream, run.learner.snapshot()
     test_labels = np.array(stream.test.labels, object)
-    predicted = np.array(model.predict_taps(enc.test).labels, object)
+    test = run.taps("test", np.arange(len(test_labels)))
+    predicted = np.array(model.predict_taps(test).labels, object)
     of_class = test_labels == chosen
     member_classes = set(np.array(stream.train.labels, object)[members].tolist())
     unseen = np.flatnonzero(np.isin(test_labels, list(member_classes)))
     train_labels = stream.train.labels
     return {"forgotten_class_accuracy": float(np.mean(predicted[of_class] == chosen)) if of_class.any() else 0.0,
             "retained_accuracy": float(np.mean(predicted[~of_class] == test_labels[~of_class])),
-            "mia_auc": auc(_true_prob(model, enc.train[members], [train_labels[i] for i in members]),
-                           _true_prob(model, enc.test[unseen], test_labels[unseen].tolist()))}
+            "mia_auc": auc(_true_prob(model, run.taps("train", members), [train_labels[i] for i in members]),
+                           _true_prob(model, test[unseen], test_labels[unseen].tolist()))}
 
 
 def run_forget(stream: BenchStream, opts: ForgetOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -117,16 +131,16 @@ def run_forget(stream: BenchStream, opts: ForgetOptions, say: Callable[[str], No
     members = np.flatnonzero(gone & (labels != chosen))  # s0's events of classes that stay
     say(f"{stream.name}: {len(labels):,} events; source {FORGOTTEN} owns class {chosen!r} and {len(members):,} "
         f"events of the others ({int(gone.sum()):,} in all)")
-    lr = _learner(enc, opts.seed)
-    learn_s = _learn(lr, enc, stream, sources, np.ones(len(labels), bool))
-    before = measure(lr.snapshot(), stream, enc, chosen, members)
-    report = lr.forget(sources=source_tags([FORGOTTEN]))
-    after = measure(lr.snapshot(), stream, enc, chosen, members)
+    with daemon_threads(feature_encoder(stream) is not None):
+        run, twin = Daemons(stream, enc, opts.seed), Daemons(stream, enc, opts.seed)
+        learn_s = run.learn(sources, np.ones(len(labels), bool))
+        before = measure(run, chosen, members)
+        report = run.learner.forget(sources=source_tags([FORGOTTEN]))
+        after = measure(run, chosen, members)
+        retrain_s = twin.learn(sources, ~gone)
+        retrained = measure(twin, chosen, members)
     say(f"forgot {report.items:,} items in {report.seconds:.2f} s (refit on {report.refit_items:,}); "
         f"classes removed: {list(report.classes_removed)}")
-    twin = _learner(enc, opts.seed)
-    retrain_s = _learn(twin, enc, stream, sources, ~gone)
-    retrained = measure(twin.snapshot(), stream, enc, chosen, members)
     doc = {"stream": stream.name, "events": len(labels), "seed": opts.seed, "forgotten_class": chosen,
            "forgotten_events": int(gone.sum()), "forgotten_items": report.items,
            "classes_removed": list(report.classes_removed), "refit_items": report.refit_items,

@@ -21,13 +21,14 @@ minus the lowest accuracy on them at the evaluations up to the next boundary; si
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -257,14 +258,9 @@ def run_bench(stream: BenchStream, out: str | Path, *, learners: Sequence[str] =
     runs = make_runs(list(dict.fromkeys(learners)), enc.encoder, stream.train.labels, seed, memory_budget,
                      own_encoder=own)
     runs = [_with_own_taps(run, stream, enc, device, progress) for run in runs]
-    threads = torch.get_num_threads()
-    if own is not None:
-        torch.set_num_threads(1)  # as the daemon does on feature vectors (service.runtime.resolve_device)
-    try:
+    with daemon_threads(own is not None):
         _run_all(stream, enc, runs, results, histories, seed=seed, eval_every=eval_every, gap_probes=gap_probes,
                  batch_size=batch_size, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
     if "offline" in learners:
         results["offline"], histories["offline"] = _offline(stream, enc, seed)
         for name, r in results.items():
@@ -311,6 +307,21 @@ def _run_all(stream: BenchStream, enc: Encoded, runs: list[Run], results: dict[s
                                   "eval_seconds")} | {"run_seconds": time.perf_counter() - t0,
                 "served_prequential_accuracy": r["served_prequential"].get(name, r["prequential_accuracy"])}
             histories[name] = [asdict(e) for e in hist]
+
+
+@contextlib.contextmanager
+def daemon_threads(features: bool) -> Iterator[None]:
+    """One torch thread on feature vectors, as the daemon (``service.runtime.resolve_device``): their tiny
+    products run slower on several."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if features:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def default_horizon() -> int:

@@ -341,6 +341,7 @@ class BaseInitLearner(TapsLearner):
         x, y, t, s = (a[~hit] for a in (self._buf_x, self._buf_y, self._buf_tags, self._buf_sources))
         labels, version, before = [self._classes[k] for k in y], self.version, self._classes
         self._base_phase()
+        self.events_learned = 0  # counted again: the switch must not come earlier than for a fresh learner
         for i in range(0, len(y), 64):
             self.learn_taps(x[i:i + 64], labels[i:i + 64], tags=t[i:i + 64], sources=s[i:i + 64])
         self.version, self.events_learned = version + 1, len(y)

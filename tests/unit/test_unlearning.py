@@ -100,6 +100,7 @@ def test_the_daemons_feature_learner_forgets_in_its_base_phase_and_after(events:
     assert (lr.inner.inner is None) == (phase == "base")
     version = lr.version
     report = lr.forget(sources=source_tags(["a"]), tags=tags_of(ids[1:3]))
+    assert (lr.inner.inner is None) == (phase == "base")  # re-learning the base events did not switch early
     assert report.classes_removed == ("c0",) and "c0" not in lr.classes
     assert report.items == sum(s == "a" for s in sources) + sum(labels[i] != "c0" for i in (1, 2))
     assert report.version == lr.version > version
