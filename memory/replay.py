@@ -178,7 +178,11 @@ class ReplayStore:
 
     def add(self, taps: np.ndarray, labels: np.ndarray, tags: np.ndarray | None = None,
             sources: np.ndarray | None = None, max_per_source: int | None = None) -> None:
-        """Store items (a tagged store also takes each one's tag and source; none: 0 and no source)."""
+        """Store items (a tagged store also takes each one's tag and source; none: 0 and no source).
+
+        ``max_per_source`` (tagged store): a source already holding that many items replaces a random
+        one of its own instead of taking a free slot or evicting from the largest class, so no source
+        holds more, however much it sends; items without a source are not bounded."""
         taps = np.asarray(taps, dtype=np.float32)
         labels = np.asarray(labels, dtype=np.int64)
         if len(labels) == 0:
@@ -189,6 +193,18 @@ class ReplayStore:
         self._class_arrays(int(labels.max()) + 1)
         encoded = self.items.encode(taps)
         self.seen += len(labels)
+        own = self._over_cap(sources, max_per_source) if self.tagged and max_per_source is not None else None
+        if own is None or not own.any():
+            self._add_items(encoded, labels, tags, sources)
+            return
+        free = ~own
+        self._add_items(encoded[free], labels[free], tags[free], sources[free])  # type: ignore[index]
+        self._replace_own(encoded[own], labels[own], tags[own], sources[own])  # type: ignore[index]
+
+    def _add_items(self, encoded: np.ndarray, labels: np.ndarray, tags: np.ndarray | None,
+                   sources: np.ndarray | None) -> None:
+        if len(labels) == 0:
+            return
         # Free slots first, as one block per class.
         k = min(len(labels), self.capacity - self.n)
         slots = np.arange(self.n, self.n + k)
@@ -204,6 +220,39 @@ class ReplayStore:
             self.items.put(np.array([slot]), encoded[i:i + 1])
             self._put_tags(np.array([slot]), tags, sources, slice(i, i + 1))
             self._join(int(labels[i]), np.array([slot]))
+
+    def _over_cap(self, sources: np.ndarray, cap: int) -> np.ndarray | None:
+        """Which items would take their source past ``cap`` items: they replace their source's own."""
+        if self.n + len(sources) <= cap:  # nothing can pass the cap: skip the scan of the store
+            return None
+        uniq, inverse = np.unique(sources, return_inverse=True)
+        stored = self._sources[:self.n]
+        at = np.minimum(np.searchsorted(uniq, stored), len(uniq) - 1)
+        match = uniq[at] == stored
+        held = np.bincount(at[match], minlength=len(uniq))
+        # Each item's rank among the batch's items of its source (a stable sort keeps stream order).
+        order = np.argsort(inverse, kind="stable")
+        starts = np.searchsorted(inverse[order], np.arange(len(uniq)))
+        rank = np.empty(len(sources), np.int64)
+        rank[order] = np.arange(len(sources)) - starts[inverse[order]]
+        return (sources != NO_SOURCE) & (held[inverse] + rank >= cap)
+
+    def _replace_own(self, encoded: np.ndarray, labels: np.ndarray, tags: np.ndarray, sources: np.ndarray) -> None:
+        """Each item takes the slot of a random item of its own source (the batch's last ones win
+        when it sends more than the source holds: the earlier would be replaced in turn)."""
+        for s in np.unique(sources):
+            mine = np.flatnonzero(sources == s)
+            held = np.flatnonzero(self._sources[:self.n] == s)
+            if len(held) == 0:  # the batch's own free items were all evicted again: nothing of it to replace
+                continue
+            mine = mine[len(mine) - min(len(mine), len(held)):]
+            slots = self._rng.permutation(held)[:len(mine)]
+            for slot in slots:
+                self._leave(int(slot))
+            self.items.put(slots, encoded[mine])
+            self._tags[slots], self._sources[slots] = tags[mine], sources[mine]
+            for c in np.unique(labels[mine]):
+                self._join(int(c), slots[labels[mine] == c])
 
     def _put_tags(self, slots: np.ndarray, tags: np.ndarray | None, sources: np.ndarray | None, at: slice) -> None:
         if self.tagged:
