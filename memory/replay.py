@@ -259,17 +259,24 @@ class ReplayStore:
             self._tags[slots] = tags[at]  # type: ignore[index]
             self._sources[slots] = sources[at]  # type: ignore[index]
 
+    def _matching(self, tags: np.ndarray | None, sources: np.ndarray | None) -> np.ndarray:
+        n = self.n
+        hit = np.isin(self._tags[:n], np.asarray(tags if tags is not None else [], np.int64))
+        if sources is not None and len(sources):
+            hit |= np.isin(self._sources[:n], np.asarray(sources, np.int64))
+        return hit
+
+    def holds(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> int:
+        """How many items :meth:`forget` would remove (0 from an untagged store)."""
+        return int(self._matching(tags, sources).sum()) if self.tagged else 0
+
     def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> Forgotten:
         """Remove every item whose tag is in ``tags`` or whose source tag is in ``sources``; returns what went.
 
         The last items move into the freed slots, so slots stay 0 .. n-1 and the class regions exact."""
         if not self.tagged:
             raise ValueError("forget needs a tagged store (its items carry their events' tags and sources)")
-        n = self.n
-        hit = np.isin(self._tags[:n], np.asarray(tags if tags is not None else [], np.int64))
-        if sources is not None and len(sources):
-            hit |= np.isin(self._sources[:n], np.asarray(sources, np.int64))
-        slots = np.flatnonzero(hit)
+        slots = np.flatnonzero(self._matching(tags, sources))
         gone = Forgotten(self._labels[slots].astype(np.int64), self.decode(slots), not self.compressed)
         for slot in sorted(slots.tolist(), reverse=True):
             self._remove(slot)
