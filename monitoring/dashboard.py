@@ -208,6 +208,29 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Snapshot payload", "bytes", (("{{instance}}", "lifelong_snapshot_payload_bytes"),),
               "Size of the latest snapshot published or served.", kind="stat", width=8, height=4),
     ]),
+    ("Forgetting and sources", [
+        Panel("Forget requests per second, by outcome", "cps", (
+            ("{{outcome}}", rate("lifelong_forget_requests_total", "outcome")),),
+              "POST /v1/forget and the forget topic: applied, rejected (malformed, or this service cannot forget), "
+              "failed (the learner or the checkpoint failed; a retry is harmless)."),
+        Panel("Forget duration", "s", (
+            ("p50", quantile(0.5, "lifelong_forget_seconds")),
+            ("p99", quantile(0.99, "lifelong_forget_seconds"))),
+              "Time to apply one forget request: removal, refit, snapshot and checkpoint (empty before a first "
+              "request)."),
+        Panel("Forgotten and skipped per second", "cps", (
+            ("replay items removed", rate("lifelong_forget_items_total")),
+            ("forgotten events skipped", rate("lifelong_forgotten_skipped_total"))),
+              "Replay items removed by requests; events and labels of forgotten ids or sources read again and "
+              "skipped (never dead-lettered)."),
+        Panel("Tombstones", "short", (("{{instance}}", "lifelong_tombstones"),),
+              "Forgotten ids and sources remembered (forget.max_tombstones, forget.tombstone_retention_s)."),
+        Panel("Events throttled or suspect per second", "cps", (
+            ("throttled (source over rate)", rate("lifelong_events_throttled_total")),
+            ("suspect (down-weighted)", rate("lifelong_events_suspect_total"))),
+              "Events not learned because their source sent more than influence.max_source_rate; learned events "
+              "the influence bound down-weighted.", width=16),
+    ]),
     ("Learner replicas (scaleout.learning.mode merge)", [
         Panel("Merge round", "none", (("{{instance}}", "lifelong_merge_round"),),
               "Round of the merged base each replica holds; replicas a round or two apart are normal, one that "

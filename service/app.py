@@ -373,6 +373,6 @@ def create_app(service: ServiceHandle) -> FastAPI:
 
     add_keys_route(app, lambda limit: getattr(service, "keys", lambda _: None)(limit), AUTH)
     add_forget_route(app, service.forget, limits, settings.forget.max_ids_per_request,
-                     settings.forget.request_timeout_s, AUTH)
+                     settings.forget.request_timeout_s, {**AUTH, **BAD_BODY})
     _document(app, settings)
     return app

@@ -73,10 +73,11 @@ def _request(body: Any, limits: EventLimits, max_ids: int) -> Any:
 
 
 def add_forget_route(app: FastAPI, forget: Callable[[Any], Any], limits: EventLimits, max_ids: int,
-                     timeout_s: float, auth: dict[int, Any]) -> None:
-    """``forget(request)`` queues a request and returns its future (or raises :class:`ForgetRefused`)."""
+                     timeout_s: float, responses: dict[int, Any]) -> None:
+    """``forget(request)`` queues a request and returns its future (or raises :class:`ForgetRefused`);
+    ``responses``: the documented answers every /v1 body route shares (401, 400, 408 ...)."""
 
-    @app.post("/v1/forget", response_model=ForgetAnswer, responses={**auth, **FORGET_ERRORS},
+    @app.post("/v1/forget", response_model=ForgetAnswer, responses={**responses, **FORGET_ERRORS},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": {"$ref": "#/components/schemas/ForgetBody"}}}}})
     async def forget_route(request: Request) -> Answer:

@@ -77,7 +77,6 @@ class Intake:
         self.evaluation = EvaluationHook(settings.evaluation, metrics)
         self.admission = Admission(settings.forget, settings.influence, metrics, settings.source.kafka.source_header,
                                    lim.max_id_chars)
-        self._tagged = takes_tags(learner)  # lifelong learners keep each item's id and source tags (forget)
         self.keyed = learner if isinstance(learner, KeyedLearners) else None
         self.track_origins = False  # merge mode: parked events and dedup ids follow a partition that moves
         if self.keyed is not None:
@@ -304,7 +303,8 @@ class Intake:
             log.exception("recording a learning step failed (the step itself was learned)")
 
     def _learn_taps(self, taps: np.ndarray, labels: list[str], items: Sequence[Item]) -> StepStats:
-        if not self._tagged:  # baselines keep no tags: they cannot forget (forgetting.py refuses them)
+        # Baselines keep no tags (forgetting.py refuses them); per_key: the key in use's learner decides.
+        if not takes_tags(self.keyed.active if self.keyed is not None else self.learner):
             return self.learner.learn_taps(taps, labels)
         return self.learner.learn_taps(taps, labels, tags=tags_of(i.id for i in items),  # type: ignore[call-arg]
                                        sources=np.array([i.source for i in items], np.int64))

@@ -46,7 +46,8 @@ METRIC_NAME = re.compile(r"\blifelong_[a-z0-9_]+")
 MERGE_ONLY = "only merging replicas export it (scaleout.learning.mode merge; test_merge_kafka reads it)"
 PER_KEY_ONLY = ("only replicas with a model per key export it (scaleout.learning.mode per_key; test_keyed_kafka "
                 "reads it)")
-NO_DATA_OK: dict[str, str] = {name: MERGE_ONLY for name in (
+NO_FORGET = "no forget request in this run: the histogram is empty (test_forget_kafka applies requests)"
+NO_DATA_OK: dict[str, str] = {"lifelong_forget_seconds_bucket": NO_FORGET} | {name: MERGE_ONLY for name in (
     "lifelong_merge_round", "lifelong_merge_events", "lifelong_merge_seconds_total",
     "lifelong_merge_contributions_total", "lifelong_merge_bases_total", "lifelong_merge_rejects_total")} | {
     name: PER_KEY_ONLY for name in ("lifelong_keys_in_memory", "lifelong_keys_stored", "lifelong_keys_memory_bytes",

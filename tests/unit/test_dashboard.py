@@ -65,7 +65,8 @@ def test_dashboard_structure() -> None:
     assert variable["query"] == "prometheus" and variable["current"]["value"] == DATASOURCE_UID
     rows = [p["title"] for p in panels if p["type"] == "row"]
     assert rows == ["Throughput & lag", "Learning", "Stability gap", "Memory", "Serving",
-                    "Snapshots (learner and predictors)", "Learner replicas (scaleout.learning.mode merge)",
+                    "Snapshots (learner and predictors)", "Forgetting and sources",
+                    "Learner replicas (scaleout.learning.mode merge)",
                     "Models per key (scaleout.learning.mode per_key)"]
     cells: set[tuple[int, int]] = set()
     for panel in panels:

@@ -41,7 +41,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             c = i % 3
             fh.write(json.dumps({"id": i, "features": (centres[c] + rng.normal(0, .3, DIM)).tolist(),
                                  "label": f"c{c}"}) + "\n")
-    cfg = Settings(source={"kind": "file", "path": path, "batch_size": 100},
+    # A short poll: a forget request waits for the loop's next step (the file is read to its end by then).
+    cfg = Settings(source={"kind": "file", "path": path, "batch_size": 100, "poll_timeout_s": 0.02},
                    learner={"input_kind": "features", "feature_dim": DIM, "feature_warmup_events": 100, "pq_m": 0,
                             "steps_per_batch": 1, "replay_per_step": 16, "device": "cpu"},
                    checkpoint={"dir": None}, evaluation={"holdout_fraction": 0.0}, publish_every_events=100,
@@ -63,7 +64,8 @@ def api_schema(service: Service) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_asgi("/openapi.json", service.app)
 
 
-OPERATIONS = [("POST", "/v1/predict"), ("POST", "/v1/feedback"), ("GET", "/v1/model"), ("GET", "/healthz"),
+OPERATIONS = [("POST", "/v1/predict"), ("POST", "/v1/feedback"), ("POST", "/v1/forget"), ("GET", "/v1/model"),
+              ("GET", "/healthz"),
               ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/keys")]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
