@@ -29,7 +29,7 @@ import numpy as np
 
 from ..learner.registry import LearnerOptions, build
 from ..memory.tags import source_tags, tags_of
-from .encode import Encoded, encode_stream
+from .encode import Encoded, encode_stream, encode_with
 from .quality import daemon_image_encoder, daemon_threads, feature_encoder
 from .streams import BenchStream
 
@@ -67,6 +67,9 @@ class Daemons:
         options = LearnerOptions(seed=seed, continual={"forgetting": True}, base_init={} if own else None)
         self.learner = build("lifelong", own() if own else daemon_image_encoder(enc.encoder), options)
         self.stream, self.enc, self.raw = stream, enc, own is not None
+        mine = getattr(self.learner, "encoder", None)
+        if stream.encoder is not None and getattr(mine, "name", None) != enc.encoder.name:
+            self.enc = encode_with(stream, mine, progress=False)  # the mid-level cut of the image encoder
 
     def taps(self, split: str, idx: np.ndarray, learning: bool = False) -> np.ndarray:
         if not self.raw:

@@ -41,6 +41,7 @@ class ForgetReport:
     seconds: float  # the whole request: removal, refit, prototypes, served copy
     version: int  # the learner's version from which no forgotten event is held
     refit_items: int = 0  # the retained items the plastic weights were refit on
+    keys: int = 0  # per_key mode: the keys whose learners forgot (and were refit)
 
 
 @dataclass(frozen=True)

@@ -326,6 +326,15 @@ class BaseInitLearner(TapsLearner):
     def supports_forget(self) -> bool:
         return bool(self.continual.forgetting and self.continual.replay)
 
+    def holds(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> int:
+        if self.inner is not None:
+            return self.inner.holds(tags, sources)
+        return int(self._buffer_hits(tags, sources).sum())
+
+    def _buffer_hits(self, tags: np.ndarray | None, sources: np.ndarray | None) -> np.ndarray:
+        hit = np.isin(self._buf_tags, np.asarray([] if tags is None else tags, np.int64))
+        return hit | np.isin(self._buf_sources, np.asarray([] if sources is None else sources, np.int64))
+
     def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> ForgetReport:
         """After the switch, the continual learner forgets (the MLP bottom, frozen, is not refit). In the base
         phase the retained base events are learned again from scratch, in stream order: exact retraining."""
@@ -336,8 +345,7 @@ class BaseInitLearner(TapsLearner):
         if not self.supports_forget:
             raise ValueError(f"{self.name} cannot forget: it needs a tagged replay memory (forgetting on, replay on)")
         started = time.perf_counter()
-        hit = np.isin(self._buf_tags, np.asarray([] if tags is None else tags, np.int64))
-        hit |= np.isin(self._buf_sources, np.asarray([] if sources is None else sources, np.int64))
+        hit = self._buffer_hits(tags, sources)
         x, y, t, s = (a[~hit] for a in (self._buf_x, self._buf_y, self._buf_tags, self._buf_sources))
         labels, version, before = [self._classes[k] for k in y], self.version, self._classes
         self._base_phase()

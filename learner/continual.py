@@ -301,6 +301,10 @@ class ContinualLearner(ContinualState, TapsLearner):
         """Whether :meth:`forget` can work: items are tagged, and replay keeps the training set of record."""
         return self.config.forgetting and self.config.replay
 
+    def holds(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> int:
+        """How many replay items of these events or sources this learner holds (what :meth:`forget` removes)."""
+        return self.memory.holds(tags, sources)
+
     def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> ForgetReport:
         """Forget the events tagged ``tags`` and every event of the ``sources`` (``memory.tags``); see ``unlearning``."""
         from .unlearning import forget

@@ -22,6 +22,7 @@ parked again.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..memory.key_store import KeyStore, Stamp
 from ..memory.persistence import DamagedState
-from .base import Learner, Predictions, RawInputs, StepStats
+from .base import ForgetReport, Learner, Predictions, RawInputs, StepStats
 from .keyed_serving import DEFAULT_KEY, KeyedServing, StoredModels
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class KeyedLearners:
         self._make = make
         self._spare: Learner | None = make()  # the first new key's learner; tells the name and input
         self.name = self._spare.name
+        self.supports_forget = bool(getattr(self._spare, "supports_forget", False))
         self.input_kind = self._spare.input_kind
         self.input_dim = self._spare.input_dim
         self.store = store
@@ -221,6 +223,38 @@ class KeyedLearners:
 
     def predict_many(self, inputs: RawInputs) -> Predictions:
         return self.predict_taps(self.encode(inputs))
+
+    # -- forgetting ------------------------------------------------------------------------
+    def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None,
+               keys: Sequence[str] | None = None) -> ForgetReport:
+        """Forget in each of ``keys`` (refit whether or not its memory holds the events), or, with no keys, in
+        every key, in memory or stored, whose learner holds any of them: refitting every tenant on every request
+        would cost a refit per key. Keys are read and saved as learning reads them, within the memory budget."""
+        started = time.perf_counter()
+        stored = set(self.store.keys())
+        names = [k for k in keys if k in self._resident or k in stored] if keys is not None \
+            else sorted(set(self._resident) | stored)
+        active = self._active
+        items = refit = changed = 0
+        removed: list[str] = []
+        try:
+            for key in names:
+                self.use(key)
+                entry = self._active
+                assert entry is not None
+                if keys is None and not entry.learner.holds(tags, sources):  # type: ignore[attr-defined]
+                    continue
+                report = entry.learner.forget(tags, sources)  # type: ignore[attr-defined]
+                items, refit, changed = items + report.items, refit + report.refit_items, changed + 1
+                removed += [f"{c} (key {key})" for c in report.classes_removed]
+                entry.info.classes, entry.info.version = len(entry.learner.classes), report.version
+                entry.dirty = entry.unpublished = True
+                entry.nbytes = entry.learner.nbytes()
+                self.version += 1
+                self.evict_over_budget()
+        finally:
+            self._active = active if any(e is active for e in self._resident.values()) else None
+        return ForgetReport(items, tuple(removed), time.perf_counter() - started, self.version, refit, changed)
 
     # -- memory ---------------------------------------------------------------------------
     def resident_bytes(self) -> int:

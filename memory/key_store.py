@@ -11,12 +11,13 @@ whether someone wrote the key since it read it.
 >>> store = KeyStore(tempfile.mkdtemp())
 >>> stamp = store.save("acme", {"w": np.ones(2, np.float32)}, {"events": 3})
 >>> arrays, meta, again = store.load("acme")
->>> meta["events"], meta["key"], again == stamp, store.load("other"), len(store)
-(3, 'acme', True, None, 1)
+>>> meta["events"], meta["key"], again == stamp, store.load("other"), len(store), store.keys()
+(3, 'acme', True, None, 1, ['acme'])
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .persistence import MANIFEST, DamagedState, fsync_dir, load_state, save_state
+from .persistence import MANIFEST, META, DamagedState, fsync_dir, load_state, save_state
 
 Stamp = tuple[int, int]  # (inode, mtime_ns) of the state's manifest
 RETRIES = 20
@@ -59,6 +60,18 @@ class KeyStore:
     def __len__(self) -> int:
         """Keys stored (a state's own folder, and anything being written, starts with a dot)."""
         return sum(1 for name in os.listdir(self.folder) if not name.startswith("."))
+
+    def keys(self) -> list[str]:
+        """Every stored key's name (read from its metadata; a state that cannot be read is left out)."""
+        names = []
+        for name in sorted(os.listdir(self.folder)):
+            if name.startswith("."):
+                continue
+            try:
+                names.append(str(json.loads((self.folder / name / META).read_bytes())["key"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return names
 
     def save(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Stamp:
         """Write ``key``'s state and point its link at it; returns its stamp.

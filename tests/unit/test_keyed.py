@@ -281,3 +281,37 @@ def test_a_key_is_never_missing_while_another_replica_saves_it(tmp_path: Path) -
         seen.append(got[1]["n"])
     assert seen == sorted(seen) and len(store) == 1  # one key, one link; old states removed
     assert len([p for p in (tmp_path / "keys").iterdir()]) == 2  # the link and its state's folder
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 0])
+def test_keys_forget_where_they_hold_the_events_in_memory_or_stored(tmp_path: Path, budget: int) -> None:
+    from lifelong.learner.registry import LearnerOptions
+    from lifelong.memory.tags import source_tags, tags_of
+
+    make = lambda: build("lifelong", make_encoder("features", feature_dim=DIM, encoder="standardize",  # noqa: E731
+                                                  warmup_events=0), LearnerOptions(continual={"forgetting": True}))
+    keyed = KeyedLearners(make, KeyStore(tmp_path / "keys"), max_keys=10, max_resident_bytes=budget)
+    assert keyed.supports_forget
+    lines = events(180)
+    for start in range(0, len(lines), 30):
+        for key in KEYS:
+            group = [e for e in lines[start:start + 30] if e["key"] == key]
+            keyed.use(key)
+            keyed.learn_taps(keyed.encode(np.array([e["features"] for e in group], np.float32), learning=True),
+                             [e["label"] for e in group], tags=tags_of(e["id"] for e in group),
+                             sources=source_tags(["u1" if e["label"] == "a" else "u2" for e in group]))
+            keyed.evict_over_budget()
+    keyed.save_keys()
+    ids_of_x = [e["id"] for e in lines if e["key"] == "x"][:5]
+    report = keyed.forget(tags=tags_of(ids_of_x))
+    assert report.items == 5 and report.keys == 1  # only x held them: y and z were not refit
+    report = keyed.forget(sources=source_tags(["u1"]))  # class "a" of every key
+    assert report.keys == 3 and sorted(report.classes_removed) == [f"a (key {k})" for k in KEYS]
+    assert report.items == sum(e["label"] == "a" for e in lines)
+    keyed.save_keys()
+    for key in KEYS:
+        keyed.use(key)
+        assert "a" not in keyed.classes and keyed.active.holds(sources=source_tags(["u1"])) == 0
+    named = keyed.forget(tags=tags_of(["never"]), keys=["y", "unknown"])
+    assert named.keys == 1 and named.items == 0  # a named key is refit; an unknown one is not made
+    assert "unknown" not in keyed.info
