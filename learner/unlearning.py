@@ -12,8 +12,8 @@ plastic can be rebuilt from it. A request (event tags, source tags; ``memory.tag
    the served copy, the prototypes and the memory's numbering, so it is never predicted again;
 4. **plastic weights**: the adapter starts again from the identity and the head from each class's
    retained mean, then trains ``refit_epochs`` passes over the retained memory (Adam, shuffled
-   batches): what they hold afterwards comes from retained events only, as in retraining from
-   scratch on the memory;
+   batches; at most ``refit_max_steps`` steps, so a large memory is seen in fewer passes): what they
+   hold afterwards comes from retained events only, as in retraining from scratch on the memory;
 5. **prototypes**: recomputed from the retained memory (sums and counts): a forgotten tap
    leaves them exactly, whether or not it was still in memory;
 6. **served copy**: the EMA restarts at the refit weights; the version moves on.
@@ -100,7 +100,8 @@ def refit(learner: "ContinualLearner", x: np.ndarray, y: np.ndarray) -> None:
     learner.head = torch.nn.Parameter(learner._t(rows))
     learner._new_optimizer()
     rng = np.random.default_rng(learner.config.seed)
-    steps = math.ceil(learner.config.refit_epochs * len(y) / REFIT_BATCH) if len(y) else 0
+    c = learner.config
+    steps = min(math.ceil(c.refit_epochs * len(y) / REFIT_BATCH), c.refit_max_steps) if len(y) else 0
     order = np.zeros(0, np.int64)
     for _ in range(steps):
         if len(order) < REFIT_BATCH:

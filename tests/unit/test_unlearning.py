@@ -109,3 +109,12 @@ def test_the_daemons_feature_learner_forgets_in_its_base_phase_and_after(events:
     assert "c0" not in predicted
     kept = [i for i, t in enumerate(test_labels) if t != "c0"]
     assert np.mean([predicted[i] == test_labels[i] for i in kept]) > 0.9
+
+
+def test_the_refit_takes_its_passes_within_its_step_bound() -> None:
+    lr, *_ = learned(600, refit_epochs=2.0)
+    lr.forget(tags=tags_of(["e1"]))  # 599 items, 2 passes: ceil(1198 / 256) = 5 steps
+    assert int(lr.opt.state[lr.head]["step"]) == 5
+    capped, *_ = learned(600, refit_epochs=2.0, refit_max_steps=3)
+    capped.forget(tags=tags_of(["e1"]))
+    assert int(capped.opt.state[capped.head]["step"]) == 3
