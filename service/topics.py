@@ -3,6 +3,7 @@
 - events and labels: the same partition count, so a label keyed by its event's
   id lands in the partition of the event (``lifelong produce`` keys by id) and
   reaches the learner replica that parked the event;
+- forget requests: one partition, applied in order;
 - predictions and dead letters: plain;
 - snapshots: compacted (the latest record of every key is kept for good, so a
   predictor that starts a month later still finds the latest snapshot), one
@@ -31,6 +32,8 @@ def planned(settings: Settings, partitions: int, snapshot_partitions: int = 1) -
     specs = [TopicSpec(k.events_topic, partitions, role="events")]
     if k.labels_topic:
         specs.append(TopicSpec(k.labels_topic, partitions, role="labels"))
+    if k.forget_topic:  # one partition: requests are applied in the order they were made
+        specs.append(TopicSpec(k.forget_topic, 1, role="forget requests"))
     for name, role in ((out.predictions_topic, "predictions"), (out.dead_letter_topic, "dead letters")):
         if name:
             specs.append(TopicSpec(name, partitions, role=role))
