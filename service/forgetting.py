@@ -116,12 +116,11 @@ class Forgetting:
             self._answer(future, request)
 
     def _answer(self, future: Future[Answer], request: ForgetRequest) -> None:
-        try:
-            result: Answer | BaseException = self.apply(request)
-        except ForgetRefused as exc:
-            result = exc
         try:  # the HTTP side may have given up waiting (504): the request is applied all the same
-            future.set_exception(result) if isinstance(result, BaseException) else future.set_result(result)
+            try:
+                future.set_result(self.apply(request))
+            except ForgetRefused as exc:
+                future.set_exception(exc)
         except InvalidStateError:
             pass
 

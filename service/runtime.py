@@ -26,7 +26,7 @@ from ..stream.sources import FileSource, Source, TopicPartition
 from .app import create_app
 from .checkpoint import Checkpointer
 from .config import Settings
-from .forgetting import Answer
+from .forgetting import Answer, ForgetRefused
 from .loop import FeedbackQueueFull, LearningLoop
 from .server import run_server
 from .snapshot import SnapshotHolder
@@ -271,6 +271,8 @@ class Service:
 
     def forget(self, request: ForgetRequest) -> Future[Answer]:
         """Queue a forget request for the learning loop (``service/forgetting.py``)."""
+        if self.loop.error is not None:
+            raise ForgetRefused(503, "the learning loop has stopped: nothing can be forgotten until a restart")
         return self.loop.forgetting.submit(request)
 
     def healthy(self) -> bool:
