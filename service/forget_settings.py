@@ -53,7 +53,7 @@ def forget_problem(settings: Any) -> str | None:
         return None
     if topic in (kafka.events_topic, kafka.labels_topic):
         return f"source.kafka.forget_topic {topic!r} must differ from the events and labels topics"
-    if settings.scaleout.learning.mode != "off":
-        return (f"source.kafka.forget_topic is not supported with scaleout.learning.mode "
-                f"{settings.scaleout.learning.mode!r} yet")
+    mode = settings.scaleout.learning.mode
+    if mode != "off":  # one partition reaches one replica; per_key: POST /v1/forget to every replica instead
+        return f"source.kafka.forget_topic is not supported with scaleout.learning.mode {mode!r} yet"
     return None

@@ -57,8 +57,8 @@ class ForgetRefused(Exception):
 def refusal(settings: Settings, learner: Learner) -> ForgetRefused | None:
     """Why this service cannot forget (None: it can)."""
     mode = settings.scaleout.learning.mode
-    if mode != "off":
-        return ForgetRefused(422, f"forgetting is not supported in scaleout.learning.mode {mode!r} yet")
+    if mode == "merge":  # the merged model holds every replica's events: one replica cannot take them out
+        return ForgetRefused(422, "forgetting is not supported in scaleout.learning.mode 'merge' yet")
     if not settings.forget.enabled:
         return ForgetRefused(409, "forgetting is off on this service (forget.enabled: false)")
     if not getattr(learner, "supports_forget", False):  # baselines (river, nmc) have no tagged replay memory

@@ -56,7 +56,8 @@ FORGET_ERRORS = {
     409: _error("This service cannot forget: a predictor (send it to the learner), forget.enabled false, or a "
                 "learner without tagged replay memory."),
     413: _error("More ids than forget.max_ids_per_request, or a body over limits.max_record_bytes."),
-    422: _error("Not exactly one of 'ids' or 'source', a malformed id, or a scaleout mode that cannot forget yet."),
+    422: _error("Not exactly one of 'ids' or 'source', a malformed id, or scaleout.learning.mode merge (not "
+                "supported yet)."),
     500: _error("The learner failed to forget (logged); a repeated request is harmless."),
     503: _error("Too many requests waiting (Retry-After), or the checkpoint after it failed; retry."),
     504: _error("Not applied within forget.request_timeout_s (it still will be)."),

@@ -15,7 +15,8 @@ from lifelong.memory.tombstones import Tombstones
 from lifelong.monitoring.evaluator import ContinualEvaluator
 from lifelong.monitoring.metrics import Metrics
 from lifelong.service.admission import SourceRates
-from lifelong.service.forgetting import ForgetRefused
+from lifelong.service.config import Settings
+from lifelong.service.forgetting import ForgetRefused, refusal
 from lifelong.service.joining import LabelJoin
 from lifelong.service.predictor import PredictorService
 from lifelong.service.runtime import Service
@@ -344,3 +345,20 @@ def test_throttled_events_are_counted_and_dead_lettered_when_asked(make: Any) ->
     throttled = value(h, "lifelong_events_throttled_total")
     assert value(h, 'lifelong_events_rejected_total{reason="source_over_rate"}') == throttled
     assert h.service.learner.events_learned == 40 - throttled
+
+
+def test_per_key_forgets_in_every_key_that_holds_the_events_and_merge_refuses(make: Any, tmp_path: Path) -> None:
+    events = sourced(90)
+    for e in events:
+        e["key"] = f"k{e['id'] % 2}"
+    keyed = make(events, learner={**LIFELONG, "encoder": "standardize", "feature_warmup_events": 0},
+                 checkpoint={"dir": str(tmp_path / "keyed")}, scaleout={"learning": {"mode": "per_key"}})
+    keyed.step_all()
+    answer = keyed.service.loop.forgetting.apply(ForgetRequest(ids=("0", "1", "2")))  # keys k0, k1, k0
+    assert answer["forgotten"]["replay_items"] == 3 and answer["checkpointed"]
+    assert keyed.service.loop.forgetting.apply(ForgetRequest(source="s1"))["forgotten"]["replay_items"] == 22
+    merging = keyed.service.settings.model_copy(update={"scaleout": Settings(
+        source={"kind": "file", "path": str(tmp_path / "x")}, checkpoint={"dir": str(tmp_path / "merge")},
+        scaleout={"learning": {"mode": "merge", "merge_dir": str(tmp_path / "m")}}).scaleout})
+    refused = refusal(merging, keyed.service.learner)
+    assert refused is not None and refused.status == 422 and "'merge'" in refused.detail
