@@ -30,16 +30,18 @@ class ContinualState:
         opt_arrays, opt_steps = adam_state(self.opt, self._named_params())
         memory_arrays, memory_meta = self.memory.state_dict()
         detector_arrays, detector_meta = self.detector.state_dict()
+        influence_arrays, influence_meta = self.influence.state_dict()
         arrays = (with_prefix("adapter.", adapter_arrays) | {"head": self.head.detach().cpu().numpy().copy()}
                   | with_prefix("ema.", self.ema.state_dict()) | with_prefix("hard.", self.hard.state_dict())
                   | with_prefix("opt.", opt_arrays) | with_prefix("protos.", self.protos.state_dict())
                   | with_prefix("encoder.", self.encoder.state_dict()) | with_prefix("memory.", memory_arrays)
                   | codec_arrays | with_prefix("detector.", detector_arrays)
-                  | with_prefix("space.", self.space.state_dict()))
+                  | with_prefix("space.", self.space.state_dict()) | with_prefix("influence.", influence_arrays))
         meta = {"learner": self.name, "dim": self.encoder.dim, "config": asdict(self.config),
                 "classes": self._classes, "version": self.version, "events_learned": self.events_learned,
                 "steps": self.steps, **adapter_meta, "opt_steps": opt_steps, "memory": memory_meta,
-                "window": self.window.state_dict(), **codec_meta, "detector": detector_meta}
+                "window": self.window.state_dict(), **codec_meta, "detector": detector_meta,
+                "influence": influence_meta}
         return arrays, meta
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -57,6 +59,8 @@ class ContinualState:
         self.memory.load_state_dict(part("memory.", arrays), meta["memory"])
         self._load_codec_state(arrays, meta)
         self.window.load_state_dict(meta["window"])
+        if "influence" in meta:  # states written before the influence bound start its counts afresh
+            self.influence.load_state_dict(part("influence.", arrays), meta["influence"])
         if "detector" in meta:  # states written before ADWIN's window was kept restart it
             self.detector.load_state_dict(part("detector.", arrays), meta["detector"])
         else:

@@ -118,3 +118,12 @@ def test_the_refit_takes_its_passes_within_its_step_bound() -> None:
     capped, *_ = learned(600, refit_epochs=2.0, refit_max_steps=3)
     capped.forget(tags=tags_of(["e1"]))
     assert int(capped.opt.state[capped.head]["step"]) == 3
+
+
+def test_the_influence_bounds_counts_are_part_of_the_learners_state() -> None:
+    lr, *_ = learned(600)
+    assert lr.influence.table.volume.sum() > 0  # sources a and b were counted
+    twin = ContinualLearner(FeatureEncoder(DIM, warmup_events=200), lr.config)
+    twin.load_state_dict(*lr.state_dict())
+    np.testing.assert_array_equal(twin.influence.table.keys, lr.influence.table.keys)
+    np.testing.assert_allclose(twin.influence.table.volume, lr.influence.table.volume)
