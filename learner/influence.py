@@ -3,7 +3,8 @@
 The continual learner asks :meth:`SourceInfluence.weigh` once per learned batch, before its steps,
 with the batch's class ids, source tags (``memory.tags``; ``NO_SOURCE`` when an event names none) and
 the prediction made before learning. The answer scales each event's loss in the batch's steps and
-says which events go into replay memory. Three bounds, each on one source at a time:
+says which events go into replay memory. Three bounds, each on one source at a time
+(defaults and the measurements behind them: docs/benchmarks/poison/README.md):
 
 - *memory*: a source holds at most ``source_memory_share`` of the replay memory (``memory_cap``);
   past it, its new items replace its own (``ReplayStore.add``), so a flood cannot take the memory;
@@ -11,9 +12,10 @@ says which events go into replay memory. Three bounds, each on one source at a t
 - *suspects*: an event whose label contradicts a confident prediction with an extreme loss is a
   raw suspect. A clean drift makes every source's labels contradict the model at once, so raw
   suspects alone prove nothing; a source is *standing out* when its faded rate of raw suspects is
-  ``suspect_ratio`` times the median source's and ``suspect_margin`` above it. Only the raw suspects
-  of a source standing out are down-weighted (``suspect_weight``) and kept out of replay memory and
-  the hard buffer.
+  ``suspect_ratio`` times the median source's and ``suspect_margin`` above it. Its events that the
+  model predicted otherwise with a loss of ``doubt_loss`` or more are down-weighted (``suspect_weight``).
+  Raw suspects and down-weighted events stay out of replay memory and the hard buffer
+  (``raw_suspects_out``): a flipped label learned before its source stood out would be replayed for ever.
 
 Events without a source are never bounded nor judged: a stream that names no source learns as if
 this module were not there.
@@ -38,6 +40,7 @@ class InfluenceConfig:
     suspect_ratio: float = 3.0  # a source stands out at this multiple of the median source's suspect rate ...
     suspect_margin: float = 0.1  # ... and this much above it (rates near 0 are noisy)
     suspect_weight: float = 0.0  # a standing-out source's suspects' loss weight (1: suspects are not bounded)
+    raw_suspects_out: bool = True  # raw suspects of any source stay out of replay memory and the hard buffer
     doubt_loss: float = 1.0  # a standing-out source's event is suspect from this loss on, if predicted otherwise
     min_judged: float = 30.0  # faded judged events a source needs before it is compared
     min_sources: int = 3  # sources with enough judged events needed to have a median to compare with
@@ -72,12 +75,12 @@ class SourceInfluence:
         sourced = np.asarray(sources) != NO_SOURCE
         if not sourced.any():
             return Weighing(weights, remember)
-        suspects = np.zeros(n, bool)
+        suspects, raw = np.zeros(n, bool), np.zeros(n, bool)
         if self.judging:
-            suspects[sourced] = self._judge(y[sourced], sources[sourced],
-                                            None if before is None else before[sourced])
+            suspects[sourced], raw[sourced] = self._judge(y[sourced], sources[sourced],
+                                                          None if before is None else before[sourced])
         weights[suspects] = self.config.suspect_weight
-        remember[suspects] = False
+        remember[suspects | (raw & self.config.raw_suspects_out)] = False
         weights[sourced] = self._step_share(weights[sourced], sources[sourced], n)
         return Weighing(weights, remember, int(suspects.sum()))
 
@@ -92,12 +95,12 @@ class SourceInfluence:
         extreme = -np.log(np.maximum(p_label, 1e-12)) >= self.config.suspect_loss
         return judged, judged & (top != y) & sure & extreme
 
-    def _judge(self, y: np.ndarray, sources: np.ndarray, before: np.ndarray | None) -> np.ndarray:
+    def _judge(self, y: np.ndarray, sources: np.ndarray, before: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The raw suspects of the sources standing out, after the batch's own evidence is counted."""
         rows = self.table.rows(sources)
         judged, raw = self.raw_suspects(y, before)
         self.table.observe(rows, raw, judged)
-        return self._doubted(y, before, judged) & self.standing_out()[rows]
+        return self._doubted(y, before, judged) & self.standing_out()[rows], raw
 
     def _doubted(self, y: np.ndarray, before: np.ndarray | None, judged: np.ndarray) -> np.ndarray:
         """Events of a known class the prediction before learning disagrees with, at ``doubt_loss`` or more."""
