@@ -29,6 +29,7 @@ from ..memory.codec_schedule import CodecSchedule, CompressWhen, codec_in_use
 from ..memory.pq import PQCodec
 from ..memory.prototypes import PrototypeIndex
 from ..memory.replay import ReplayStore
+from . import unlearning
 from .adam import Adam
 from .base import ForgetReport, InputKind, Predictions, RawInputs, StepStats, TapsLearner
 from .continual_state import ContinualState
@@ -310,9 +311,7 @@ class ContinualLearner(ContinualState, TapsLearner):
 
     def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> ForgetReport:
         """Forget the events tagged ``tags`` and every event of the ``sources`` (``memory.tags``); see ``unlearning``."""
-        from .unlearning import forget
-
-        return forget(self, tags, sources)
+        return unlearning.forget(self, tags, sources)
 
     def _losses(self, taps: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Per-sample loss under the current model (what the hard buffer ranks by)."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,13 +38,14 @@ from ..memory.prototypes import PrototypeIndex
 from .base import ForgetReport
 from .serving import unit
 
-if TYPE_CHECKING:
-    from .continual import ContinualLearner
+# The continual learner (or the deep one) whose private parts these functions rebuild: typed Any, so
+# this module need not import the one that calls it.
+Continual = Any
 
 REFIT_BATCH = 256
 
 
-def forget(learner: "ContinualLearner", tags: np.ndarray | None, sources: np.ndarray | None) -> ForgetReport:
+def forget(learner: Continual, tags: np.ndarray | None, sources: np.ndarray | None) -> ForgetReport:
     started = time.perf_counter()
     if not learner.supports_forget:
         raise ValueError(f"{learner.name} cannot forget: it needs a tagged replay memory (forgetting on, replay on)")
@@ -63,7 +64,7 @@ def forget(learner: "ContinualLearner", tags: np.ndarray | None, sources: np.nda
     return ForgetReport(len(gone.labels), removed, time.perf_counter() - started, learner.version, len(y))
 
 
-def _drop_empty_classes(learner: "ContinualLearner") -> tuple[str, ...]:
+def _drop_empty_classes(learner: Continual) -> tuple[str, ...]:
     """Classes with no retained item leave; the rest are renumbered in order."""
     counts = learner.memory.class_counts()
     keep = [c for c in range(len(learner._classes)) if counts.get(c, 0) > 0]
@@ -78,7 +79,7 @@ def _drop_empty_classes(learner: "ContinualLearner") -> tuple[str, ...]:
     return removed
 
 
-def _resample_codebook(learner: "ContinualLearner") -> None:
+def _resample_codebook(learner: Continual) -> None:
     """A codebook not yet in use starts again on a sample of retained items (exact taps until the switch)."""
     if learner.codec_schedule is None or learner.memory.compressed:
         return
@@ -89,7 +90,7 @@ def _resample_codebook(learner: "ContinualLearner") -> None:
         learner.codec_schedule.collect(sample, learner.events_learned)
 
 
-def refit(learner: "ContinualLearner", x: np.ndarray, y: np.ndarray) -> None:
+def refit(learner: Continual, x: np.ndarray, y: np.ndarray) -> None:
     """The plastic weights again from nothing, trained on ``(x, y)`` only; the served copy restarts there."""
     learner.adapter = learner._new_adapter()
     rows = np.zeros((len(learner._classes), learner.embedding_dim), np.float32)
@@ -114,14 +115,14 @@ def refit(learner: "ContinualLearner", x: np.ndarray, y: np.ndarray) -> None:
     _restart_ema(learner)
 
 
-def _restart_ema(learner: "ContinualLearner") -> None:
+def _restart_ema(learner: Continual) -> None:
     old = learner.ema
     learner.ema = learner._new_ema()
     learner.ema.decay, learner.ema.gap = old.decay, old.gap
     learner.ema.restart(learner._effective_weight(), learner.head)
 
 
-def _rebuild_prototypes(learner: "ContinualLearner", x: np.ndarray, y: np.ndarray) -> None:
+def _rebuild_prototypes(learner: Continual, x: np.ndarray, y: np.ndarray) -> None:
     protos = PrototypeIndex(learner.encoder.dim)
     protos.add(unit(x), y)  # every class kept has items (the emptied ones left)
     learner.protos = protos
