@@ -373,6 +373,7 @@ def create_app(service: ServiceHandle) -> FastAPI:
 
     add_keys_route(app, lambda limit: getattr(service, "keys", lambda _: None)(limit), AUTH)
     add_forget_route(app, service.forget, limits, settings.forget.max_ids_per_request,
-                     settings.forget.request_timeout_s, {**AUTH, **BAD_BODY})
+                     settings.forget.request_timeout_s, {**AUTH, **BAD_BODY},
+                     metrics.forget_requests.labels(outcome="rejected").inc)
     _document(app, settings)
     return app

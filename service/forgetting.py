@@ -90,8 +90,7 @@ class Forgetting:
         """Queue ``request`` for the learning thread; the future gets the answer or a :class:`ForgetRefused`."""
         refused = refusal(self.settings, self.learner)
         if refused is not None:
-            self.metrics.forget_requests.labels(outcome="rejected").inc()
-            raise refused
+            raise refused  # counted by the route, as every request refused before it is queued
         future: Future[Answer] = Future()
         try:
             self._waiting.put_nowait((replace(request, at=request.at or time.time()), future))

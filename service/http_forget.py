@@ -74,22 +74,37 @@ def _request(body: Any, limits: EventLimits, max_ids: int) -> Any:
 
 
 def add_forget_route(app: FastAPI, forget: Callable[[Any], Any], limits: EventLimits, max_ids: int,
-                     timeout_s: float, responses: dict[int, Any]) -> None:
+                     timeout_s: float, responses: dict[int, Any], rejected: Callable[[], None]) -> None:
     """``forget(request)`` queues a request and returns its future (or raises :class:`ForgetRefused`);
-    ``responses``: the documented answers every /v1 body route shares (401, 400, 408 ...)."""
+    ``responses``: the documented answers every /v1 body route shares (401, 400, 408 ...); ``rejected`` counts
+    a request refused before it was queued (its failures once applied are counted where they happen)."""
 
     @app.post("/v1/forget", response_model=ForgetAnswer, responses={**responses, **FORGET_ERRORS},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": {"$ref": "#/components/schemas/ForgetBody"}}}}})
     async def forget_route(request: Request) -> Answer:
-        wanted = _request(await read_json(request, limits), limits, max_ids)
         try:
+            wanted = _request(await read_json(request, limits), limits, max_ids)
             future = forget(wanted)
-            # shield: a timeout here must not cancel the request; the learning loop applies it all the same
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout_s)  # type: ignore[no-any-return]
+        except HTTPException:
+            rejected()
+            raise
         except ForgetRefused as exc:
-            headers = {"Retry-After": "1"} if exc.status == 503 else None
-            raise HTTPException(exc.status, detail=exc.detail, headers=headers) from None
-        except TimeoutError:
-            raise HTTPException(504, detail=f"not applied within forget.request_timeout_s={timeout_s:g} s; it still "
-                                "will be") from None
+            rejected()
+            raise _http(exc) from None
+        return await _answer(future, timeout_s)
+
+
+async def _answer(future: Any, timeout_s: float) -> Answer:
+    try:
+        # shield: a timeout here must not cancel the request; the learning loop applies it all the same
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout_s)  # type: ignore[no-any-return]
+    except ForgetRefused as exc:
+        raise _http(exc) from None
+    except TimeoutError:
+        raise HTTPException(504, detail=f"not applied within forget.request_timeout_s={timeout_s:g} s; it still "
+                            "will be") from None
+
+
+def _http(exc: ForgetRefused) -> HTTPException:
+    return HTTPException(exc.status, detail=exc.detail, headers={"Retry-After": "1"} if exc.status == 503 else None)

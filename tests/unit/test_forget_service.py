@@ -241,6 +241,8 @@ def test_http_forget_refuses_bad_requests_with_the_reason(make: Any, tmp_path: P
     assert bad_id.status_code == 422 and bad_id.json()["detail"][0]["loc"] == ["body", "ids.1"]
     many = h.client.post("/v1/forget", json={"ids": ["a", "b", "c"]})
     assert many.status_code == 413 and "forget.max_ids_per_request=2" in many.json()["detail"]
+    assert value(h, 'lifelong_forget_requests_total{outcome="rejected"}') == 4
+    assert value(h, 'lifelong_forget_requests_total{outcome="applied"}') == 0
 
 
 def test_services_that_cannot_forget_answer_409_with_the_reason(make: Any, tmp_path: Path) -> None:
@@ -249,6 +251,7 @@ def test_services_that_cannot_forget_answer_409_with_the_reason(make: Any, tmp_p
     answer = baseline.client.post("/v1/forget", json={"ids": ["1"]})
     assert answer.status_code == 409 and "learner 'nmc' cannot forget" in answer.json()["detail"]
     assert "forget.enabled: false" in off.client.post("/v1/forget", json={"ids": ["1"]}).json()["detail"]
+    assert value(baseline, 'lifelong_forget_requests_total{outcome="rejected"}') == 1
     with pytest.raises(ForgetRefused, match="send it to the learner") as err:
         PredictorService.forget(object.__new__(PredictorService), ForgetRequest(ids=("1",)))
     assert err.value.status == 409
