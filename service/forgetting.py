@@ -38,6 +38,7 @@ from ..stream.forget_request import ForgetRequest, decode_forget
 from ..stream.sources import Record
 from .config import Settings
 from .intake import Intake
+from .isolation import describe
 from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,10 @@ class Forgetting:
     def _from_record(self, record: Record) -> None:
         try:
             request = decode_forget(record.value, self._limits, self.settings.forget.max_ids_per_request)
-        except InvalidEvent as exc:
+        except Exception as exc:  # noqa: BLE001 - InvalidEvent, or anything else: that record's alone
             self.metrics.forget_requests.labels(outcome="rejected").inc()
-            self.intake.dead_letter(record, exc)
+            self.intake.dead_letter(record, exc if isinstance(exc, InvalidEvent) else
+                                    InvalidEvent("internal_error", "", describe(exc)))
             return
         refused = refusal(self.settings, self.learner)
         if refused is not None:

@@ -79,7 +79,11 @@ class PendingStore:
 
     def remove_where(self, forgotten: Callable[[list[str]], np.ndarray]) -> list[str]:
         """Take out the entries whose ids ``forgotten`` marks (given every id, it answers a bool mask; a forget
-        request): gone as if never parked, so a later label for one is an unknown id. Returns their ids."""
+        request): gone as if never parked, so a later label for one is an unknown id. Returns their ids.
+        The ids it remembers as joined or expired go too (they are kept in checkpoints)."""
+        done = list(self._done)
+        for event_id in [i for i, hit in zip(done, forgotten(done)) if hit] if done else []:
+            del self._done[event_id]
         return _remove_where(self._items, forgotten)
 
     def peek(self, event_id: str) -> tuple[Any, float] | None:

@@ -119,6 +119,9 @@ def test_label_join_forgets_parked_events_by_id_and_source_and_early_labels_by_i
     assert join.label("c", "x") is None  # its label came first: an early label
     assert join.forget(tags_of(["b", "c", "nope"]), source_tags(["s1"])) == 3
     assert "d" in join.pending and "a" not in join.pending and len(join.early) == 0
+    join.labelled_event("e")  # an event learned with its own label: remembered as joined
+    assert join.forget(tags_of(["e"]), source_tags([])) == 0
+    assert join.pending.take("e") == ("unknown_id", None)  # its id is not kept any more
     back = LabelJoin(100, 3600.0, Metrics(REASONS))
     back.load_parts(join.state_parts())
     assert back.source_of("d") == tag_of("s2") and back.source_of("d") == 0  # once
