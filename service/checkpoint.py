@@ -215,13 +215,18 @@ class Checkpointer:
         os.replace(tmp, self.directory / LATEST)
         fsync_dir(self.directory)
 
-    def _prune(self) -> None:
+    def drop_older(self) -> None:
+        """Drop every checkpoint but the newest: after a forget request, the older ones still hold what it
+        forgot (and a fallback to one of them at start would bring it back, without its tombstones)."""
+        self._prune(keep=1)
+
+    def _prune(self, keep: int | None = None) -> None:
         """Drop numbered folders beyond ``keep`` and leftovers of interrupted saves; failures only log.
 
         The new checkpoint is already safe, so nothing here may fail the save.
         """
         try:
-            for folder in self._numbered()[:-self.keep]:
+            for folder in self._numbered()[:-(keep or self.keep)]:
                 # Renamed first, so a half-deleted folder is never taken for a checkpoint.
                 os.rename(folder, folder.with_name(f".{folder.name}.deleting"))
             # Temporary folders of saves that crashed, folders set aside above, and an earlier

@@ -11,7 +11,8 @@ hands a step's records to the intake), so it never races a learning step. In ord
    debug counts: removed;
 4. a snapshot published: ``model_version`` in the answer serves nothing forgotten;
 5. a checkpoint written at once: a kill -9 right after the answer cannot bring the forgotten events
-   back (the restore would start from the state before the request, tombstones lost);
+   back (the restore would start from the state before the request, tombstones lost); then the older
+   checkpoints are deleted, as they hold the forgotten events (``checkpoint.keep`` refills over time);
 6. the answer (HTTP), or nothing (the topic).
 
 A request from the forget topic is applied before the other records of its step and checkpointed
@@ -36,6 +37,7 @@ from ..stream.errors import InvalidEvent
 from ..stream.events import EventLimits
 from ..stream.forget_request import ForgetRequest, decode_forget
 from ..stream.sources import Record
+from .checkpoint import Checkpointer
 from .config import Settings
 from .intake import Intake
 from .isolation import describe
@@ -71,7 +73,7 @@ def refusal(settings: Settings, learner: Learner) -> ForgetRefused | None:
 class Forgetting:
     def __init__(self, settings: Settings, learner: Learner, intake: Intake, metrics: Metrics,
                  holder: SnapshotHolder, publish: Callable[[], None], checkpoint: Callable[[], bool],
-                 durable: bool) -> None:
+                 checkpointer: Checkpointer | None) -> None:
         self.settings = settings
         self.learner = learner
         self.intake = intake
@@ -79,7 +81,7 @@ class Forgetting:
         self.holder = holder
         self._publish = publish
         self._checkpoint = checkpoint
-        self._durable = durable  # checkpoint.dir set: a checkpoint keeps the request across a crash
+        self._checkpointer = checkpointer  # None: no checkpoint.dir, nothing keeps a request across a restart
         kafka = settings.source.kafka
         self.topic = kafka.forget_topic if settings.source.kind == "kafka" else None
         self._limits = EventLimits.of(settings.limits)
@@ -168,6 +170,8 @@ class Forgetting:
             self.metrics.forget_requests.labels(outcome="failed").inc()
             raise ForgetRefused(503, "forgotten in memory, but the checkpoint failed (see the log): a restart now "
                                 "could bring the events back; retry (a repeated request is harmless)")
+        if self._checkpointer is not None:
+            self._checkpointer.drop_older()
         return self._applied(request, report, removed, time.perf_counter() - started)
 
     def _tombstone(self, tags: np.ndarray, sources: np.ndarray, request: ForgetRequest) -> None:
@@ -200,4 +204,4 @@ class Forgetting:
                  removed["replay_items"], removed["pending"], removed["holdout"], len(report.classes_removed),
                  version, seconds)
         return {"forgotten": removed, "classes_removed": list(report.classes_removed), "model_version": version,
-                "seconds": round(seconds, 6), "checkpointed": self._durable}
+                "seconds": round(seconds, 6), "checkpointed": self._checkpointer is not None}

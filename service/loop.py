@@ -91,7 +91,7 @@ class LearningLoop:
         self.merger: Merger | None = None  # scaleout.learning.mode merge: this replica's merge duties
         self.handoffs: PartitionHandoff | None = None  # merge and per_key: a moved partition's state goes on
         self.forgetting = Forgetting(settings, learner, self.intake, metrics, holder, self.publish, self.checkpoint,
-                                     durable=checkpointer is not None)
+                                     checkpointer)
 
     # -- state ---------------------------------------------------------------------
     @property

@@ -208,8 +208,12 @@ def test_intake_skips_forgotten_ids_and_sources_and_never_dead_letters_them(make
 def test_tombstones_are_saved_with_the_checkpoint_the_request_writes(make: Any, tmp_path: Path) -> None:
     h = learned(make, tmp_path)
     checkpoints = h.service.loop.counters.checkpoints
+    h.service.loop.checkpoint()
+    h.service.loop.checkpoint()
+    assert len(list((tmp_path / "state").glob("ckpt-*"))) >= 2
     answer = h.service.loop.forgetting.apply(ForgetRequest(ids=("5",)))
-    assert answer["checkpointed"] and h.service.loop.counters.checkpoints == checkpoints + 1
+    assert answer["checkpointed"] and h.service.loop.counters.checkpoints == checkpoints + 3
+    assert len(list((tmp_path / "state").glob("ckpt-*"))) == 1  # the older ones held event 5
     restarted = make(sourced(3), learner=LIFELONG, checkpoint={"dir": str(tmp_path / "state")})
     assert restarted.service.restored
     tombstones = restarted.service.loop.intake.admission.tombstones
