@@ -53,6 +53,8 @@ def forget_problem(settings: Any) -> str | None:
         return None
     if topic in (kafka.events_topic, kafka.labels_topic):
         return f"source.kafka.forget_topic {topic!r} must differ from the events and labels topics"
+    if not settings.forget.enabled:  # its requests would be read, refused and committed: lost
+        return "source.kafka.forget_topic needs forget.enabled"
     mode = settings.scaleout.learning.mode
     if mode != "off":  # one partition reaches one replica; per_key: POST /v1/forget to every replica instead
         return f"source.kafka.forget_topic is not supported with scaleout.learning.mode {mode!r} yet"

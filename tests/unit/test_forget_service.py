@@ -372,3 +372,16 @@ def test_per_key_forgets_in_every_key_that_holds_the_events_and_merge_refuses(ma
         scaleout={"learning": {"mode": "merge", "merge_dir": str(tmp_path / "m")}}).scaleout})
     refused = refusal(merging, keyed.service.learner)
     assert refused is not None and refused.status == 422 and "'merge'" in refused.detail
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"source": {"kind": "kafka", "kafka": {"forget_topic": "lifelong-events"}}}, "must differ"),
+    ({"source": {"kind": "kafka", "kafka": {"forget_topic": "f"}}, "forget": {"enabled": False}},
+     "needs forget.enabled"),
+    ({"source": {"kind": "kafka", "kafka": {"forget_topic": "f"}}, "checkpoint": {"dir": "/tmp/x"},
+      "scaleout": {"learning": {"mode": "per_key"}}}, "not supported with scaleout.learning.mode 'per_key'")])
+def test_a_forget_topic_that_could_lose_requests_is_refused_at_start(change: dict[str, Any], problem: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=problem):
+        Settings(**change)
