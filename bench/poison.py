@@ -130,12 +130,15 @@ def run_once(enc: Encoded, test_labels: list[str], events: Events, influence: di
     lr.influence = counting = _Counting(lr.influence, events.flipped)
     t0 = time.perf_counter()
     tags = source_tags(events.sources.tolist())
+    correct = 0
     for lo in range(0, len(events.rows), BATCH):
         b = slice(lo, lo + BATCH)
-        lr.learn_taps(enc.train[events.rows[b]], events.labels[b], sources=tags[b])
+        correct += int(lr.learn_taps(enc.train[events.rows[b]], events.labels[b], sources=tags[b]).correct.sum())
     seconds = time.perf_counter() - t0
     predicted = np.array(lr.snapshot().predict_taps(enc.test).labels, object)
+    # prequential: the live model's prediction of each event before learning it, against its label as sent
     return {"accuracy": float((predicted == np.array(test_labels, object)).mean()), "seconds": seconds,
+            "prequential": correct / max(1, len(events.rows)),
             "events": len(events.rows), "suspects": counting.suspects, "suspects_flipped": counting.caught,
             "flipped": int(events.flipped.sum())}
 

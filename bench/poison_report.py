@@ -29,10 +29,11 @@ def render_text(doc: dict[str, Any]) -> str:
 def render_markdown(doc: dict[str, Any]) -> str:
     ok = _pass(doc)
     runs = doc["runs"]
-    rows = "\n".join(f"| {name} | {run['events']} | {run['accuracy']:.4f} | {run['suspects']} | "
-                     f"{run['suspects_flipped']} / {run['flipped']} | {run['seconds']:.1f} |"
+    rows = "\n".join(f"| {name} | {run['events']} | {run['accuracy']:.4f} | {run['prequential']:.4f} | "
+                     f"{run['suspects']} | {run['suspects_flipped']} / {run['flipped']} | {run['seconds']:.1f} |"
                      for name, run in runs.items())
     config = ", ".join(f"{k}={v}" for k, v in doc["bounded_config"].items())
+    lost = {b: doc[f"poisoned_accuracy_{b}"] - doc["clean_accuracy"] for b in ("bounded", "unbounded")}
     return f"""# Poisoning and flooding: `lifelong bench --poison` on {doc['stream']}
 
 {doc['train_events']} training events, {doc['test_events']} test events, seed {doc['seed']}; sources s0 .. s4
@@ -47,15 +48,15 @@ on the test split after the stream. Targets: {TARGETS}.
 | B: s0 floods class `{doc['flood_class']}` at {doc['flood_rate']}x in the last segment | \
 {doc['flood_accuracy_unbounded']:.4f} | {doc['flood_accuracy_bounded']:.4f} |
 
-- A: {'met' if ok['flip'] else 'missed'} (bounded - clean = {doc['poisoned_accuracy_bounded'] - doc['clean_accuracy']:+.4f}, \
-unbounded - clean = {doc['poisoned_accuracy_unbounded'] - doc['clean_accuracy']:+.4f})
+- A: {'met' if ok['flip'] else 'missed'} (bounded - clean = {lost['bounded']:+.4f}, \
+unbounded - clean = {lost['unbounded']:+.4f})
 - B: {'met' if ok['flood'] else 'missed'} (flood_change = {doc['flood_change']:+.4f} bounded, \
 {doc['flood_change_unbounded']:+.4f} unbounded)
 
 Bound: {config}.
 
-| run | events | accuracy | down-weighted | of them flipped / flipped | learn s |
-|---|---|---|---|---|---|
+| run | events | accuracy | prequential | down-weighted | of them flipped / flipped | learn s |
+|---|---|---|---|---|---|---|
 {rows}
 
 Total {doc['total_seconds']:.0f} s.
