@@ -81,6 +81,10 @@ class Tombstones:
             del self._sources[tag]
         return n + len(old)
 
+    def forgets(self, tag: int, source: int, when: float) -> bool:
+        """:meth:`forgotten` of one event (the intake asks per record: no arrays)."""
+        return tag in self._ids or when < self._sources.get(source, -np.inf)
+
     def forgotten(self, tags: np.ndarray, sources: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Per event: its id is tombstoned, or its source is and its time is before that source's request."""
         hit = np.fromiter((t in self._ids for t in np.asarray(tags, np.int64).tolist()), bool, len(tags))

@@ -103,7 +103,7 @@ class Admission:
         """take, forgotten (counted here) or throttled (counted here; the caller may dead-letter it)."""
         if not self.tombstones.empty:
             when = event.ts if event.ts is not None else _record_time(record)
-            if self.tombstones.forgotten(np.array([tag_of(event.id)]), np.array([source]), np.array([when]))[0]:
+            if self.tombstones.forgets(tag_of(event.id), source, when):
                 self.metrics.forgotten_skipped.inc()
                 return "forgotten"
         if not self.rates.allow(source):
@@ -113,8 +113,7 @@ class Admission:
 
     def label_forgotten(self, event_id: str) -> bool:
         """A label of a forgotten event: skipped (counted), never joined or dead-lettered."""
-        if self.tombstones.empty or not self.tombstones.forgotten(
-                np.array([tag_of(event_id)]), np.array([NO_SOURCE]), np.array([time.time()]))[0]:
+        if self.tombstones.empty or not self.tombstones.forgets(tag_of(event_id), NO_SOURCE, time.time()):
             return False
         self.metrics.forgotten_skipped.inc()
         return True
