@@ -318,11 +318,13 @@ class ContinualLearner(ContinualState, TapsLearner):
         with torch.no_grad():
             return F.cross_entropy(self._logits(self._t(taps)), self._t(y), reduction="none").cpu().numpy()
 
-    def _remember(self, taps: np.ndarray, y: np.ndarray, tags: np.ndarray | None, sources: np.ndarray,
-                  weighing: Weighing) -> None:
+    def _remember(self, taps: np.ndarray, y: np.ndarray, tags: np.ndarray | None = None,
+                  sources: np.ndarray | None = None, weighing: Weighing | None = None) -> None:
+        """Into replay memory: what the influence bound keeps of a batch (all of it, untagged, from a merge)."""
         if not self.config.replay:
             return
-        keep = weighing.remember
+        keep = np.ones(len(y), bool) if weighing is None else weighing.remember
+        sources = np.zeros(len(y), np.int64) if sources is None else sources
         if self.codec_schedule is not None:
             self.codec_schedule.switch_if_due(self.memory, int(keep.sum()), self.events_learned)
         self.memory.add(taps[keep], y[keep], None if tags is None else np.asarray(tags, np.int64)[keep], sources[keep],
