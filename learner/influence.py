@@ -39,7 +39,7 @@ class InfluenceConfig:
     suspect_loss: float = 3.0  # ... of another class, and its label's loss (nats) at least this (p < 0.05)
     suspect_ratio: float = 3.0  # a source stands out at this multiple of the median source's suspect rate ...
     suspect_margin: float = 0.1  # ... and this much above it (rates near 0 are noisy)
-    suspect_weight: float = 0.0  # a standing-out source's suspects' loss weight (1: suspects are not bounded)
+    suspect_weight: float = 0.0  # a standing-out source's suspects' loss weight (1: the suspect rule is off)
     raw_suspects_out: bool = True  # raw suspects of any source stay out of replay memory and the hard buffer
     doubt_loss: float = 1.0  # a standing-out source's event is suspect from this loss on, if predicted otherwise
     min_judged: float = 30.0  # faded judged events a source needs before it is compared
@@ -59,6 +59,12 @@ class Weighing:
         return bool((self.weights == 1).all())
 
 
+def _label_loss(y: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """Each event's loss (nats) under ``before``; a class unknown then reads as the last known one (not judged)."""
+    p = before[np.arange(len(y)), np.minimum(y, before.shape[1] - 1)]
+    return -np.log(np.maximum(p, 1e-12))
+
+
 class SourceInfluence:
     def __init__(self, config: InfluenceConfig = InfluenceConfig()) -> None:
         self.config = config
@@ -70,9 +76,9 @@ class SourceInfluence:
 
     def weigh(self, y: np.ndarray, sources: np.ndarray, before: np.ndarray | None) -> Weighing:
         """``before``: class probabilities predicted before learning (n, classes known then), or None."""
-        n = len(y)
+        n, sources = len(y), np.asarray(sources, np.int64)
         weights, remember = np.ones(n, np.float32), np.ones(n, bool)
-        sourced = np.asarray(sources) != NO_SOURCE
+        sourced = sources != NO_SOURCE
         if not sourced.any():
             return Weighing(weights, remember)
         suspects, raw = np.zeros(n, bool), np.zeros(n, bool)
@@ -89,14 +95,12 @@ class SourceInfluence:
         if before is None or before.shape[1] == 0:
             return np.zeros(len(y), bool), np.zeros(len(y), bool)
         judged = y < before.shape[1]
-        p_label = before[np.arange(len(y)), np.minimum(y, before.shape[1] - 1)]
-        top = before.argmax(1)
         sure = before.max(1) >= self.config.suspect_confidence
-        extreme = -np.log(np.maximum(p_label, 1e-12)) >= self.config.suspect_loss
-        return judged, judged & (top != y) & sure & extreme
+        return judged, judged & (before.argmax(1) != y) & sure & (_label_loss(y, before) >= self.config.suspect_loss)
 
     def _judge(self, y: np.ndarray, sources: np.ndarray, before: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """The raw suspects of the sources standing out, after the batch's own evidence is counted."""
+        """(down-weighted, raw suspect) per event: the batch's evidence is counted first, then the doubted
+        events of the sources standing out are down-weighted."""
         rows = self.table.rows(sources)
         judged, raw = self.raw_suspects(y, before)
         self.table.observe(rows, raw, judged)
@@ -106,9 +110,7 @@ class SourceInfluence:
         """Events of a known class the prediction before learning disagrees with, at ``doubt_loss`` or more."""
         if before is None or not judged.any():
             return np.zeros(len(y), bool)
-        p_label = before[np.arange(len(y)), np.minimum(y, before.shape[1] - 1)]
-        wrong = before.argmax(1) != y
-        return judged & wrong & (-np.log(np.maximum(p_label, 1e-12)) >= self.config.doubt_loss)
+        return judged & (before.argmax(1) != y) & (_label_loss(y, before) >= self.config.doubt_loss)
 
     def standing_out(self) -> np.ndarray:
         """Per table row: whether its source's suspect rate is well above the median source's."""
@@ -119,6 +121,10 @@ class SourceInfluence:
             return np.zeros(len(rate), bool)
         median = float(np.median(rate[judged]))
         return judged & (rate >= c.suspect_ratio * median) & (rate >= median + c.suspect_margin)
+
+    def standing_out_sources(self) -> np.ndarray:
+        """The source tags standing out now (int64): what a caller may purge from derived state (hard buffer)."""
+        return self.table.keys[self.standing_out() & (self.table.keys != NO_SOURCE)].copy()
 
     def _step_share(self, weights: np.ndarray, sources: np.ndarray, n: int) -> np.ndarray:
         """Scale down each source whose events weigh more than ``source_step_share`` of the batch (n events)."""

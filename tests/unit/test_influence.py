@@ -80,7 +80,9 @@ def stream(influence: SourceInfluence, batches: int, flip_source: int | None, dr
 
 
 def test_a_flipped_label_source_is_down_weighted_and_the_clean_ones_are_not() -> None:
-    weights, flipped, sources = stream(SourceInfluence(), 60, flip_source=13, drift_at=None)
+    influence = SourceInfluence()
+    weights, flipped, sources = stream(influence, 60, flip_source=13, drift_at=None)
+    assert influence.standing_out_sources().tolist() == [13]
     late = np.arange(len(weights)) >= 64 * 10  # after the first few hundred events of evidence
     assert (weights[late & flipped] == 0).all()
     assert (weights[sources != 13] == 1).all()
@@ -90,7 +92,7 @@ def test_a_flipped_label_source_is_down_weighted_and_the_clean_ones_are_not() ->
 def test_a_clean_drift_across_all_sources_is_not_bounded() -> None:
     influence = SourceInfluence()
     weights, _, _ = stream(influence, 60, flip_source=None, drift_at=20)
-    assert (weights == 1).all()
+    assert (weights == 1).all() and len(influence.standing_out_sources()) == 0
     assert (influence.table.rate()[np.isin(influence.table.keys, SOURCES)] > 0.3).all()  # all contradicted
 
 
