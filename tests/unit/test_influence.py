@@ -42,6 +42,14 @@ def test_a_source_holds_exactly_its_cap_and_the_others_keep_every_item() -> None
     assert (store.labels() == store._tags[:store.n] % 5).all()
 
 
+def test_a_batch_larger_than_the_cap_keeps_its_last_items() -> None:
+    store = ReplayStore(DIM, 1 << 20, tagged=True)
+    store.add(np.arange(10)[:, None] * np.ones((10, DIM)), np.arange(10) % 2, tags=np.arange(10),
+              sources=np.full(10, 12), max_per_source=3)
+    assert sorted(store._tags[:store.n].tolist()) == [7, 8, 9]
+    consistent(store)
+
+
 def test_the_cap_holds_in_a_full_store_and_an_untagged_store_ignores_it() -> None:
     item = DIM * 4 + 4 + 16
     store = ReplayStore(DIM, 120 * item, tagged=True)
