@@ -259,7 +259,8 @@ class ContinualLearner(ContinualState, TapsLearner):
         self.protos.add(unit(taps), y)
         for i in range(self.config.steps_per_batch):
             self._train_step(taps, y, compare=i == 0, weighing=weighing)
-        self.hard.update(taps[weighing.remember], y[weighing.remember], self._losses)
+        keep = weighing.remember
+        self.hard.update(taps[keep], y[keep], self._losses, sources[keep], self.influence.standing_out_sources())
         self._remember(taps, y, tags, sources, weighing)
         signals = self._drift(float(losses.mean()), ~correct)
         self.ema.update(self._effective_weight(), self.head, self.steps)
