@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..learner.influence import InfluenceConfig
 from ..memory.tombstones import WEEK_S
 
 
@@ -27,11 +28,25 @@ class ForgetSettings(BaseModel):
                                      "loop; past it 503 with Retry-After.")
 
 
+_BOUND = InfluenceConfig()  # the learner's defaults: docs/benchmarks/poison/README.md has their measurements
+
+
 class InfluenceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source_memory_share: float = Field(1.0, gt=0, le=1, description="The most of the replay memory one source "
                                        "may hold (lifelong learners; 1: no bound).")
+    source_step_share: float = Field(_BOUND.source_step_share, gt=0, le=1, description="The most of one learning "
+                                     "batch's loss weight one source's events carry (lifelong learners; 1: no bound).")
+    suspect_weight: float = Field(_BOUND.suspect_weight, ge=0, le=1, description="Loss weight of a suspect event: "
+                                  "its label contradicts a confident prediction and its source's rate of such "
+                                  "events stands out against the median source's (a real drift raises every "
+                                  "source's rate at once). Suspects also stay out of replay memory. 1: no "
+                                  "suspect is down-weighted (lifelong_events_suspect_total counts them).")
+    suspect_ratio: float = Field(_BOUND.suspect_ratio, gt=1, description="A source stands out at this multiple "
+                                 "of the median source's faded suspect rate (and 0.1 above it).")
+    suspect_confidence: float = Field(_BOUND.suspect_confidence, gt=0, lt=1, description="How sure of another "
+                                      "class the prediction before learning must be for a label to be a suspect.")
     max_source_rate: float = Field(0.0, ge=0, description="Events per second one source may send (a token bucket "
                                    "per source, a second's worth of burst); events over it are not learned or "
                                    "predicted, counted in lifelong_events_throttled_total. 0: no limit. Events "
