@@ -18,7 +18,7 @@ class ForgetSettings(BaseModel):
     tombstone_retention_s: float = Field(WEEK_S, gt=0, description="How long a forgotten id or source keeps its "
                                          "events from being learned again (read again after a restart, resent): "
                                          "at least the events topic's retention (Kafka's default: 7 days).")
-    max_tombstones: int = Field(1_000_000, ge=1, description="Forgotten ids remembered (8 bytes and a time each); "
+    max_tombstones: int = Field(1_000_000, ge=1, description="Forgotten ids remembered (16 bytes each: a 64-bit hash and a time); "
                                 "past it the oldest go first (logged).")
     max_ids_per_request: int = Field(10_000, ge=1, description="Most ids in one forget request (HTTP 413 above; on "
                                      "the forget topic a dead letter, too_many_ids).")

@@ -385,3 +385,18 @@ def test_a_forget_topic_that_could_lose_requests_is_refused_at_start(change: dic
 
     with pytest.raises(ValidationError, match=problem):
         Settings(**change)
+
+
+def test_tombstones_cost_sixteen_bytes_each_and_keep_the_newest_under_the_bound() -> None:
+    from lifelong.memory.tombstones import Tombstones
+
+    clock = iter(range(1000, 2000))
+    t = Tombstones(retention_s=1e9, max_ids=50_000, clock=lambda: float(next(clock)))
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(-2**62, 2**62, 20_000) for _ in range(3)]
+    dropped = [t.add_ids(b) for b in batches]
+    assert dropped == [0, 0, 10_000] and len(t) == 50_000
+    assert t._tags.nbytes + t._times.nbytes == 16 * 50_000
+    assert t.forgotten(batches[2], np.zeros(20_000, np.int64), np.zeros(20_000)).all()
+    assert t.forgotten(batches[0], np.zeros(20_000, np.int64), np.zeros(20_000)).sum() == 10_000  # its older half went
+    assert all(t.forgets(int(tag), 0, 0.0) for tag in batches[1][:100])
