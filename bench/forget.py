@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -31,6 +29,7 @@ from ..learner.registry import LearnerOptions, build
 from ..memory.tags import source_tags, tags_of
 from .encode import Encoded, encode_stream, encode_with
 from .quality import daemon_image_encoder, daemon_threads, feature_encoder
+from .run_options import RunOptions
 from .streams import BenchStream
 
 BATCH = 64
@@ -39,12 +38,7 @@ SHARE_OF_OTHERS = 0.10
 FORGOTTEN = "s0"
 
 
-@dataclass(frozen=True)
-class ForgetOptions:
-    out: Path
-    seed: int = 0
-    quick: bool = False  # at most 3,000 training events
-    device: str = "cpu"
+ForgetOptions = RunOptions
 
 
 def assign_sources(labels: list[str], seed: int) -> tuple[str, np.ndarray]:

@@ -32,6 +32,7 @@ from ..learner.registry import LearnerOptions, build
 from ..memory.tags import source_tags
 from .encode import Encoded, encode_stream
 from .quality import daemon_image_encoder
+from .run_options import RunOptions
 from .streams import BenchStream
 
 BATCH = 64
@@ -43,12 +44,7 @@ BOUNDED: dict[str, Any] = {}  # InfluenceConfig's defaults: what the daemon runs
 QUICK_EVENTS = 3000
 
 
-@dataclass(frozen=True)
-class PoisonOptions:
-    out: Path
-    seed: int = 0
-    quick: bool = False  # at most 3,000 training events
-    device: str = "cpu"
+PoisonOptions = RunOptions
 
 
 @dataclass(frozen=True)

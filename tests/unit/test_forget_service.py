@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +26,7 @@ from lifelong.stream.forget_request import ForgetRequest, TooManyIds, validate_f
 from lifelong.stream.sinks import MemorySink
 from lifelong.stream.sources import Record
 
-from http_harness import Harness, labelled_events, service_maker
+from http_harness import Harness, labelled_events
 from loop_harness import merged_settings
 
 
@@ -150,11 +150,8 @@ LIFELONG = {"name": "lifelong", "feature_warmup_events": 30, "steps_per_batch": 
 
 
 @pytest.fixture
-def make(tmp_path: Path) -> Iterator[Any]:
-    maker, sources = service_maker(tmp_path)
-    yield maker
-    for source in sources:
-        source.close()
+def make(make_service: Any) -> Any:
+    return make_service  # conftest's: harnesses over JSONL files, their sources closed at the end
 
 
 NOW = time.time()  # tombstones expire by the wall clock: event times near it
