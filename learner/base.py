@@ -42,6 +42,7 @@ class ForgetReport:
     version: int  # the learner's version from which no forgotten event is held
     refit_items: int = 0  # the retained items the plastic weights were refit on
     keys: int = 0  # per_key mode: the keys whose learners forgot (and were refit)
+    failed: tuple[str, ...] = ()  # per_key mode: keys whose stored state could not be read (not forgotten)
 
 
 @dataclass(frozen=True)

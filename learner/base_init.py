@@ -331,6 +331,12 @@ class BaseInitLearner(TapsLearner):
             return self.inner.holds(tags, sources)
         return int(self._buffer_hits(tags, sources).sum())
 
+    def may_hold(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> bool:
+        """See ``ContinualLearner.may_hold``; the base phase's buffer holds every base event."""
+        if self.inner is not None:
+            return self.inner.may_hold(tags, sources)
+        return self.holds(tags, sources) > 0
+
     def _buffer_hits(self, tags: np.ndarray | None, sources: np.ndarray | None) -> np.ndarray:
         hit = np.isin(self._buf_tags, np.asarray([] if tags is None else tags, np.int64))
         return hit | np.isin(self._buf_sources, np.asarray([] if sources is None else sources, np.int64))

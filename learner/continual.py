@@ -114,6 +114,7 @@ class ContinualLearner(ContinualState, TapsLearner):
         self.steps = 0
         self.version = 0
         self.events_learned = 0
+        self.kept_out = 0  # events learned but kept out of replay memory (the influence bound's suspects)
         self.space = TapSpace()  # the encoder's standardisation the stored taps were made under
         self._new_optimizer()
 
@@ -267,6 +268,7 @@ class ContinualLearner(ContinualState, TapsLearner):
         self.steps += 1
         self.version += 1
         self.events_learned += len(y)
+        self.kept_out += int((~weighing.remember).sum())
         return StepStats(len(y), float(losses.mean()), losses, correct, tuple(new), self.version, signals,
                          self.window.mean, self.window.var, weighing.suspects)
 
@@ -309,6 +311,11 @@ class ContinualLearner(ContinualState, TapsLearner):
     def holds(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> int:
         """How many replay items of these events or sources this learner holds (what :meth:`forget` removes)."""
         return self.memory.holds(tags, sources)
+
+    def may_hold(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> bool:
+        """Whether these events may be in this learner: its memory holds one, or the memory is no longer a
+        record of everything it learned (an item was evicted, or an event kept out of it)."""
+        return self.memory.lost > 0 or self.kept_out > 0 or self.holds(tags, sources) > 0
 
     def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> ForgetReport:
         """Forget the events tagged ``tags`` and every event of the ``sources`` (``memory.tags``); see ``unlearning``."""

@@ -39,7 +39,7 @@ class ContinualState:
                   | with_prefix("space.", self.space.state_dict()) | with_prefix("influence.", influence_arrays))
         meta = {"learner": self.name, "dim": self.encoder.dim, "config": asdict(self.config),
                 "classes": self._classes, "version": self.version, "events_learned": self.events_learned,
-                "steps": self.steps, **adapter_meta, "opt_steps": opt_steps, "memory": memory_meta,
+                "steps": self.steps, "kept_out": self.kept_out, **adapter_meta, "opt_steps": opt_steps, "memory": memory_meta,
                 "window": self.window.state_dict(), **codec_meta, "detector": detector_meta,
                 "influence": influence_meta}
         return arrays, meta
@@ -68,6 +68,7 @@ class ContinualState:
         self.space.load_state_dict(part("space.", arrays))
         self._classes = list(meta["classes"])
         self._class_ids = {c: i for i, c in enumerate(self._classes)}
+        self.kept_out = int(meta.get("kept_out", 0))  # none before the influence bound
         self.version, self.events_learned, self.steps = (int(meta[k]) for k in ("version", "events_learned",
                                                                                     "steps"))
 

@@ -104,7 +104,8 @@ class SourceInfluence:
         rows = self.table.rows(sources)
         judged, raw = self.raw_suspects(y, before)
         self.table.observe(rows, raw, judged)
-        return self._doubted(y, before, judged) & self.standing_out()[rows], raw
+        standing = np.append(self.standing_out(), False)  # row -1: a source the table had no room for
+        return self._doubted(y, before, judged) & standing[rows], raw
 
     def _doubted(self, y: np.ndarray, before: np.ndarray | None, judged: np.ndarray) -> np.ndarray:
         """Events of a known class the prediction before learning disagrees with, at ``doubt_loss`` or more."""

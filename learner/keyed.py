@@ -227,34 +227,50 @@ class KeyedLearners:
     # -- forgetting ------------------------------------------------------------------------
     def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None,
                keys: Sequence[str] | None = None) -> ForgetReport:
-        """Forget in each of ``keys`` (refit whether or not its memory holds the events), or, with no keys, in
-        every key, in memory or stored, whose learner holds any of them: refitting every tenant on every request
-        would cost a refit per key. Keys are read and saved as learning reads them, within the memory budget."""
+        """Forget in each of ``keys`` (refit whether or not they hold the events), or, with no keys, in every
+        key, in memory or stored, that may hold them (``may_hold``: its memory holds one, or is no longer a
+        record of all it learned): refitting every tenant on every request would cost a refit per key.
+        Keys are read one at a time and saved again within the memory budget; a key whose stored state
+        cannot be read is reported in ``failed``, and the others go on."""
         started = time.perf_counter()
         stored = set(self.store.keys())
         names = [k for k in keys if k in self._resident or k in stored] if keys is not None \
             else sorted(set(self._resident) | stored)
+        failed = [] if keys is not None else self.store.unreadable()
         active = self._active
         items = refit = changed = 0
         removed: list[str] = []
         try:
             for key in names:
-                self.use(key)
-                entry = self._active
-                assert entry is not None
-                if keys is None and not entry.learner.holds(tags, sources):  # type: ignore[attr-defined]
+                try:
+                    report = self._forget_key(key, tags, sources, named=keys is not None)
+                except KeyRefused as exc:
+                    log.error("forget: key %r cannot be read, so it still holds what it learned: %s", key, exc)
+                    failed.append(key)
                     continue
-                report = entry.learner.forget(tags, sources)  # type: ignore[attr-defined]
-                items, refit, changed = items + report.items, refit + report.refit_items, changed + 1
-                removed += [f"{c} (key {key})" for c in report.classes_removed]
-                entry.info.classes, entry.info.version = len(entry.learner.classes), report.version
-                entry.dirty = entry.unpublished = True
-                entry.nbytes = entry.learner.nbytes()
-                self.version += 1
-                self.evict_over_budget()
+                finally:
+                    self.evict_over_budget()  # never more keys in memory than learning would keep
+                if report is not None:
+                    items, refit, changed = items + report.items, refit + report.refit_items, changed + 1
+                    removed += [f"{c} (key {key})" for c in report.classes_removed]
         finally:
             self._active = active if any(e is active for e in self._resident.values()) else None
-        return ForgetReport(items, tuple(removed), time.perf_counter() - started, self.version, refit, changed)
+        return ForgetReport(items, tuple(removed), time.perf_counter() - started, self.version, refit, changed,
+                            tuple(failed))
+
+    def _forget_key(self, key: str, tags: np.ndarray | None, sources: np.ndarray | None,
+                    named: bool) -> ForgetReport | None:
+        self.use(key)
+        entry = self._active
+        assert entry is not None
+        if not named and not entry.learner.may_hold(tags, sources):  # type: ignore[attr-defined]
+            return None
+        report: ForgetReport = entry.learner.forget(tags, sources)  # type: ignore[attr-defined]
+        entry.info.classes, entry.info.version = len(entry.learner.classes), report.version
+        entry.dirty = entry.unpublished = True
+        entry.nbytes = entry.learner.nbytes()
+        self.version += 1
+        return report
 
     # -- memory ---------------------------------------------------------------------------
     def resident_bytes(self) -> int:

@@ -230,6 +230,9 @@ class RecencyMixture(TapsLearner):
     def holds(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> int:
         return int(self.inner.holds(tags, sources))  # type: ignore[attr-defined]
 
+    def may_hold(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> bool:
+        return bool(self.inner.may_hold(tags, sources))  # type: ignore[attr-defined]
+
     def forget(self, tags: np.ndarray | None = None, sources: np.ndarray | None = None) -> ForgetReport:
         """The wrapped learner forgets; the fast head, trained on recent events whatever they were, starts again."""
         report = self.inner.forget(tags, sources)  # type: ignore[attr-defined]

@@ -30,7 +30,8 @@ class SourceTable:
         self.hits = np.zeros(size)  # faded events judged suspect
 
     def rows(self, sources: np.ndarray) -> np.ndarray:
-        """Each source's row, taking one for a source not in the table (``sources``: no NO_SOURCE)."""
+        """Each source's row, taking one for a source not in the table (``sources``: no NO_SOURCE); -1 for a
+        source left out because the batch brings more sources than the table has rows."""
         uniq, inverse = np.unique(sources, return_inverse=True)
         where = {int(k): i for i, k in enumerate(self.keys) if k != EMPTY}
         rows = np.array([where.get(int(s), -1) for s in uniq], np.int64)
@@ -43,8 +44,8 @@ class SourceTable:
         volume[protect] = np.inf  # a row this batch already uses stays
         volume[self.keys == EMPTY] = -1
         row = int(np.argmin(volume))
-        if np.isinf(volume[row]):  # more sources in one batch than rows: this one is counted in a used row
-            return row
+        if np.isinf(volume[row]):  # more sources in one batch than rows: this one goes uncounted (-1),
+            return -1              # never into another source's row, where its errors would be that one's
         self.keys[row] = key  # the volume stays: inherited (see the module docstring)
         self.seen[row] = self.hits[row] = 0.0
         return row
@@ -55,6 +56,8 @@ class SourceTable:
         for counts in (self.volume, self.seen, self.hits):
             counts *= fade
         size = len(self.keys)
+        tracked = rows >= 0
+        rows, suspect, judged = rows[tracked], suspect[tracked], judged[tracked]
         self.volume += np.bincount(rows, minlength=size)
         self.seen += np.bincount(rows, weights=judged.astype(float), minlength=size)
         self.hits += np.bincount(rows, weights=(suspect & judged).astype(float), minlength=size)

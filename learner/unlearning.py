@@ -8,8 +8,10 @@ plastic can be rebuilt from it. A request (event tags, source tags; ``memory.tag
 2. **hard buffer and codebook sample**: untagged copies of recent or early taps; emptied, and the
    codebook's sample, if it is still collecting or waiting for its switch, is taken again from
    the retained memory (a codebook already in use is kept: see *Limits*);
-3. **classes**: a class with no item left had every retained event forgotten; it leaves the head,
-   the served copy, the prototypes and the memory's numbering, so it is never predicted again;
+3. **classes**: a class whose last items this request took had every retained event forgotten; it
+   leaves the head, the served copy, the prototypes and the memory's numbering, so it is never
+   predicted again (a class with no item before the request, in a memory smaller than its classes,
+   stays, its row starting from its prototype);
 4. **plastic weights**: the adapter starts again from the identity and the head from each class's
    retained mean, then trains ``refit_epochs`` passes over the retained memory (Adam, shuffled
    batches; at most ``refit_max_steps`` steps, so a large memory is seen in fewer passes): what they
@@ -53,30 +55,36 @@ def forget(learner: Continual, tags: np.ndarray | None, sources: np.ndarray | No
     sources = np.zeros(0, np.int64) if sources is None else np.asarray(sources, np.int64)
     if learner.codec_schedule is not None:
         learner.codec_schedule.wait()  # a codebook training on a sample that may hold forgotten taps
+    before = learner.memory.class_counts()
     gone = learner.memory.forget(tags, sources)
     learner.hard = type(learner.hard)(learner.hard.x.shape[1], learner.hard.size)
-    removed = _drop_empty_classes(learner)
+    old = learner.protos.state_dict()
+    removed, keep = _drop_emptied_classes(learner, before)
     _resample_codebook(learner)
     x, y = learner.memory.decode(np.arange(learner.memory.n)), learner.memory.labels()
-    refit(learner, x, y)
-    _rebuild_prototypes(learner, x, y)
+    # A class with no item even before the request (a memory smaller than its classes) keeps its prototype,
+    # which its row starts from: nothing of this request was in it.
+    bare = {c: old["sums"][k] / max(old["counts"][k], 1) for c, k in enumerate(keep) if not (y == c).any()}
+    refit(learner, x, y, bare)
+    _rebuild_prototypes(learner, x, y, {c: (old["sums"][keep[c]], old["counts"][keep[c]]) for c in bare})
     learner.version += 1
     return ForgetReport(len(gone.labels), removed, time.perf_counter() - started, learner.version, len(y))
 
 
-def _drop_empty_classes(learner: Continual) -> tuple[str, ...]:
-    """Classes with no retained item leave; the rest are renumbered in order."""
-    counts = learner.memory.class_counts()
-    keep = [c for c in range(len(learner._classes)) if counts.get(c, 0) > 0]
+def _drop_emptied_classes(learner: Continual, before: dict[int, int]) -> tuple[tuple[str, ...], list[int]]:
+    """Classes this request took the last items of leave; the rest are renumbered in order. Returns the
+    classes removed and, for each class kept, its number before."""
+    after = learner.memory.class_counts()
+    keep = [c for c in range(len(learner._classes)) if after.get(c, 0) > 0 or before.get(c, 0) == 0]
     if len(keep) == len(learner._classes):
-        return ()
+        return (), keep
     removed = tuple(lab for c, lab in enumerate(learner._classes) if c not in set(keep))
     mapping = np.full(len(learner._classes), -1, np.int64)
     mapping[keep] = np.arange(len(keep))
     learner.memory.relabel(mapping)
     learner._classes = [learner._classes[c] for c in keep]
     learner._class_ids = {lab: i for i, lab in enumerate(learner._classes)}
-    return removed
+    return removed, keep
 
 
 def _resample_codebook(learner: Continual) -> None:
@@ -90,14 +98,17 @@ def _resample_codebook(learner: Continual) -> None:
         learner.codec_schedule.collect(sample, learner.events_learned)
 
 
-def refit(learner: Continual, x: np.ndarray, y: np.ndarray) -> None:
-    """The plastic weights again from nothing, trained on ``(x, y)`` only; the served copy restarts there."""
+def refit(learner: Continual, x: np.ndarray, y: np.ndarray, bare: dict[int, np.ndarray] | None = None) -> None:
+    """The plastic weights again from nothing, trained on ``(x, y)`` only; the served copy restarts there.
+    ``bare``: a start (a tap) for the row of each class with no item."""
     learner.adapter = learner._new_adapter()
     rows = np.zeros((len(learner._classes), learner.embedding_dim), np.float32)
     if len(y):
         space = learner._row_space(x)
         for c in np.unique(y):
             rows[c] = unit(space[y == c].mean(0, keepdims=True))[0]
+    for c, tap in (bare or {}).items():
+        rows[c] = unit(learner._row_space(np.asarray(tap, np.float32)[None]))[0]
     learner.head = torch.nn.Parameter(learner._t(rows))
     learner._new_optimizer()
     rng = np.random.default_rng(learner.config.seed)
@@ -122,7 +133,16 @@ def _restart_ema(learner: Continual) -> None:
     learner.ema.restart(learner._effective_weight(), learner.head)
 
 
-def _rebuild_prototypes(learner: Continual, x: np.ndarray, y: np.ndarray) -> None:
+def _rebuild_prototypes(learner: Continual, x: np.ndarray, y: np.ndarray,
+                        kept: dict[int, tuple[np.ndarray, int]]) -> None:
+    """The retained items' sums and counts; ``kept``: the earlier sum and count of each class with no item."""
     protos = PrototypeIndex(learner.encoder.dim)
-    protos.add(unit(x), y)  # every class kept has items (the emptied ones left)
+    protos.add(unit(x), y)
+    sums = np.zeros((len(learner._classes), learner.encoder.dim))
+    counts = np.zeros(len(learner._classes), np.int64)
+    state = protos.state_dict()
+    sums[:len(state["counts"])], counts[:len(state["counts"])] = state["sums"], state["counts"]
+    for c, (total, n) in kept.items():
+        sums[c], counts[c] = total, n
+    protos.load_state_dict({"sums": sums, "counts": counts})
     learner.protos = protos

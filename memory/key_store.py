@@ -62,16 +62,21 @@ class KeyStore:
         return sum(1 for name in os.listdir(self.folder) if not name.startswith("."))
 
     def keys(self) -> list[str]:
-        """Every stored key's name (read from its metadata; a state that cannot be read is left out)."""
-        names = []
-        for name in sorted(os.listdir(self.folder)):
-            if name.startswith("."):
-                continue
-            try:
-                names.append(str(json.loads((self.folder / name / META).read_bytes())["key"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-        return names
+        """Every stored key's name (read from its metadata; see :meth:`unreadable` for the others)."""
+        return [key for key in (self._name_in(link) for link in self._links()) if key is not None]
+
+    def unreadable(self) -> list[str]:
+        """The folder names of stored keys whose metadata cannot be read (damaged: no name to tell)."""
+        return [link for link in self._links() if self._name_in(link) is None]
+
+    def _links(self) -> list[str]:
+        return sorted(name for name in os.listdir(self.folder) if not name.startswith("."))
+
+    def _name_in(self, link: str) -> str | None:
+        try:
+            return str(json.loads((self.folder / link / META).read_bytes())["key"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def save(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Stamp:
         """Write ``key``'s state and point its link at it; returns its stamp.

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .pq import PQCodec
+from .replay_cap import SourceCap
 from .replay_items import ExactTaps, PQCodes
 from .tags import NO_SOURCE
 
@@ -35,7 +36,7 @@ class Forgotten:
     exact: bool
 
 
-class ReplayStore:
+class ReplayStore(SourceCap):
     def __init__(self, dim: int, budget_bytes: int, seed: int = 0, resident: bool = False,
                  tagged: bool = False) -> None:
         self.dim = dim
@@ -53,6 +54,7 @@ class ReplayStore:
         self._reset_regions()
         self.n = 0
         self.seen = 0
+        self.lost = 0  # items added and gone since, other than by forget (evicted, replaced, not stored)
         self._reserve()
 
     # -- layout ------------------------------------------------------------------
@@ -213,6 +215,7 @@ class ReplayStore:
         for c in np.unique(labels[:k]):
             self._join(int(c), slots[labels[:k] == c])
         self.n += k
+        self.lost += len(labels) - k
         # Then replace, one item at a time: each victim depends on the counts so far.
         for i in range(k, len(labels)):
             slot = self._victim()
@@ -220,39 +223,6 @@ class ReplayStore:
             self.items.put(np.array([slot]), encoded[i:i + 1])
             self._put_tags(np.array([slot]), tags, sources, slice(i, i + 1))
             self._join(int(labels[i]), np.array([slot]))
-
-    def _over_cap(self, sources: np.ndarray, cap: int) -> np.ndarray | None:
-        """Which items would take their source past ``cap`` items: they replace their source's own."""
-        if self.n + len(sources) <= cap:  # nothing can pass the cap: skip the scan of the store
-            return None
-        uniq, inverse = np.unique(sources, return_inverse=True)
-        stored = self._sources[:self.n]
-        at = np.minimum(np.searchsorted(uniq, stored), len(uniq) - 1)
-        match = uniq[at] == stored
-        held = np.bincount(at[match], minlength=len(uniq))
-        # Each item's rank among the batch's items of its source (a stable sort keeps stream order).
-        order = np.argsort(inverse, kind="stable")
-        starts = np.searchsorted(inverse[order], np.arange(len(uniq)))
-        rank = np.empty(len(sources), np.int64)
-        rank[order] = np.arange(len(sources)) - starts[inverse[order]]
-        return (sources != NO_SOURCE) & (held[inverse] + rank >= cap)
-
-    def _replace_own(self, encoded: np.ndarray, labels: np.ndarray, tags: np.ndarray, sources: np.ndarray) -> None:
-        """Each item takes the slot of a random item of its own source (the batch's last ones win
-        when it sends more than the source holds: the earlier would be replaced in turn)."""
-        for s in np.unique(sources):
-            mine = np.flatnonzero(sources == s)
-            held = np.flatnonzero(self._sources[:self.n] == s)
-            if len(held) == 0:  # the batch's own free items were all evicted again: nothing of it to replace
-                continue
-            mine = mine[len(mine) - min(len(mine), len(held)):]
-            slots = self._rng.permutation(held)[:len(mine)]
-            for slot in slots:
-                self._leave(int(slot))
-            self.items.put(slots, encoded[mine])
-            self._tags[slots], self._sources[slots] = tags[mine], sources[mine]
-            for c in np.unique(labels[mine]):
-                self._join(int(c), slots[labels[mine] == c])
 
     def _put_tags(self, slots: np.ndarray, tags: np.ndarray | None, sources: np.ndarray | None, at: slice) -> None:
         if self.tagged:
@@ -309,6 +279,30 @@ class ReplayStore:
         """Every stored item's class id, in slot order (``decode(np.arange(n))`` gives their taps)."""
         return self._labels[:self.n].astype(np.int64)
 
+    def _within_capacity(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A state with more items than this store holds (saved untagged, restored tagged: 16 bytes more an
+        item in the same budget) keeps a class-balanced share of them, as eviction would have left."""
+        kind = PQCodes if "codes" in arrays else ExactTaps
+        items = kind.from_state(self.dim, arrays)
+        cap = max(1, (self.budget_bytes - items.overhead_bytes) // (items.item_bytes + LABEL_BYTES
+                                                                     + (TAG_BYTES if self.tagged else 0)))
+        if self.n <= cap:
+            return arrays
+        labels = arrays["labels"].astype(np.int64)
+        counts = np.bincount(labels)
+        level = _water_level(counts, cap)
+        keep = np.concatenate([self._rng.permutation(np.flatnonzero(labels == c))[:min(int(n), level)]
+                               for c, n in enumerate(counts)])
+        extra = cap - len(keep)  # the level's remainder: one more from some of the classes above it
+        if extra > 0:
+            over = np.setdiff1d(np.arange(len(labels)), keep)
+            keep = np.concatenate([keep, self._rng.permutation(over)[:extra]])
+        keep = np.sort(keep)
+        self.lost += self.n - len(keep)
+        self.n = len(keep)
+        per_item = {"labels", "raw", "codes", "tags", "sources"}
+        return {k: (v[keep] if k in per_item else v) for k, v in arrays.items()}
+
     def decode(self, slots: np.ndarray) -> np.ndarray:
         return self.items.decode(slots)
 
@@ -338,12 +332,14 @@ class ReplayStore:
         arrays = {"labels": self._labels[order].astype(np.int64)} | self.items.state_dict(order)  # the format: int64
         if self.tagged:
             arrays |= {"tags": self._tags[order].copy(), "sources": self._sources[order].copy()}
-        meta = {"n": self.n, "seen": self.seen, "rng": self._rng.bit_generator.state}
+        meta = {"n": self.n, "seen": self.seen, "lost": self.lost, "rng": self._rng.bit_generator.state}
         return arrays, meta
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.n, self.seen = int(meta["n"]), int(meta["seen"])
+        self.lost = int(meta.get("lost", self.seen - self.n))  # before it was kept: what is not here was lost
         self._rng.bit_generator.state = meta["rng"]
+        arrays = self._within_capacity(arrays)
         kind = PQCodes if "codes" in arrays else ExactTaps
         self.items = kind.from_state(self.dim, arrays)
         labels = arrays["labels"].astype(np.int64)
@@ -357,3 +353,15 @@ class ReplayStore:
             self._class_arrays(int(labels.max()) + 1)
             for c in np.unique(labels):
                 self._join(int(c), np.flatnonzero(labels == c))
+
+
+def _water_level(counts: np.ndarray, cap: int) -> int:
+    """The largest per-class count ``L`` with ``sum(min(counts, L)) <= cap``."""
+    low, high = 0, int(counts.max())
+    while low < high:
+        mid = (low + high + 1) // 2
+        if int(np.minimum(counts, mid).sum()) <= cap:
+            low = mid
+        else:
+            high = mid - 1
+    return low

@@ -14,6 +14,7 @@ how many. Time is wall-clock seconds since the epoch (it must mean the same afte
 >>> t.add_ids(tags_of(["a", "b", "c"]))  # one over the bound: the oldest goes
 1
 >>> t.add_source(tag_of("feed"), at=990.0)
+0
 >>> t.forgotten(tags_of(["a", "c", "x"]), source_tags(["feed", "feed", None]), np.array([995.0, 995.0, 980.0])).tolist()
 [False, True, False]
 >>> t.forgotten(tags_of(["x"]), source_tags(["feed"]), np.array([980.0])).tolist()
@@ -75,10 +76,18 @@ class Tombstones:
         order = np.argsort(tags, kind="stable")
         self._tags, self._times = tags[order], times[order]
 
-    def add_source(self, tag: int, at: float) -> None:
-        """Tombstone source ``tag``: its events made before ``at`` are forgotten (a later request moves it on)."""
-        if tag != NO_SOURCE:
-            self._sources[tag] = max(at, self._sources.get(tag, at))
+    def add_source(self, tag: int, at: float) -> int:
+        """Tombstone source ``tag``: its events made before ``at`` are forgotten (a later request moves it on).
+        Sources are bounded by ``max_ids`` too: returns how many of the oldest the bound pushed out."""
+        if tag == NO_SOURCE:
+            return 0
+        self._sources[tag] = max(at, self._sources.get(tag, at))
+        dropped = 0
+        while len(self._sources) > self.max_ids:
+            del self._sources[min(self._sources, key=self._sources.__getitem__)]
+            dropped += 1
+        self.dropped += dropped
+        return dropped
 
     def expire(self) -> int:
         """Drop tombstones older than ``retention_s``; returns how many went."""

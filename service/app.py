@@ -30,7 +30,7 @@ from ..stream.forget_request import ForgetRequest
 from .batcher import Answer, Overloaded, PredictBatcher
 from .config import Settings
 from .loop import FeedbackQueueFull
-from .forgetting import Answer
+from .forgetting import Answer as ForgetAnswer
 from .http_body import (ERROR_HANDLERS, SafeJSONResponse, ValidationErrors, invalid_item, read_json, schema_items,
                         unprocessable)
 from .http_forget import ForgetBody, add_forget_route
@@ -49,7 +49,7 @@ class ServiceHandle(Protocol):
 
     def submit_feedback(self, message: LabelMessage) -> None: ...
 
-    def forget(self, request: ForgetRequest) -> Future[Answer]:
+    def forget(self, request: ForgetRequest) -> Future[ForgetAnswer]:
         """Queue a forget request for the learner (raises ``ForgetRefused`` where it cannot be taken)."""
         ...
 

@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..learner.influence import InfluenceConfig
+from ..learner.registry import LEARNERS
 from ..memory.tombstones import WEEK_S
 
 
@@ -70,6 +71,10 @@ def forget_problem(settings: Any) -> str | None:
         return f"source.kafka.forget_topic {topic!r} must differ from the events and labels topics"
     if not settings.forget.enabled:  # its requests would be read, refused and committed: lost
         return "source.kafka.forget_topic needs forget.enabled"
+    entry = LEARNERS[settings.learner.name]
+    if not (entry.continual and entry.replay):  # likewise: every request would be refused
+        return (f"source.kafka.forget_topic needs a learner that can forget (a lifelong learner with replay), "
+                f"not {settings.learner.name!r}")
     mode = settings.scaleout.learning.mode
     if mode != "off":  # one partition reaches one replica; per_key: POST /v1/forget to every replica instead
         return f"source.kafka.forget_topic is not supported with scaleout.learning.mode {mode!r} yet"

@@ -172,6 +172,12 @@ class Forgetting:
                                 "could bring the events back; retry (a repeated request is harmless)")
         if self._checkpointer is not None:
             self._checkpointer.drop_older()
+        if report.failed:  # per_key: stored keys that could not be read still hold what they learned
+            self.metrics.forget_requests.labels(outcome="failed").inc()
+            named = ", ".join(repr(k) for k in report.failed[:10])
+            raise ForgetRefused(503, f"forgotten everywhere but in {len(report.failed)} stored key(s) whose state "
+                                f"cannot be read ({named}; see the log): repair or remove them and retry (a "
+                                "repeated request is harmless)")
         return self._applied(request, report, removed, time.perf_counter() - started)
 
     def _tombstone(self, tags: np.ndarray, sources: np.ndarray, request: ForgetRequest) -> None:
@@ -180,8 +186,9 @@ class Forgetting:
         if dropped:
             log.warning("forget: the %d oldest tombstones were dropped (forget.max_tombstones=%d); their events "
                         "could be learned again if read again", dropped, tombstones.max_ids)
-        if len(sources):
-            tombstones.add_source(int(sources[0]), float(request.at or time.time()))
+        if len(sources) and tombstones.add_source(int(sources[0]), float(request.at or time.time())):
+            log.warning("forget: the oldest source tombstone was dropped (forget.max_tombstones=%d)",
+                        tombstones.max_ids)
         self.metrics.tombstones.set(len(tombstones))
 
     def _scrub(self, ids: Sequence[str]) -> None:

@@ -110,3 +110,36 @@ def test_relabel_renumbers_classes_and_keeps_every_item() -> None:
     assert set(store.class_counts()) == {0, 1}
     with pytest.raises(ValueError):
         store.relabel(np.array([-1, 0]))
+
+
+def test_a_full_untagged_state_restores_into_a_tagged_store_class_balanced() -> None:
+    """Upgrading: a full memory saved before tags (16 bytes less an item) must not refuse to restore."""
+    budget = 100 * (DIM * 4 + 4)
+    old = ReplayStore(DIM, budget, seed=0)
+    labels = np.array([0] * 70 + [1] * 20 + [2] * 10)
+    old.add(np.random.default_rng(0).normal(size=(100, DIM)).astype(np.float32), labels)
+    assert old.n == 100 == old.capacity
+    new = ReplayStore(DIM, budget, seed=0, tagged=True)
+    new.load_state_dict(*old.state_dict())
+    assert new.n == new.capacity == 100 * (DIM * 4 + 4) // (DIM * 4 + 4 + 16)
+    counts = new.class_counts()
+    assert counts[2] == 10 and counts[1] == 20 and counts[0] == new.n - 30  # the largest class gave way
+    assert new.lost == 100 - new.n and new.seen == 100
+    consistent(new)
+    kept = new.decode(np.arange(new.n))
+    assert all(any(np.array_equal(k, t) for t in old.decode(np.arange(100))) for k in kept[:5])
+
+
+def test_a_source_at_its_cap_replaces_its_own_items_of_the_same_class_and_never_empties_a_class() -> None:
+    store = ReplayStore(DIM, 1 << 20, seed=0, tagged=True)
+    x = np.zeros((1, DIM), np.float32)
+    for i, c in enumerate([0, 2, 2, 2]):  # source 7 fills its cap of 4; its class-0 item is class 0's only one
+        store.add(x, np.array([c]), np.array([i + 1]), np.array([7]), max_per_source=4)
+    for i in range(5):  # then it sends class 1 only
+        store.add(x, np.array([1]), np.array([200 + i]), np.array([7]), max_per_source=4)
+    labels = store._labels[:store.n]
+    assert store.n == 4 and sorted(labels.tolist()) == [0, 1, 2, 2]  # one class-2 item made room, then class 1
+    store.add(x, np.array([2]), np.array([300]), np.array([7]), max_per_source=4)  # replaces one of its class-2 items
+    assert sorted(store._labels[:store.n].tolist()) == [0, 1, 2, 2]
+    consistent(store)
+    assert store.lost == 6 and store.seen == 10

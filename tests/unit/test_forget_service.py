@@ -228,7 +228,10 @@ def test_http_forget_answers_what_it_removed_and_zero_for_unknown_ids(make: Any,
         h.service.loop.stop()
     assert known.status_code == 200, known.text
     assert known.json()["forgotten"] == {"replay_items": 3, "pending": 0, "holdout": 0}
-    assert known.json()["model_version"] <= h.service.holder.current.version
+    versions = [r.json()["model_version"] for r in (known, unknown, source)]
+    assert versions == sorted(set(versions)) and versions[-1] == h.service.holder.current.version  # each a new one
+    served = h.client.post("/v1/predict", json={"instances": [{"features": [0.0] * 4}]}).json()
+    assert served["model_version"] >= versions[-1]
     assert unknown.status_code == 200
     assert unknown.json()["forgotten"] == {"replay_items": 0, "pending": 0, "holdout": 0}
     assert source.status_code == 200 and source.json()["forgotten"]["replay_items"] >= 15  # ids 1, 5, 9, ...
@@ -375,6 +378,8 @@ def test_per_key_forgets_in_every_key_that_holds_the_events_and_merge_refuses(ma
     ({"source": {"kind": "kafka", "kafka": {"forget_topic": "lifelong-events"}}}, "must differ"),
     ({"source": {"kind": "kafka", "kafka": {"forget_topic": "f"}}, "forget": {"enabled": False}},
      "needs forget.enabled"),
+    ({"source": {"kind": "kafka", "kafka": {"forget_topic": "f"}}, "learner": {"name": "nmc"}},
+     "needs a learner that can forget"),
     ({"source": {"kind": "kafka", "kafka": {"forget_topic": "f"}}, "checkpoint": {"dir": "/tmp/x"},
       "scaleout": {"learning": {"mode": "per_key"}}}, "not supported with scaleout.learning.mode 'per_key'")])
 def test_a_forget_topic_that_could_lose_requests_is_refused_at_start(change: dict[str, Any], problem: str) -> None:
@@ -397,3 +402,12 @@ def test_tombstones_cost_sixteen_bytes_each_and_keep_the_newest_under_the_bound(
     assert t.forgotten(batches[2], np.zeros(20_000, np.int64), np.zeros(20_000)).all()
     assert t.forgotten(batches[0], np.zeros(20_000, np.int64), np.zeros(20_000)).sum() == 10_000  # its older half went
     assert all(t.forgets(int(tag), 0, 0.0) for tag in batches[1][:100])
+
+
+def test_source_tombstones_are_bounded_too() -> None:
+    from lifelong.memory.tombstones import Tombstones
+
+    t = Tombstones(retention_s=1e9, max_ids=2, clock=lambda: 1000.0)
+    assert [t.add_source(s, at=float(s)) for s in (11, 12, 13)] == [0, 0, 1]
+    none = np.zeros(3, np.int64)
+    assert t.forgotten(none, np.array([11, 12, 13]), np.array([0.0, 0.0, 0.0])).tolist() == [False, True, True]

@@ -140,3 +140,13 @@ def test_state_round_trip_judges_the_same() -> None:
         np.testing.assert_array_equal(a, b)
     counts = lambda t: dict(zip(t.keys.tolist(), t.hits.round(9).tolist()))  # noqa: E731  (rows may be reordered)
     assert counts(twin.table) == counts(influence.table)
+
+
+def test_a_batch_with_more_sources_than_rows_counts_none_of_the_overflow_in_another_sources_row() -> None:
+    from lifelong.learner.source_table import SourceTable
+
+    table = SourceTable(size=4)
+    rows = table.rows(np.arange(1, 9, dtype=np.int64))
+    assert sorted(rows[rows >= 0].tolist()) == [0, 1, 2, 3] and (rows < 0).sum() == 4
+    table.observe(rows, np.ones(8, bool), np.ones(8, bool))
+    assert table.hits.sum() == 4 and table.volume.max() == 1  # each tracked source its own event only

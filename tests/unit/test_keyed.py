@@ -315,3 +315,37 @@ def test_keys_forget_where_they_hold_the_events_in_memory_or_stored(tmp_path: Pa
     named = keyed.forget(tags=tags_of(["never"]), keys=["y", "unknown"])
     assert named.keys == 1 and named.items == 0  # a named key is refit; an unknown one is not made
     assert "unknown" not in keyed.info
+
+
+def test_a_keyed_forget_stays_within_the_budget_goes_past_a_damaged_key_and_refits_keys_that_lost_items(
+        tmp_path: Path) -> None:
+    from lifelong.learner.registry import LearnerOptions
+    from lifelong.memory.tags import tags_of
+
+    def make(budget: int) -> Any:
+        return lambda: build("lifelong", make_encoder("features", feature_dim=DIM, encoder="standardize",
+                                                      warmup_events=0),
+                             LearnerOptions(continual={"forgetting": True, "pq_m": 0, "memory_budget_bytes": budget}))
+    keyed = KeyedLearners(make(1 << 20), KeyStore(tmp_path / "keys"), max_keys=10, max_resident_bytes=0)
+    lines = events(120)
+    for key in KEYS:
+        group = [e for e in lines if e["key"] == key]
+        keyed.use(key)
+        keyed.learn_taps(keyed.encode(np.array([e["features"] for e in group], np.float32), learning=True),
+                         [e["label"] for e in group], tags=tags_of(e["id"] for e in group))
+        keyed.evict_over_budget()
+    keyed.save_keys()
+    target = keyed.store.path("z")
+    (target / "tensors.safetensors").write_bytes(b"damaged")
+    report = keyed.forget(tags=tags_of([e["id"] for e in lines[:6]]))
+    assert report.failed == ("z",) and report.keys == 2 and report.items == 4  # x's and y's two each
+    assert len(keyed._resident) == 1  # read one at a time, saved and dropped again
+    # a key whose memory evicted items may hold anything it learned: it is refit although it holds none
+    small = KeyedLearners(make(8 * (DIM * 4 + 4 + 16)), KeyStore(tmp_path / "small"), max_keys=10,
+                          max_resident_bytes=1 << 30)
+    small.use("x")
+    group = [e for e in lines if e["key"] == "x"]
+    small.learn_taps(small.encode(np.array([e["features"] for e in group], np.float32), learning=True),
+                     [e["label"] for e in group], tags=tags_of(e["id"] for e in group))
+    evicted = [e["id"] for e in group if not small.active.holds(tags=tags_of([e["id"]]))]
+    assert evicted and small.forget(tags=tags_of(evicted[:1])).keys == 1

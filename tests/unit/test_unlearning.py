@@ -127,3 +127,17 @@ def test_the_influence_bounds_counts_are_part_of_the_learners_state() -> None:
     twin.load_state_dict(*lr.state_dict())
     np.testing.assert_array_equal(twin.influence.table.keys, lr.influence.table.keys)
     np.testing.assert_allclose(twin.influence.table.volume, lr.influence.table.volume)
+
+
+def test_only_the_classes_a_request_empties_leave() -> None:
+    # A memory of 3 items for 6 classes: most classes hold no item before any request.
+    lr, x, labels, ids, _ = learned(240, memory_budget_bytes=3 * (DIM * 4 + 4 + 16))
+    held = {lr.classes[c] for c in lr.memory.class_counts()}
+    assert lr.memory.n == 3 and len(lr.classes) == CLASSES and len(held) < CLASSES
+    victim = lr.memory.labels()[0]
+    tags = lr.memory._tags[:lr.memory.n][lr.memory.labels() == victim]
+    emptied = lr.classes[victim]
+    report = lr.forget(tags=tags)
+    assert report.classes_removed == (emptied,)
+    assert set(lr.classes) == {f"c{c}" for c in range(CLASSES)} - {emptied}
+    assert (lr.protos.counts > 0).all()  # the classes without items kept their prototypes
