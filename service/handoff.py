@@ -45,6 +45,8 @@ class Handoff:
     early: list[tuple[str, str, float]] = field(default_factory=list)  # labels waiting for their event, with age
     # Each parked event's and early label's partition, by id: the receiver can hand them on again.
     origins: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Each parked event's source tag (``memory.tags``), by id, where it named one: learned under it there.
+    sources: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids) + len(self.recent) + len(self.early)
@@ -56,6 +58,7 @@ def pack(h: Handoff) -> bytes:
                          "recent": [list(r) for r in h.recent], "keys": h.keys,
                          "early": [list(e) for e in h.early],
                          "origins": [[i, t, p] for i, (t, p) in h.origins.items()],
+                         "sources": [[i, tag] for i, tag in h.sources.items()],
                          "sha256": hashlib.sha256(body).hexdigest()}).encode()
     return MAGIC + struct.pack(">I", len(header)) + header + body
 
@@ -90,8 +93,9 @@ def _unpack(raw: bytes) -> Handoff:
         raise ValueError("handoff: ids and keys disagree")
     early = [(str(i), str(label), float(age)) for i, label, age in head.get("early", [])]
     origins = {str(i): (str(t), int(p)) for i, t, p in head.get("origins", [])}
+    sources = {str(i): int(tag) for i, tag in head.get("sources", [])}
     return Handoff([str(i) for i in head["ids"]], taps, [float(a) for a in head["ages_s"]], recent, keys, early,
-                   origins)
+                   origins, sources)
 
 
 class FolderHandoffs:

@@ -344,7 +344,8 @@ class Intake:
             if owns is not None and owns(topic, partition):
                 self.validator.recent_ids.seen_or_add(event_id, (topic, partition))
         joined = self.join.adopt(handed)
-        items = [Item(None, i, label, None, tap, key or DEFAULT_KEY) for i, tap, label, key in joined]
+        items = [Item(None, i, label, None, tap, key or DEFAULT_KEY, source=self.join.source_of(i))
+                 for i, tap, label, key in joined]
         self._each_key(items, self._learn)
         return len(joined)
 

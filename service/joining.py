@@ -58,7 +58,7 @@ class LabelJoin:
     def hand_off(self, partitions: set[tuple[str, int]] | None, keep: bool = False) -> Handoff:
         """What waits here from ``partitions`` (None: all): parked events and early labels, taken out (the
         partitions moved to another replica) or copied (``keep``: this replica leaves, may get them back)."""
-        ids, taps, ages, keys, early, origins = [], [], [], [], [], {}
+        ids, taps, ages, keys, early, origins, sources = [], [], [], [], [], {}, {}
         for event_id, origin in list((self.origins or {}).items()):
             if partitions is not None and origin not in partitions:
                 continue
@@ -70,13 +70,16 @@ class LabelJoin:
                 early.append((event_id, str(waiting[0]), waiting[1]))
             taken = self.pending.peek(event_id) if keep else self.pending.remove(event_id)
             key = self.keys.get(event_id, "") if keep else self.keys.pop(event_id, "")
+            source = self.sources.get(event_id, NO_SOURCE) if keep else self.sources.pop(event_id, NO_SOURCE)
+            if source != NO_SOURCE:
+                sources[event_id] = source
             if taken is not None:
                 ids.append(event_id)
                 taps.append(taken[0])
                 ages.append(taken[1])
                 keys.append(key)
         return Handoff(ids, np.stack(taps) if taps else np.zeros((0, 0), np.float32), ages, [],
-                       keys if any(keys) else [], early, origins)
+                       keys if any(keys) else [], early, origins, sources)
 
     def adopt(self, h: Handoff) -> list[tuple[str, np.ndarray, str, str | None]]:
         """Take what another replica handed on: park its events and early labels; returns the events whose
@@ -86,6 +89,8 @@ class LabelJoin:
             key = h.keys[n] if h.keys else None
             if age > self.pending.max_age_s or event_id in self.pending:
                 continue
+            if h.sources.get(event_id, NO_SOURCE) != NO_SOURCE:  # source_of() gives it when it is learned
+                self.sources[event_id] = h.sources[event_id]
             label = self.early.take(event_id)
             if label is not None:
                 self.pending.mark_joined(event_id)

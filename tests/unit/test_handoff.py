@@ -85,3 +85,19 @@ def test_a_damaged_or_foreign_file_in_the_folder_is_skipped_and_the_others_deliv
     (tmp_path / "notes-x.ho").write_bytes(b"")  # not a handoff's name
     assert a.send(Handoff(["e1"], np.ones((1, 2), np.float32), [0.0], []))
     assert [h.ids for h in b.receive()] == [["e1"]] and b.receive() == []
+
+
+def test_a_parked_events_source_moves_with_it() -> None:
+    from lifelong.memory.tags import NO_SOURCE, tag_of
+
+    a, b, c = join(), join(), join()
+    a.park("e1", np.ones(2, np.float32), record=("events", 0, 0), source=tag_of("user-1"))
+    a.park("e2", np.ones(2, np.float32), record=("events", 0, 1))  # names no source
+    c.label("e1", "y", ("labels", 0))  # at c the label is there first
+    h = unpack(pack(a.hand_off({("events", 0)})))
+    assert h.sources == {"e1": tag_of("user-1")} and "e1" not in a.sources
+    b.adopt(h)
+    assert b.label("e1", "y") is not None and b.source_of("e1") == tag_of("user-1")
+    assert b.label("e2", "y") is not None and b.source_of("e2") == NO_SOURCE
+    joined = c.adopt(h)
+    assert [i for i, *_ in joined] == ["e1"] and c.source_of("e1") == tag_of("user-1")  # joined at once
