@@ -156,9 +156,13 @@ class Forgetting:
             self._tombstone(tags, sources, request)
             report: ForgetReport = self.learner.forget(tags if len(tags) else None,  # type: ignore[attr-defined]
                                                        sources if len(sources) else None)
-            removed = {"replay_items": report.items, "pending": self.intake.join.forget(tags, sources),
+            # The ids of the source's events still in the duplicate window: they leave it, and the label
+            # join's memory of joined ids, as the named ids do.
+            of_source = self.intake.validator.recent_ids.of_sources(set(sources.tolist()))
+            every = np.concatenate([tags, tags_of(of_source)])
+            removed = {"replay_items": report.items, "pending": self.intake.join.forget(every, sources),
                        "holdout": self.intake.evaluation.forget(tags, sources)}
-            self._scrub(request.ids)
+            self._scrub([*request.ids, *of_source])
             self.intake.unpublished += 1
             self._publish()
         except Exception as exc:  # noqa: BLE001 - a failed request must not stop the learning loop

@@ -205,7 +205,7 @@ class Intake:
                     raise InvalidEvent("source_over_rate", "source", "over influence.max_source_rate")
                 if verdict != "take":
                     continue  # forgotten or throttled: counted, never learned
-                self.validator.claim(event, (record.topic, record.partition) if self.track_origins else None)
+                self.validator.claim(event, (record.topic, record.partition) if self.track_origins else None, source)
                 raw = self._raw_input(event)
                 items.append(Item(record, event.id, event.label, raw, None, event.key or DEFAULT_KEY, source=source))
             except InvalidEvent as exc:

@@ -107,6 +107,8 @@ class RecentIds:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._ids: OrderedDict[str, tuple[str, int] | None] = OrderedDict()
+        self._sources: dict[str, int] = {}  # the source tag of each id whose event named one: a forgotten
+        # source's ids leave the window with it (they are kept in checkpoints)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -114,19 +116,27 @@ class RecentIds:
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._ids
 
-    def seen_or_add(self, event_id: str, origin: tuple[str, int] | None = None) -> bool:
+    def seen_or_add(self, event_id: str, origin: tuple[str, int] | None = None, source: int = 0) -> bool:
+        """Whether ``event_id`` is here already; if not, it is now (``source``: its source's tag, 0: none)."""
         if self.capacity == 0:
             return False
         if event_id in self._ids:
             return True
         self._ids[event_id] = origin
+        if source:
+            self._sources[event_id] = source
         if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+            self._sources.pop(self._ids.popitem(last=False)[0], None)
         return False
 
     def discard(self, event_id: str) -> None:
         """Give an id back (its event was rejected after validation), so a corrected resend is accepted."""
         self._ids.pop(event_id, None)
+        self._sources.pop(event_id, None)
+
+    def of_sources(self, tags: set[int]) -> list[str]:
+        """The ids here whose events named one of these source tags."""
+        return [i for i, tag in self._sources.items() if tag in tags]
 
     def of_partitions(self, partitions: set[tuple[str, int]] | None) -> list[tuple[str, str, int]]:
         """The ids read from ``partitions`` (None: any), oldest first, each with its partition."""
@@ -135,13 +145,16 @@ class RecentIds:
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         origins = [list(o) if o is not None else None for o in self._ids.values()]
-        return {}, {"ids": list(self._ids)} | ({"origins": origins} if any(origins) else {})
+        sources = [[i, tag] for i, tag in self._sources.items()]
+        return {}, {"ids": list(self._ids)} | ({"origins": origins} if any(origins) else {}) | (
+            {"sources": sources} if sources else {})
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         ids = meta["ids"]
         origins = meta.get("origins") or [None] * len(ids)
         pairs = [(i, (str(o[0]), int(o[1])) if o else None) for i, o in zip(ids, origins)]
         self._ids = OrderedDict(pairs[-self.capacity:] if self.capacity else [])
+        self._sources = {str(i): int(tag) for i, tag in meta.get("sources", []) if str(i) in self._ids}
 
 
 class EventValidator:
@@ -171,10 +184,10 @@ class EventValidator:
         self.check_input(event)
         return event
 
-    def claim(self, event: ParsedEvent, origin: tuple[str, int] | None = None) -> ParsedEvent:
+    def claim(self, event: ParsedEvent, origin: tuple[str, int] | None = None, source: int = 0) -> ParsedEvent:
         """``event``, its id now taken; raises duplicate_id if it was taken already.
 
         Only a valid event claims its id, so a corrected resend is not a duplicate."""
-        if self.recent_ids.seen_or_add(str(event.id), origin):
+        if self.recent_ids.seen_or_add(str(event.id), origin, source):
             raise InvalidEvent("duplicate_id", "id", f"event id {event.id!r} was already received")
         return event

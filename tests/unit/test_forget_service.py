@@ -411,3 +411,18 @@ def test_source_tombstones_are_bounded_too() -> None:
     assert [t.add_source(s, at=float(s)) for s in (11, 12, 13)] == [0, 0, 1]
     none = np.zeros(3, np.int64)
     assert t.forgotten(none, np.array([11, 12, 13]), np.array([0.0, 0.0, 0.0])).tolist() == [False, True, True]
+
+
+def test_a_forgotten_sources_ids_leave_the_duplicate_window_and_the_joined_ids(make: Any, tmp_path: Path) -> None:
+    h = learned(make, tmp_path)
+    loop = h.service.loop
+    recent = loop.intake.validator.recent_ids
+    mine = [str(i) for i in range(90) if i % 4 == 2]  # source s2's events
+    assert all(i in recent for i in mine) and sorted(recent.of_sources({tag_of("s2")}), key=int) == mine
+    loop.intake.join.pending._done["6"] = "joined"  # as if event 6's label had joined
+    loop.forgetting.apply(ForgetRequest(source="s2"))
+    assert not any(i in recent for i in mine) and "1" in recent  # s1's stay
+    assert "6" not in loop.intake.join.pending._done
+    assert not any(i in loop.learned_ids for i in mine)
+    state = recent.state_dict()[1]  # what the checkpoint keeps names none of them
+    assert not set(mine) & set(state["ids"]) and all(tag != tag_of("s2") for _, tag in state.get("sources", []))
