@@ -44,5 +44,5 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"Retained accuracy drop: {doc['retained_accuracy_drop']:+.4f}. The refit trained on "
             f"{doc['refit_items']:,} retained items. Classes removed: {', '.join(doc['classes_removed']) or 'none'}.",
             "", "| target | met |", "|---|---|"]
-    head += [f"| {name} | {'yes' if ok else '**no**'} |" for name, ok in doc["targets"].items()]
+    head += [f"| {name.replace('|', chr(92) + '|')} | {'yes' if ok else '**no**'} |" for name, ok in doc["targets"].items()]
     return "\n".join(head) + "\n"
