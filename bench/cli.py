@@ -119,7 +119,8 @@ def cmd_bench_unlearning(args: argparse.Namespace) -> int:
         stream = stream.limited(args.limit, args.seed)
     out = Path(args.out or f"docs/benchmarks/{flag[2:]}")
     if args.forget:
-        from .forget import ForgetOptions, render_text, run_forget
+        from .forget import ForgetOptions, run_forget
+        from .forget_report import render_text
 
         opts = ForgetOptions(out=out, seed=args.seed, quick=args.quick, device=args.device)
         return _run(flag, lambda: run_forget(stream, opts), render_text, f"{out}/forget.json and forget.md",

@@ -28,6 +28,7 @@ import numpy as np
 from ..learner.registry import LearnerOptions, build
 from ..memory.tags import source_tags, tags_of
 from .encode import Encoded, encode_stream, encode_with
+from .forget_report import render_markdown
 from .quality import daemon_image_encoder, daemon_threads, feature_encoder
 from .run_options import RunOptions
 from .streams import BenchStream
@@ -151,8 +152,6 @@ def run_forget(stream: BenchStream, opts: ForgetOptions, say: Callable[[str], No
            "retrain_retained_accuracy": retrained["retained_accuracy"], "retrain_mia_auc": retrained["mia_auc"],
            "retrain_seconds": round(retrain_s, 2)}
     doc["targets"] = targets(doc)
-    from .forget_report import render_markdown
-
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "forget.json").write_text(json.dumps(doc, indent=2) + "\n")
     (opts.out / "forget.md").write_text(render_markdown(doc))
@@ -166,9 +165,3 @@ def targets(doc: dict[str, Any]) -> dict[str, bool]:
             "mia_auc <= 0.55": doc["mia_auc"] <= 0.55,
             "|mia_auc - retrain_mia_auc| <= 0.02": abs(doc["mia_auc"] - doc["retrain_mia_auc"]) <= 0.02,
             "forget_seconds <= 5": doc["forget_seconds"] <= 5}
-
-
-def render_text(doc: dict[str, Any]) -> str:
-    from .forget_report import render_text as text
-
-    return text(doc)

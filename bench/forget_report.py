@@ -3,11 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-ROWS = (("forgotten_class_accuracy", "accuracy on the forgotten class", "retrain_forgotten_class_accuracy"),
-        ("retained_accuracy_after", "accuracy on the other classes", "retrain_retained_accuracy"),
-        ("mia_auc", "membership-inference AUC (0.5: chance)", "retrain_mia_auc"),
-        ("forget_seconds", "seconds (forget request; retraining)", "retrain_seconds"))
-
 
 def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -233,10 +233,11 @@ class KeyedLearners:
         Keys are read one at a time and saved again within the memory budget; a key whose stored state
         cannot be read is reported in ``failed``, and the others go on."""
         started = time.perf_counter()
-        stored = set(self.store.keys())
+        found, unreadable = self.store.scan()
+        stored = set(found)
         names = [k for k in keys if k in self._resident or k in stored] if keys is not None \
             else sorted(set(self._resident) | stored)
-        failed = [] if keys is not None else self.store.unreadable()
+        failed = [] if keys is not None else unreadable
         active = self._active
         items = refit = changed = 0
         removed: list[str] = []

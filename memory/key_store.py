@@ -62,12 +62,20 @@ class KeyStore:
         return sum(1 for name in os.listdir(self.folder) if not name.startswith("."))
 
     def keys(self) -> list[str]:
-        """Every stored key's name (read from its metadata; see :meth:`unreadable` for the others)."""
-        return [key for key in (self._name_in(link) for link in self._links()) if key is not None]
+        """Every stored key's name (read from its metadata; see :meth:`scan` for the others)."""
+        return self.scan()[0]
 
-    def unreadable(self) -> list[str]:
-        """The folder names of stored keys whose metadata cannot be read (damaged: no name to tell)."""
-        return [link for link in self._links() if self._name_in(link) is None]
+    def scan(self) -> tuple[list[str], list[str]]:
+        """(names of the stored keys, folder names of those whose metadata cannot be read: damaged, no name to
+        tell), in one pass over the folder."""
+        names, unreadable = [], []
+        for link in self._links():
+            key = self._name_in(link)
+            if key is None:
+                unreadable.append(link)
+            else:
+                names.append(key)
+        return names, unreadable
 
     def _links(self) -> list[str]:
         return sorted(name for name in os.listdir(self.folder) if not name.startswith("."))

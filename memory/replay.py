@@ -279,21 +279,15 @@ class ReplayStore(SourceCap):
         """Every stored item's class id, in slot order (``decode(np.arange(n))`` gives their taps)."""
         return self._labels[:self.n].astype(np.int64)
 
-    def _within_capacity(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _trimmed(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A state with more items than this store holds (saved untagged, restored tagged: 16 bytes more an
         item in the same budget) keeps a class-balanced share of them, as eviction would have left."""
-        kind = PQCodes if "codes" in arrays else ExactTaps
-        items = kind.from_state(self.dim, arrays)
-        cap = max(1, (self.budget_bytes - items.overhead_bytes) // (items.item_bytes + LABEL_BYTES
-                                                                     + (TAG_BYTES if self.tagged else 0)))
-        if self.n <= cap:
-            return arrays
         labels = arrays["labels"].astype(np.int64)
         counts = np.bincount(labels)
-        level = _water_level(counts, cap)
+        level = _water_level(counts, self.capacity)
         keep = np.concatenate([self._rng.permutation(np.flatnonzero(labels == c))[:min(int(n), level)]
                                for c, n in enumerate(counts)])
-        extra = cap - len(keep)  # the level's remainder: one more from some of the classes above it
+        extra = self.capacity - len(keep)  # the level's remainder: one more from some of the classes above it
         if extra > 0:
             over = np.setdiff1d(np.arange(len(labels)), keep)
             keep = np.concatenate([keep, self._rng.permutation(over)[:extra]])
@@ -339,9 +333,11 @@ class ReplayStore(SourceCap):
         self.n, self.seen = int(meta["n"]), int(meta["seen"])
         self.lost = int(meta.get("lost", self.seen - self.n))  # before it was kept: what is not here was lost
         self._rng.bit_generator.state = meta["rng"]
-        arrays = self._within_capacity(arrays)
         kind = PQCodes if "codes" in arrays else ExactTaps
         self.items = kind.from_state(self.dim, arrays)
+        if self.n > self.capacity:  # rare: an upgrade; the items are read again from the share kept
+            arrays = self._trimmed(arrays)
+            self.items = kind.from_state(self.dim, arrays)
         labels = arrays["labels"].astype(np.int64)
         self._labels = np.zeros(0, SLOT)
         self._reset_regions()

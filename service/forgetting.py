@@ -158,7 +158,7 @@ class Forgetting:
                                                        sources if len(sources) else None)
             # The ids of the source's events still in the duplicate window: they leave it, and the label
             # join's memory of joined ids, as the named ids do.
-            of_source = self.intake.validator.recent_ids.of_sources(set(sources.tolist()))
+            of_source = self.intake.validator.recent_ids.of_sources(set(sources.tolist())) if len(sources) else []
             every = np.concatenate([tags, tags_of(of_source)])
             removed = {"replay_items": report.items, "pending": self.intake.join.forget(every, sources),
                        "holdout": self.intake.evaluation.forget(tags, sources)}
