@@ -82,7 +82,11 @@ class Learner(Protocol):
 
     def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray: ...
 
-    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats: ...
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], *, tags: np.ndarray | None = None,
+                   sources: np.ndarray | None = None) -> StepStats:
+        """``tags``, ``sources``: the events' id and source tags (``memory.tags``); a learner that can forget
+        keeps them with what it stores, the others ignore them."""
+        ...
 
     def predict_taps(self, taps: np.ndarray) -> Predictions: ...
 
@@ -109,7 +113,8 @@ class TapsLearner:
     def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
         raise NotImplementedError
 
-    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], *, tags: np.ndarray | None = None,
+                   sources: np.ndarray | None = None) -> StepStats:
         raise NotImplementedError
 
     def predict_taps(self, taps: np.ndarray) -> Predictions:

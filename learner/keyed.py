@@ -203,10 +203,10 @@ class KeyedLearners:
     def encode(self, inputs: RawInputs, *, learning: bool = False) -> np.ndarray:
         return self.active.encode(inputs, learning=learning)
 
-    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], **tagged: Any) -> StepStats:
-        """``tagged``: the events' ``tags`` and ``sources``, for the active key's learner."""
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], *, tags: np.ndarray | None = None,
+                   sources: np.ndarray | None = None) -> StepStats:
         entry = self._active
-        stats = self.active.learn_taps(taps, labels, **tagged)
+        stats = self.active.learn_taps(taps, labels, tags=tags, sources=sources)
         assert entry is not None
         entry.info.learned(stats, len(entry.learner.classes))
         entry.dirty = entry.unpublished = True

@@ -84,7 +84,9 @@ class NMCLearner(TapsLearner):
                 new.append(label)
         return np.array([self._class_ids[lab] for lab in labels], dtype=np.int64), new
 
-    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], *, tags: np.ndarray | None = None,
+                   sources: np.ndarray | None = None) -> StepStats:
+        # tags and sources: kept nowhere (no replay memory to forget from; forgetting refuses this learner)
         if len(taps) != len(labels):
             raise ValueError(f"{len(taps)} inputs but {len(labels)} labels")
         if len(labels) == 0:

@@ -189,13 +189,13 @@ class RecencyMixture(TapsLearner):
         slow = self._slow().probs(tap[None])
         return bool(self._sequential(np.asarray(tap[None], np.float64), np.array([y]), slow, known)[0])
 
-    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], **tagged: Any) -> StepStats:
-        """``tagged``: the events' ``tags`` and ``sources``, for the wrapped learner."""
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], *, tags: np.ndarray | None = None,
+                   sources: np.ndarray | None = None) -> StepStats:
         if len(taps) != len(labels):
             raise ValueError(f"{len(taps)} inputs but {len(labels)} labels")
         known = len(self.inner.classes)
         slow = self._slow().probs(taps) if known and len(labels) else np.zeros((len(labels), known))
-        stats = self.inner.learn_taps(taps, labels, **tagged)
+        stats = self.inner.learn_taps(taps, labels, tags=tags, sources=sources)
         if not len(labels):
             return stats
         ids = {c: i for i, c in enumerate(self.inner.classes)}

@@ -23,7 +23,9 @@ class RiverLearner:
             return self.labels[1] if y else self.labels[0]
         return None if y is None else str(y)
 
-    def learn_taps(self, taps: np.ndarray, labels: Sequence[str]) -> StepStats:
+    def learn_taps(self, taps: np.ndarray, labels: Sequence[str], *, tags: np.ndarray | None = None,
+                   sources: np.ndarray | None = None) -> StepStats:
+        # tags and sources: kept nowhere (forgetting refuses the baselines)
         correct = np.zeros(len(labels), bool)
         for i, (row, label) in enumerate(zip(taps.tolist(), labels)):
             x = dict(enumerate(row))

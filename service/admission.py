@@ -12,8 +12,6 @@ Kafka record's timestamp, else now.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Literal
@@ -31,22 +29,6 @@ from .forget_settings import ForgetSettings, InfluenceSettings
 Part = tuple[dict[str, np.ndarray], dict[str, Any]]
 Verdict = Literal["take", "forgotten", "throttled"]
 MAX_RATED_SOURCES = 100_000  # token buckets kept; past it the least recently seen source starts afresh
-
-
-def takes_tags(learner: Any) -> bool:
-    """Whether ``learner.learn_taps`` takes ``tags=`` and ``sources=`` (lifelong learners; not the baselines).
-    Ask a wrapper that passes ``**kwargs`` on (the keyed learner) about the learner it wraps."""
-    return _takes_tags(type(learner))
-
-
-@functools.lru_cache(maxsize=64)
-def _takes_tags(kind: type) -> bool:
-    try:
-        params = inspect.signature(kind.learn_taps).parameters  # type: ignore[attr-defined]
-    except (AttributeError, TypeError, ValueError):
-        return False
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return var_kw or ("tags" in params and "sources" in params)
 
 
 class SourceRates:

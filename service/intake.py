@@ -25,7 +25,7 @@ from ..stream.events import EventLimits, LabelMessage, decode_label
 from ..stream.sinks import Sink, dead_letter, prediction_value
 from ..stream.sources import Record
 from ..stream.validate import EventValidator, ParsedEvent
-from .admission import Admission, takes_tags
+from .admission import Admission
 from .config import Settings
 from .eval_hook import EvaluationHook
 from .handoff import Handoff
@@ -303,10 +303,7 @@ class Intake:
             log.exception("recording a learning step failed (the step itself was learned)")
 
     def _learn_taps(self, taps: np.ndarray, labels: list[str], items: Sequence[Item]) -> StepStats:
-        # Baselines keep no tags (forgetting.py refuses them); per_key: the key in use's learner decides.
-        if not takes_tags(self.keyed.active if self.keyed is not None else self.learner):
-            return self.learner.learn_taps(taps, labels)
-        return self.learner.learn_taps(taps, labels, tags=tags_of(i.id for i in items),  # type: ignore[call-arg]
+        return self.learner.learn_taps(taps, labels, tags=tags_of(i.id for i in items),
                                        sources=np.array([i.source for i in items], np.int64))
 
     def _record_step(self, stats: StepStats, labels: list[str], items: Sequence[Item], seconds: float) -> None:

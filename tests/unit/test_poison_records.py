@@ -123,9 +123,9 @@ class Poisoned:
         self._check("predict", taps)
         return self._inner.predict_taps(taps)
 
-    def learn_taps(self, taps: np.ndarray, labels: Any) -> Any:
+    def learn_taps(self, taps: np.ndarray, labels: Any, **tagged: Any) -> Any:
         self._check("learn", taps)
-        return self._inner.learn_taps(taps, labels)
+        return self._inner.learn_taps(taps, labels, **tagged)
 
 
 @pytest.mark.parametrize("stage", ["encode", "predict", "learn"])
