@@ -32,11 +32,11 @@ from ..memory.replay import ReplayStore
 from . import unlearning
 from .adam import Adam
 from .base import ForgetReport, InputKind, Predictions, RawInputs, StepStats, TapsLearner
+from .consolidation import Consolidation
 from .continual_state import ContinualState
 from .drift import LossWindow, RiverDetector
 from .ema import AdaptiveDecay, EmaCopy
 from .encoders import Encoder
-from .fisher import diagonal_fisher
 from .hard_buffer import HardBuffer
 from .head import softmax
 from .influence import InfluenceConfig, SourceInfluence, Weighing
@@ -78,6 +78,9 @@ class ContinualConfig:
     device: str = "cpu"
     replay: bool = True
     consolidation: bool = True
+    # A loss peak that brings no class unknown at the last consolidation releases the adapter's importance
+    # (real drift: known classes changed meaning; see ``consolidation``).
+    release_importance: bool = True
     ema: bool = True
     lora: bool = True
     # Items carry their event's tag and source, so a request can forget them (``unlearning``).
@@ -89,7 +92,7 @@ class ContinualConfig:
     influence: dict[str, Any] = field(default_factory=dict)  # ``influence.InfluenceConfig`` fields
 
 
-class ContinualLearner(ContinualState, TapsLearner):
+class ContinualLearner(Consolidation, ContinualState, TapsLearner):
     name = "lifelong"
 
     def __init__(self, encoder: Encoder, config: ContinualConfig = ContinualConfig()) -> None:
@@ -339,27 +342,6 @@ class ContinualLearner(ContinualState, TapsLearner):
                         max_per_source=self.influence.memory_cap(self.memory.capacity))
         if self.codec_schedule is not None:
             self.codec_schedule.collect(taps[keep], self.events_learned)
-
-    def _drift(self, loss: float, errors: np.ndarray) -> tuple[str, ...]:
-        signals = []
-        event = self.window.update(loss, len(self._classes))
-        if event is not None:
-            signals.append(event.kind)
-            if event.kind == "plateau" and self.config.lora and self.config.consolidation and len(self.hard):
-                self._consolidate()
-                signals.append("consolidation")
-        if self.detector.update(errors) is not None:
-            signals.append("adwin")
-        return tuple(signals)
-
-    def _consolidate(self) -> None:
-        """Diagonal Fisher of the adapter pair(s) on the hard buffer, then an exact merge."""
-        params = self._adapter_params()
-        self.adapter.fold_importance(*diagonal_fisher(self._logits, self._t(self.hard.x), params))
-        self.adapter.merge()
-        self._regrow_optimizer(self.opt.state.get(self.head, {}), 0)
-        for p in params:
-            self.opt.state.pop(p, None)
 
     def _effective_weight(self) -> torch.Tensor:
         with torch.no_grad():

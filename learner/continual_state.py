@@ -41,7 +41,8 @@ class ContinualState:
                 "classes": self._classes, "version": self.version, "events_learned": self.events_learned,
                 "steps": self.steps, "kept_out": self.kept_out, **adapter_meta, "opt_steps": opt_steps, "memory": memory_meta,
                 "window": self.window.state_dict(), **codec_meta, "detector": detector_meta,
-                "influence": influence_meta}
+                "influence": influence_meta,
+                "consolidated": None if self.consolidated is None else sorted(self.consolidated)}
         return arrays, meta
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -69,6 +70,8 @@ class ContinualState:
         self._classes = list(meta["classes"])
         self._class_ids = {c: i for i, c in enumerate(self._classes)}
         self.kept_out = int(meta.get("kept_out", 0))  # none before the influence bound
+        known = meta.get("consolidated")  # states saved before releasing: nothing to release until a plateau
+        self.consolidated = None if known is None else frozenset(known)
         self.version, self.events_learned, self.steps = (int(meta[k]) for k in ("version", "events_learned",
                                                                                     "steps"))
 

@@ -58,6 +58,13 @@ class LoRALinear(torch.nn.Module):
         self.omega_A.mul_(1 - w).add_(w * fisher_A)
         self.omega_B.mul_(1 - w).add_(w * fisher_B)
 
+    def release(self) -> None:
+        """Drop the importance gathered so far: no penalty until the next plateau folds a fresh estimate."""
+        with torch.no_grad():
+            self.omega_A.zero_()
+            self.omega_B.zero_()
+        self.plateaus = 0
+
     def merge(self) -> None:
         """Fold the pair into the frozen weight exactly, then start a fresh pair."""
         with torch.no_grad():

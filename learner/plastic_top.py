@@ -149,6 +149,10 @@ class PlasticTop(torch.nn.Module):
         for i, s in enumerate(self.sites):
             s.fold_importance(fishers[2 * i], fishers[2 * i + 1])
 
+    def release(self) -> None:
+        for s in self.sites:
+            s.release()
+
     def merge(self) -> None:
         for s in self.sites:
             s.merge()

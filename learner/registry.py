@@ -153,6 +153,8 @@ LEARNERS: dict[str, Entry] = {
     "lifelong-fixed-ema": Entry(_continual(ema_adaptive=False), "lifelong serving an EMA of fixed decay",
                                 product=False),
     "lifelong-no-consolidation": Entry(_continual(consolidation=False), "lifelong without consolidation"),
+    "lifelong-no-release": Entry(_continual(release_importance=False), "lifelong that keeps consolidated importance "
+                                 "at a loss peak without a new class", product=False),
     "lifelong-mlp": Entry(_with(_continual(), mlp=True, fast=True), "lifelong on a base-initialised MLP encoder, "
                           "with the fast expert", features_only=True),
     "lifelong-mlp-no-fast": Entry(_with(_continual(), mlp=True, fast=False), "lifelong on a base-initialised MLP "

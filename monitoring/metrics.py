@@ -19,7 +19,7 @@ LEARN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 PREDICT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 LABEL_OUTCOMES = ("joined", "unknown_id", "duplicate", "expired", "invalid")
-DRIFT_KINDS = ("peak", "plateau", "consolidation", "adwin")
+DRIFT_KINDS = ("peak", "plateau", "consolidation", "release", "adwin")
 SWAP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HTTP_ROUTES = ("/v1/predict", "/v1/feedback", "/v1/forget", "/v1/model", "/v1/keys", "/healthz", "/readyz",
                "/metrics", "other")

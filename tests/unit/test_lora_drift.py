@@ -248,10 +248,12 @@ def test_consolidation_on_two_phases() -> None:
     phase1, phase2 = signals[:12], signals[12:]
     assert any("consolidation" in s for s in phase1)  # the start of the stream counts as a shift
     assert "peak" in phase2[0]  # the first batch after the move
+    assert "release" in phase2[0]  # no new class came with it: the consolidated importance lets go
     assert any("consolidation" in s for s in phase2[1:])
     for s in signals:
         assert ("consolidation" in s) == ("plateau" in s)  # every plateau consolidates (LoRA on, hard buffer full)
-    assert model.adapter.merges == model.adapter.plateaus == sum("consolidation" in s for s in signals) == 2
+    assert model.adapter.merges == sum("consolidation" in s for s in signals) == 2
+    assert model.adapter.plateaus == 1  # gathered again since the release
 
 
 def test_a_merge_does_not_change_live_or_served_predictions() -> None:
@@ -290,3 +292,57 @@ def test_a_phase_of_new_classes_raises_a_peak() -> None:
     assert losses[12] > 0.5  # every event of the first phase-2 batch is of a class never seen
     assert any("peak" in s for s in signals[12:])
     assert model.adapter.merges >= 2
+    assert not any("release" in s for s in signals)  # new classes: what was consolidated stays protected
+    assert model.adapter.plateaus == model.adapter.merges
+
+
+def relabelled_run(release: bool) -> tuple[ContinualLearner, list[tuple[str, ...]], float]:
+    """Same inputs throughout; halfway a and b swap (real drift: known classes change meaning)."""
+    rng = np.random.default_rng(0)
+    model = ContinualLearner(FeatureEncoder(DIM, warmup_events=0), ContinualConfig(
+        memory_budget_bytes=200_000, pq_m=0, steps_per_batch=2, replay_per_step=32, seed=0,
+        release_importance=release))
+    signals = []
+    for i in range(24):
+        stats = model.learn_many(*phase_batch(rng, [0, 1], ["a", "b"] if i < 12 else ["b", "a"]))
+        signals.append(stats.signals)
+    x, y = phase_batch(rng, [0, 1], ["b", "a"], n=400)
+    accuracy = float(np.mean(np.array(model.predict_many(x).labels) == np.array(y)))
+    return model, signals, accuracy
+
+
+def test_a_peak_without_a_new_class_releases_the_importance() -> None:
+    model, signals, _ = relabelled_run(release=True)
+    at = next(i for i, s in enumerate(signals) if "release" in s)
+    assert at >= 12 and "peak" in signals[at]  # at the swap's peak, after a consolidation of a and b
+    assert any("consolidation" in s for s in signals[:12])
+    assert model.consolidated == frozenset({"a", "b"})
+    kept, kept_signals, _ = relabelled_run(release=False)
+    assert not any("release" in s for s in kept_signals)
+    assert kept.adapter.plateaus == kept.adapter.merges  # never released: every plateau's estimate averaged in
+
+
+def test_a_released_learner_restores_what_it_consolidated() -> None:
+    model, _, _ = relabelled_run(release=True)
+    arrays, meta = model.state_dict()
+    assert meta["consolidated"] == ["a", "b"]
+    twin = ContinualLearner(FeatureEncoder(DIM, warmup_events=0), model.config)
+    twin.load_state_dict(arrays, meta)
+    assert twin.consolidated == model.consolidated
+    del meta["consolidated"]  # a state saved before releasing existed: nothing to release until a plateau
+    twin.load_state_dict(arrays, meta)
+    assert twin.consolidated is None and not twin._relabelled()
+
+
+def test_release_drops_importance_and_keeps_the_weights() -> None:
+    layer = LoRALinear(torch.eye(4), rank=2, seed=0)
+    layer.fold_importance(torch.ones(2, 4), torch.ones(4, 2))
+    with torch.no_grad():
+        layer.B.fill_(0.5)
+    weight, merges = layer.effective_weight().clone(), layer.merges
+    assert layer.penalty().item() > 0
+    layer.release()
+    assert layer.penalty().item() == 0 and layer.plateaus == 0 and layer.merges == merges
+    torch.testing.assert_close(layer.effective_weight(), weight)
+    layer.fold_importance(torch.full((2, 4), 3.0), torch.full((4, 2), 3.0))  # the next plateau starts the average anew
+    assert layer.omega_A.max().item() == 3.0
