@@ -12,7 +12,7 @@ add beside the old; a peak with only classes it had consolidated says the old kn
 wrong, so the importance is released (``ContinualConfig.release_importance``) and the adapter may
 follow. Replay and the served EMA still hold the old concept back from vanishing at once, and the
 next plateau gathers importance again. Measured on streams the learner was not tuned on (SEA with
-abrupt drift, a rotating hyperplane, RBF and LED with drift, elec2; docs/benchmarks/README.md):
+abrupt drift, a rotating hyperplane, RBF and LED with drift, elec2; docs/benchmarks/drift/README.md):
 served prequential accuracy up to 1.9 points higher, and no change on CLINC150, YouTube spam,
 digits or ImageSegments, where every peak brought a new class or none came.
 """
