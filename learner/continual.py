@@ -35,7 +35,7 @@ from .base import ForgetReport, InputKind, Predictions, RawInputs, StepStats, Ta
 from .consolidation import Consolidation
 from .continual_state import ContinualState
 from .drift import LossWindow, RiverDetector
-from .ema import AdaptiveDecay, EmaCopy
+from .ema import AdaptiveDecay, EmaCopy, balanced_error
 from .encoders import Encoder
 from .hard_buffer import HardBuffer
 from .head import softmax
@@ -291,7 +291,7 @@ class ContinualLearner(Consolidation, ContinualState, TapsLearner):
             with torch.no_grad():
                 served = self.ema.served_logits(x, self.head, self.config.cos_scale).argmax(1) != target
                 live = logits.argmax(1) != target
-            self.ema.adapt(float(served.float().mean()), float(live.float().mean()), self.steps)
+            self.ema.adapt(balanced_error(served, len(taps)), balanced_error(live, len(taps)), self.steps)
         if self.config.lora and self.config.consolidation and self.adapter.plateaus:
             loss = loss + self.config.penalty * self.adapter.penalty()
         self.opt.zero_grad()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lifelong.learner.continual import ContinualConfig, ContinualLearner
-from lifelong.learner.ema import AdaptiveDecay, EmaCopy
+from lifelong.learner.ema import AdaptiveDecay, EmaCopy, balanced_error
 from lifelong.learner.encoders import FeatureEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,3 +83,22 @@ def test_in_a_learner_the_decay_shortens_after_a_shift() -> None:
     half = len(decays) // 2
     assert min(decays[half:half + 40]) < min(decays[half - 40:half])  # the served copy caught up faster
     assert all(0.9 <= d <= 0.998 for d in decays)
+
+
+def test_the_new_batch_and_the_past_weigh_half_each() -> None:
+    wrong = torch.tensor([True] * 64 + [False] * 320)  # wrong on all of the present, right on the past
+    assert balanced_error(wrong, 64) == pytest.approx(0.5)  # pooled item by item it would be 1/6
+    assert balanced_error(wrong[:64], 64) == pytest.approx(1.0)  # no past in the step: the batch alone
+    assert balanced_error(torch.tensor([False, True, True, True]), 1) == pytest.approx(0.5)
+
+
+def test_a_copy_lagging_the_present_shortens_though_the_past_outnumbers_it() -> None:
+    """Served wrong on a third of the new batch, right on the past; the live weights the other way round
+    on a few past items: pooled, the served copy would look better and lengthen its horizon."""
+    ema = copy()
+    served = torch.tensor([True] * 20 + [False] * 44 + [False] * 320)
+    live = torch.tensor([False] * 64 + [True] * 40 + [False] * 280)
+    assert served.float().mean() < live.float().mean()
+    for step in range(200):
+        ema.adapt(balanced_error(served, 64), balanced_error(live, 64), steps=step)
+    assert ema.decay == pytest.approx(0.9)
