@@ -15,19 +15,13 @@ from lifelong.memory.persistence import MANIFEST, META, TENSORS
 from lifelong.service.checkpoint import LATEST, Checkpoint, Checkpointer, Part
 from lifelong.stream.label_join import PendingStore
 
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from manual_clock import ManualClock
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
     """A fake monotonic clock for the checkpoint module only (time.time and perf_counter stay real)."""
-    fake = FakeClock()
+    fake = ManualClock()
     monkeypatch.setattr(checkpoint_module, "time",
                         types.SimpleNamespace(monotonic=fake, time=time.time, perf_counter=time.perf_counter))
     return fake
@@ -177,37 +171,37 @@ def test_due_by_events(tmp_path: Path) -> None:
     assert ckpt.due()
 
 
-def test_due_by_time(tmp_path: Path, clock: FakeClock) -> None:
+def test_due_by_time(tmp_path: Path, clock: ManualClock) -> None:
     ckpt = Checkpointer(tmp_path, every_s=10.0, every_events=1_000)
-    clock.t += 100.0
+    clock.now += 100.0
     assert not ckpt.due()  # nothing new to save, however long it has been
     ckpt.note(1)
     assert ckpt.due()
     ckpt.save({}, {})
     assert not ckpt.due()
     ckpt.note(1)
-    clock.t += 9.5
+    clock.now += 9.5
     assert not ckpt.due()
-    clock.t += 0.5
+    clock.now += 0.5
     assert ckpt.due()  # exactly every_s after the last save
 
 
 def test_the_event_limit_waits_for_the_time_fraction_of_the_last_checkpoints_cost(tmp_path: Path,
-                                                                                     clock: FakeClock) -> None:
+                                                                                     clock: ManualClock) -> None:
     ckpt = Checkpointer(tmp_path, every_s=30.0, every_events=100, max_time_fraction=0.1)
     ckpt.save({}, {})
     ckpt.cost_s = 0.5  # the loop notes what the save took (state gathered and written)
     ckpt.note(10_000)  # a fast stream: far past every_events at once
-    clock.t += 4.9
+    clock.now += 4.9
     assert not ckpt.due()  # 0.5 s of checkpoint in 4.9 s would be over a tenth of the time
-    clock.t += 0.1
+    clock.now += 0.1
     assert ckpt.due()
     ckpt.save({}, {})
     ckpt.cost_s = 10.0  # a huge state: every_s still bounds the gap
     ckpt.note(10_000)
-    clock.t += 29.9
+    clock.now += 29.9
     assert not ckpt.due()
-    clock.t += 0.1
+    clock.now += 0.1
     assert ckpt.due()
     with pytest.raises(ValueError, match="max_time_fraction"):
         Checkpointer(tmp_path, max_time_fraction=0.0)
@@ -239,11 +233,11 @@ def test_the_loop_paces_checkpoints_by_their_cost(tmp_path: Path) -> None:
     loop.close()
 
 
-def test_the_time_limit_counts_from_construction(tmp_path: Path, clock: FakeClock) -> None:
+def test_the_time_limit_counts_from_construction(tmp_path: Path, clock: ManualClock) -> None:
     ckpt = Checkpointer(tmp_path, every_s=5.0, every_events=1_000)
     ckpt.note(1)
     assert not ckpt.due()
-    clock.t += 5.0
+    clock.now += 5.0
     assert ckpt.due()
 
 
@@ -259,28 +253,28 @@ def test_tiny_and_huge_every_s_with_the_real_clock(tmp_path: Path) -> None:
 
 # -- PendingStore state (a checkpoint part) ---------------------------------------------------------
 
-def _pending_with_history(clock: FakeClock) -> PendingStore:
+def _pending_with_history(clock: ManualClock) -> PendingStore:
     """Three waiting entries (ages 10, 7 and 2 s at t=50), one joined, one expired, one evicted."""
     store = PendingStore(max_items=3, max_age_s=30.0, clock=clock)
-    clock.t = 0.0
+    clock.now = 0.0
     store.add("gone", np.full(4, -1.0, np.float32))
-    clock.t = 38.0
+    clock.now = 38.0
     assert store.expire() == 1  # "gone" is 38 s old
     store.add("j", np.zeros(4, np.float32))
     assert store.take("j")[0] == "joined"
     store.add("evicted", np.ones(4, np.float32))
-    clock.t = 40.0
+    clock.now = 40.0
     store.add("a", np.array([1, 2, 3, 4], np.float32))
-    clock.t = 43.0
+    clock.now = 43.0
     store.add("b", np.array([5, 6, 7, 8], np.float32))
-    clock.t = 48.0
+    clock.now = 48.0
     assert store.add("c", np.array([9, 10, 11, 12], np.float32)) == 1  # pushes out "evicted"
-    clock.t = 50.0
+    clock.now = 50.0
     return store
 
 
 def test_pending_state_round_trip_keeps_ids_payloads_and_ages(tmp_path: Path) -> None:
-    old_clock = FakeClock()
+    old_clock = ManualClock()
     store = _pending_with_history(old_clock)
     assert store.oldest_age_s() == 10.0
     arrays, meta = store.state_dict()
@@ -294,7 +288,7 @@ def test_pending_state_round_trip_keeps_ids_payloads_and_ages(tmp_path: Path) ->
     ckpt.save({"pending": (arrays, meta)}, {})
     loaded = ckpt.load()
     assert loaded is not None
-    new_clock = FakeClock(5.0)
+    new_clock = ManualClock(5.0)
     twin = PendingStore(max_items=3, max_age_s=30.0, clock=new_clock)
     twin.load_state_dict(*loaded.parts["pending"])
 
@@ -316,13 +310,13 @@ def test_pending_state_round_trip_keeps_ids_payloads_and_ages(tmp_path: Path) ->
 
 
 def test_pending_ages_keep_running_after_a_load() -> None:
-    store = _pending_with_history(FakeClock())
-    new_clock = FakeClock(1_000.0)
+    store = _pending_with_history(ManualClock())
+    new_clock = ManualClock(1_000.0)
     twin = PendingStore(max_items=3, max_age_s=30.0, clock=new_clock)
     twin.load_state_dict(*store.state_dict())
-    new_clock.t += 20.0  # "a" is now exactly 30 s old: still waiting
+    new_clock.now += 20.0  # "a" is now exactly 30 s old: still waiting
     assert twin.expire() == 0
-    new_clock.t += 0.5
+    new_clock.now += 0.5
     assert twin.expire() == 1
     assert twin.take("a") == ("expired", None)
     assert twin.expired == 2
@@ -330,23 +324,23 @@ def test_pending_ages_keep_running_after_a_load() -> None:
 
 
 def test_pending_payloads_are_copies() -> None:
-    store = _pending_with_history(FakeClock())
+    store = _pending_with_history(ManualClock())
     arrays, meta = store.state_dict()
-    twin = PendingStore(clock=FakeClock())
+    twin = PendingStore(clock=ManualClock())
     twin.load_state_dict(arrays, meta)
     arrays["payloads"][:] = 0.0
     np.testing.assert_array_equal(twin.take("a")[1], [1, 2, 3, 4])
 
 
 def test_empty_pending_state_round_trip(tmp_path: Path) -> None:
-    store = PendingStore(clock=FakeClock())
+    store = PendingStore(clock=ManualClock())
     arrays, meta = store.state_dict()
     assert arrays == {}
     ckpt = Checkpointer(tmp_path)
     ckpt.save({"pending": (arrays, meta)}, {})
     loaded = ckpt.load()
     assert loaded is not None
-    twin = PendingStore(clock=FakeClock())
+    twin = PendingStore(clock=ManualClock())
     twin.add("stale", 1)  # replaced by the loaded (empty) state
     twin.load_state_dict(*loaded.parts["pending"])
     assert len(twin) == 0

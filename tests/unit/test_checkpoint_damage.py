@@ -25,6 +25,8 @@ from lifelong.memory.persistence import MANIFEST, META, TENSORS, save_state
 from lifelong.service.checkpoint import (LATEST, CheckpointError, Checkpointer, CheckpointWriteError, Part,
                                          UnrecoverableCheckpoint)
 
+from manual_clock import ManualClock
+
 
 def parts(seed: int) -> dict[str, Part]:
     rng = np.random.default_rng(seed)
@@ -270,17 +272,9 @@ def test_a_failed_write_raises_cleans_up_and_keeps_the_old_ones(
     assert restored_number(ckpt) == 4
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_after_a_failure_due_waits_retry_s_then_a_success_restores_the_schedule(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     monkeypatch.setattr(checkpoint_module, "time",
                         types.SimpleNamespace(monotonic=clock, time=time.time, perf_counter=time.perf_counter))
     ckpt = Checkpointer(tmp_path, every_s=30.0, every_events=10)
@@ -298,15 +292,15 @@ def test_after_a_failure_due_waits_retry_s_then_a_success_restores_the_schedule(
     assert ckpt.failing
     ckpt.note(1000)
     assert not ckpt.due()  # over every_events, but the disk failed a moment ago
-    clock.t += 4.9
+    clock.now += 4.9
     assert not ckpt.due()
-    clock.t += 0.1
+    clock.now += 0.1
     assert ckpt.due()
     monkeypatch.setattr(persistence, "_write_file", real)
     ckpt.save(parts(1), {})
     assert not ckpt.failing and not ckpt.due()
     ckpt.note(9)
-    clock.t += 29.0
+    clock.now += 29.0
     assert not ckpt.due()  # the normal limits again
     ckpt.note(1)
     assert ckpt.due()

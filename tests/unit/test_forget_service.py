@@ -27,14 +27,7 @@ from lifelong.stream.sources import Record
 
 from http_harness import Harness, labelled_events
 from loop_harness import merged_settings
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from manual_clock import ManualClock
 
 
 # -- the request parser -----------------------------------------------------------------------
@@ -286,7 +279,7 @@ def test_a_forget_message_is_applied_before_its_steps_events_and_checkpointed_be
 # -- the per-source rate limit ---------------------------------------------------------------------
 
 def test_source_rates_allow_a_seconds_burst_then_the_rate() -> None:
-    clock = Clock()
+    clock = ManualClock()
     rates = SourceRates(2.0, clock=clock)
     assert [rates.allow(7) for _ in range(3)] == [True, True, False]
     assert rates.allow(0) and rates.allow(8)  # no source: never throttled; another source: its own bucket

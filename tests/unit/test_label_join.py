@@ -3,17 +3,11 @@ from __future__ import annotations
 
 from lifelong.stream.label_join import PendingStore
 
-
-class FakeClock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from manual_clock import ManualClock
 
 
 def test_take_joins_then_reports_duplicate() -> None:
-    store = PendingStore(clock=FakeClock())
+    store = PendingStore(clock=ManualClock(0.0))
     store.add("e1", "payload-1")
     assert "e1" in store and len(store) == 1
     assert store.take("e1") == ("joined", "payload-1")
@@ -22,22 +16,22 @@ def test_take_joins_then_reports_duplicate() -> None:
 
 
 def test_unknown_id() -> None:
-    store = PendingStore(clock=FakeClock())
+    store = PendingStore(clock=ManualClock(0.0))
     store.add("e1", 1)
     assert store.take("nope") == ("unknown_id", None)
     assert len(store) == 1  # the pending entry is untouched
 
 
 def test_label_after_max_age_is_expired() -> None:
-    clock = FakeClock(100.0)
+    clock = ManualClock(100.0)
     store = PendingStore(max_age_s=10.0, clock=clock)
     store.add("old", "a")
-    clock.t = 105.0
+    clock.now = 105.0
     store.add("young", "b")
-    clock.t = 110.0  # exactly max_age: still waiting
+    clock.now = 110.0  # exactly max_age: still waiting
     assert store.expire() == 0
     assert store.oldest_age_s() == 10.0
-    clock.t = 110.5
+    clock.now = 110.5
     assert store.take("old") == ("expired", None)
     assert store.expired == 1
     assert len(store) == 1
@@ -45,11 +39,11 @@ def test_label_after_max_age_is_expired() -> None:
 
 
 def test_expire_counts_and_empties() -> None:
-    clock = FakeClock()
+    clock = ManualClock(0.0)
     store = PendingStore(max_age_s=1.0, clock=clock)
     for i in range(3):
         store.add(f"e{i}", i)
-    clock.t = 5.0
+    clock.now = 5.0
     assert store.expire() == 3
     assert len(store) == 0
     assert store.oldest_age_s() == 0.0
@@ -57,7 +51,7 @@ def test_expire_counts_and_empties() -> None:
 
 
 def test_capacity_eviction_returns_count_and_evicted_is_expired() -> None:
-    store = PendingStore(max_items=2, clock=FakeClock())
+    store = PendingStore(max_items=2, clock=ManualClock(0.0))
     assert store.add("a", 1) == 0
     assert store.add("b", 2) == 0
     assert store.add("c", 3) == 1  # pushes out the oldest, "a"
@@ -70,7 +64,7 @@ def test_capacity_eviction_returns_count_and_evicted_is_expired() -> None:
 
 
 def test_remember_joined_is_bounded() -> None:
-    store = PendingStore(clock=FakeClock(), remember_joined=1)
+    store = PendingStore(clock=ManualClock(0.0), remember_joined=1)
     store.add("a", 1)
     store.add("b", 2)
     store.take("a")
@@ -80,7 +74,7 @@ def test_remember_joined_is_bounded() -> None:
 
 
 def test_readding_an_id_refreshes_its_position() -> None:
-    store = PendingStore(max_items=2, clock=FakeClock())
+    store = PendingStore(max_items=2, clock=ManualClock(0.0))
     store.add("a", 1)
     store.add("b", 2)
     store.add("a", 10)  # "a" is now the newest

@@ -6,17 +6,11 @@ import numpy as np
 from lifelong.memory.tags import source_tags, tag_of, tags_of
 from lifelong.memory.tombstones import Tombstones
 
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from manual_clock import ManualClock
 
 
 def test_tombstones_keep_at_most_max_ids_dropping_the_oldest() -> None:
-    clock = Clock()
+    clock = ManualClock()
     t = Tombstones(retention_s=100.0, max_ids=3, clock=clock)
     assert t.add_ids(tags_of(["a", "b"])) == 0
     clock.now += 1
@@ -27,7 +21,7 @@ def test_tombstones_keep_at_most_max_ids_dropping_the_oldest() -> None:
 
 
 def test_tombstones_expire_after_retention_ids_and_sources_alike() -> None:
-    clock = Clock()
+    clock = ManualClock()
     t = Tombstones(retention_s=10.0, max_ids=100, clock=clock)
     t.add_ids(tags_of(["old"]))
     t.add_source(tag_of("feed"), at=clock.now)
@@ -40,14 +34,14 @@ def test_tombstones_expire_after_retention_ids_and_sources_alike() -> None:
 
 
 def test_a_forgotten_source_covers_only_events_made_before_its_request() -> None:
-    t = Tombstones(clock=Clock())
+    t = Tombstones(clock=ManualClock())
     t.add_source(tag_of("feed"), at=500.0)
     hit = t.forgotten(tags_of(["a", "b", "c"]), source_tags(["feed", "feed", "other"]), np.array([499.0, 501.0, 1.0]))
     assert hit.tolist() == [True, False, False]
 
 
 def test_tombstones_survive_their_state_round_trip() -> None:
-    clock = Clock()
+    clock = ManualClock()
     t = Tombstones(retention_s=100.0, max_ids=10, clock=clock)
     t.add_ids(tags_of(["a", "b"]))
     t.add_source(tag_of("feed"), at=900.0)
